@@ -1,0 +1,257 @@
+//! The values that flow in and out of the consensus core: log entries, hard
+//! state, messages, and the [`Ready`] batch of work handed to the runtime.
+//!
+//! Everything here derives `serde` so that the runtime can carry it with
+//! bincode (over `/raft/*` RPCs and into storage records) without a second
+//! set of wire types.
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity inside the consensus core.
+///
+/// The runtime maps human node names (`node-1`) and addresses onto these
+/// numbers; the core only ever compares them.
+pub type NodeId = u64;
+
+/// Sentinel for "no node" (no leader known, no vote cast).
+pub const NO_NODE: NodeId = 0;
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryPayload {
+    /// Appended by every new leader at the start of its term (§5.4.2 / §8): once
+    /// it commits, all earlier entries are committed too, and ReadIndex may
+    /// serve reads.
+    Noop,
+    /// An opaque command for the state machine (a bincode-encoded
+    /// [`crate::kv::KvCommand`] in RaftKV).
+    Command(Vec<u8>),
+}
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position in the log, starting at 1.
+    pub index: u64,
+    /// Term of the leader that created the entry.
+    pub term: u64,
+    /// What the entry carries.
+    pub payload: EntryPayload,
+}
+
+impl Entry {
+    /// Approximate size in bytes, used to bound message and batch sizes.
+    pub fn approx_size(&self) -> usize {
+        24 + match &self.payload {
+            EntryPayload::Noop => 0,
+            EntryPayload::Command(c) => c.len(),
+        }
+    }
+}
+
+/// The state that must be durable before any message that depends on it is
+/// sent (Raft paper, Figure 2, "persistent state on all servers").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// Latest term this node has seen.
+    pub term: u64,
+    /// Candidate voted for in `term`, or [`NO_NODE`].
+    pub vote: NodeId,
+    /// Highest index known committed. Persisting it is an optimisation (a
+    /// restart can re-apply up to it at once); safety never depends on it.
+    pub commit: u64,
+}
+
+/// Describes a snapshot: the state machine as of `index`, whose log prefix
+/// up to and including `index` may be discarded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Last log index covered by the snapshot.
+    pub index: u64,
+    /// Term of the entry at `index`.
+    pub term: u64,
+}
+
+/// Role of a node (Raft paper §5.1; the pre-candidate step is PreVote, §9.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Passive: answers leaders and candidates.
+    Follower,
+    /// Running a PreVote round; its term has not been bumped yet.
+    PreCandidate,
+    /// Running a real election in a new term.
+    Candidate,
+    /// Accepts proposals and replicates them.
+    Leader,
+}
+
+impl Role {
+    /// The contract's lower-case name: `leader`, `follower` or `candidate`
+    /// (a pre-candidate reports `candidate`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate | Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// A message between two nodes. Every message carries the sender's term;
+/// the receiver handles terms before looking at the body (§5.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// Sender's term (for PreVote requests: the term the sender *would* use).
+    pub term: u64,
+    /// What the message says.
+    pub body: MessageBody,
+}
+
+/// The RPCs of Raft and their replies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// PreVote request (§9.6): "would you vote for me in `term`?" Does not
+    /// change the receiver's term or vote.
+    PreVote {
+        /// Index of the candidate's last log entry.
+        last_log_index: u64,
+        /// Term of the candidate's last log entry.
+        last_log_term: u64,
+    },
+    /// Reply to [`MessageBody::PreVote`].
+    PreVoteResponse {
+        /// Whether the vote would be granted.
+        granted: bool,
+    },
+    /// RequestVote (§5.2).
+    RequestVote {
+        /// Index of the candidate's last log entry.
+        last_log_index: u64,
+        /// Term of the candidate's last log entry.
+        last_log_term: u64,
+    },
+    /// Reply to [`MessageBody::RequestVote`].
+    RequestVoteResponse {
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// AppendEntries (§5.3); also serves as heartbeat when `entries` is empty.
+    AppendEntries {
+        /// Index of the entry just before `entries`.
+        prev_log_index: u64,
+        /// Term of the entry at `prev_log_index`.
+        prev_log_term: u64,
+        /// Entries to store (may be empty).
+        entries: Vec<Entry>,
+        /// Leader's commit index.
+        leader_commit: u64,
+        /// ReadIndex round this message confirms leadership for (0 = none).
+        read_ctx: u64,
+    },
+    /// Reply to [`MessageBody::AppendEntries`].
+    AppendEntriesResponse {
+        /// True when the consistency check passed and the entries are stored.
+        success: bool,
+        /// On success: the highest index known to match the leader's log.
+        /// On failure: the follower's last log index.
+        match_index: u64,
+        /// On failure, fast-backtracking hint (§5.3, "the follower can include
+        /// the term of the conflicting entry and the first index it stores for
+        /// that term"): the term at `prev_log_index` in the follower's log, or
+        /// 0 when the follower's log is shorter.
+        conflict_term: u64,
+        /// On failure: first index of `conflict_term` in the follower's log,
+        /// or `last_index + 1` when the log is shorter.
+        conflict_index: u64,
+        /// Echo of the request's `read_ctx`.
+        read_ctx: u64,
+    },
+    /// InstallSnapshot: the leader tells a follower to install the snapshot
+    /// `meta`. The core sends only the metadata; the runtime streams the data
+    /// in checksummed chunks and steps this message into the follower's core
+    /// once the image is staged.
+    InstallSnapshot {
+        /// The snapshot to install.
+        meta: SnapshotMeta,
+    },
+    /// Reply to [`MessageBody::InstallSnapshot`].
+    InstallSnapshotResponse {
+        /// Follower's last log index after handling the snapshot.
+        last_index: u64,
+        /// Whether the snapshot was accepted (or was already covered).
+        success: bool,
+    },
+    /// Leadership transfer: the receiver should start an election at once,
+    /// skipping PreVote.
+    TimeoutNow,
+}
+
+impl MessageBody {
+    /// True for request bodies a node must answer only after its hard state
+    /// and log are durable (votes and append acknowledgements).
+    pub fn is_response(&self) -> bool {
+        matches!(
+            self,
+            MessageBody::PreVoteResponse { .. }
+                | MessageBody::RequestVoteResponse { .. }
+                | MessageBody::AppendEntriesResponse { .. }
+                | MessageBody::InstallSnapshotResponse { .. }
+        )
+    }
+}
+
+/// A linearizable read released by the core: the read identified by
+/// `ctx` may be answered from the state machine once it has applied at least
+/// `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadState {
+    /// The caller's identifier, as given to `read_index`.
+    pub ctx: u64,
+    /// Commit index the read must observe.
+    pub index: u64,
+}
+
+/// Everything one step of the core asks the runtime to do, in this order
+/// (the etcd-raft "Ready" contract):
+///
+/// 1. If `snapshot` is set, install it (state machine and log switch to it
+///    atomically).
+/// 2. Persist `entries` (delete every stored entry with index ≥
+///    `entries[0].index`, then append) together with `hard_state`, and make
+///    both durable (fsync). Only then may anything below happen.
+/// 3. Send `messages`.
+/// 4. Apply `committed_entries` in order to the state machine.
+/// 5. Answer `read_states`: each may be answered once the state machine has
+///    applied `ReadState::index` — which holds once step 4 is done.
+/// 6. Call `RaftNode::advance` with this Ready's stamp.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Snapshot to install before anything else (followers only).
+    pub snapshot: Option<SnapshotMeta>,
+    /// Hard state to persist, when it changed.
+    pub hard_state: Option<HardState>,
+    /// Entries to persist (may overwrite a conflicting suffix).
+    pub entries: Vec<Entry>,
+    /// Messages to send once the above is durable.
+    pub messages: Vec<Message>,
+    /// Entries now committed, to apply in order.
+    pub committed_entries: Vec<Entry>,
+    /// ReadIndex reads that may be answered after applying `committed_entries`.
+    pub read_states: Vec<ReadState>,
+}
+
+impl Ready {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none()
+            && self.hard_state.is_none()
+            && self.entries.is_empty()
+            && self.messages.is_empty()
+            && self.committed_entries.is_empty()
+            && self.read_states.is_empty()
+    }
+}
