@@ -4,7 +4,11 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod client;
 pub mod kv;
-pub mod raft;
-pub mod storage;
 pub mod node;
+pub mod raft;
+pub mod server;
+pub mod sim;
+pub mod storage;

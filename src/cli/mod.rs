@@ -1,0 +1,1 @@
+//! Command-line interface (clap). (Stub: filled in by the CLI author.)

@@ -1,0 +1,1 @@
+//! Deterministic simulation of a Raft cluster. (Stub: filled in by the simulation author.)
