@@ -1,1 +1,169 @@
-//! Command-line interface (clap). (Stub: filled in by the CLI author.)
+//! The `raftkv` command line: the node daemon (`start`), a local cluster
+//! launcher (`local-cluster`) and the client commands.
+//!
+//! `anyhow` is used here and in `main.rs` only; the library modules return
+//! typed errors.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+pub mod client_cmds;
+pub mod local_cluster;
+pub mod output;
+pub mod signals;
+pub mod start;
+
+pub use start::{parse_host_port, parse_node_id, parse_peer_list, PeerList, StartArgs};
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: key not found, or a compare-and-swap precondition failed.
+pub const EXIT_NOT_FOUND: u8 = 1;
+/// Exit status: usage error (bad flags or arguments, rejected input).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: the cluster could not be reached or has no leader.
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+const EXAMPLES: &str = "\
+Getting started:
+  raftkv local-cluster                 # three nodes on 127.0.0.1:8001-8003, data in ./data
+  raftkv put greeting hello            # OK (index 5)
+  raftkv get greeting                  # greeting = hello
+  raftkv list --prefix gr              # greeting = hello
+  raftkv delete greeting               # OK (index 6)
+  raftkv status                        # a table of every node
+  raftkv leader                        # node-1 http://127.0.0.1:8001
+
+Client commands talk to --nodes (env RAFTKV_NODES, default
+http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003), find the
+leader themselves and retry on another node when one is down.
+
+Exit codes: 0 success, 1 key not found / precondition failed, 2 usage error,
+3 cluster unavailable.
+
+Run `raftkv <COMMAND> --help` for the options and examples of each command.";
+
+/// The `raftkv` command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "RaftKV: a strongly consistent distributed key-value store built on Raft",
+    after_help = EXAMPLES,
+)]
+pub struct Cli {
+    /// Node list for client commands, accepted before the subcommand too
+    /// (`raftkv --nodes URL,URL get k`).
+    #[arg(long, value_name = "URL,URL,...", hide = true)]
+    pub nodes: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node (the server daemon).
+    Start(StartArgs),
+    /// Start a cluster of N nodes on this machine (stopped with Ctrl-C).
+    LocalCluster(local_cluster::LocalClusterArgs),
+    /// Set a key: prints "OK (index N)".
+    Put(client_cmds::PutArgs),
+    /// Read a key (linearizable): prints "KEY = VALUE".
+    Get(client_cmds::GetArgs),
+    /// Delete a key: prints "OK (index N)".
+    Delete(client_cmds::DeleteArgs),
+    /// List keys, sorted: one "KEY = VALUE" per line.
+    List(client_cmds::ListArgs),
+    /// Show every node's role, term, leader and indexes as a table.
+    Status(client_cmds::StatusArgs),
+    /// Print the leader's id and URL.
+    Leader(client_cmds::LeaderArgs),
+    /// Check that one node is alive (for container health checks).
+    Health(client_cmds::HealthArgs),
+}
+
+/// Parses the process arguments, runs the command and returns the exit code.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let global = cli.nodes.as_deref();
+    if !matches!(cli.command, Command::Start(_)) {
+        // Client commands and the launcher keep stderr for real problems.
+        init_logging("warn");
+    }
+    match cli.command {
+        Command::Start(args) => run_start(args).await,
+        Command::LocalCluster(args) => match local_cluster::run(args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Put(a) => client_cmds::put(a, global).await,
+        Command::Get(a) => client_cmds::get(a, global).await,
+        Command::Delete(a) => client_cmds::delete(a, global).await,
+        Command::List(a) => client_cmds::list(a, global).await,
+        Command::Status(a) => client_cmds::status(a, global).await,
+        Command::Leader(a) => client_cmds::leader(a, global).await,
+        Command::Health(a) => client_cmds::health(a).await,
+    }
+}
+
+fn init_logging(default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Several subcommands call this at most once per process; ignore the
+    // "already set" error rather than panicking in a test harness.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour only for a terminal: local-cluster sends logs to files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Reports a usage error of `subcommand` the way clap does (message, usage
+/// line, exit code 2).
+pub(crate) fn usage_error(subcommand: &str, message: impl std::fmt::Display) -> ExitCode {
+    let mut cli = Cli::command();
+    cli.build();
+    let err = match cli.find_subcommand_mut(subcommand) {
+        Some(sub) => sub.error(clap::error::ErrorKind::ValueValidation, message),
+        None => cli.error(clap::error::ErrorKind::ValueValidation, message),
+    };
+    let _ = err.print();
+    ExitCode::from(EXIT_USAGE)
+}
+
+async fn run_start(args: StartArgs) -> ExitCode {
+    let config = match args.to_node_config() {
+        Ok(c) => c,
+        Err(msg) => return usage_error("start", msg),
+    };
+    init_logging("info");
+    let shutdown = match signals::shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(node_id = %config.node_id, port = config.port, data_dir = %config.data_dir.display(),
+        peers = config.peers.len(), "starting node");
+    match crate::node::run(config, shutdown).await {
+        Ok(()) => {
+            tracing::info!("node stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "node stopped with an error");
+            eprintln!("error: {:#}", anyhow::Error::new(e));
+            ExitCode::FAILURE
+        }
+    }
+}

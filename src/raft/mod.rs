@@ -5,13 +5,18 @@
 //! [`RaftNode::propose`] / [`RaftNode::read_index`]; randomness comes from a
 //! seed the caller passes in. What the node wants done comes out as a
 //! [`Ready`] (see its docs for the order the runtime must follow).
-//!
-//! (Module map and the life of one write: filled in by the core's author.)
 
+mod election;
+mod log;
+mod node;
+mod progress;
+mod read_only;
+mod replication;
+mod rng;
 mod types;
 
+#[cfg(test)]
+mod tests;
+
+pub use node::{Config, InitialState, PeerStatus, ProposeOutcome, RaftError, RaftNode, Status};
 pub use types::*;
-
-mod node;
-
-pub use node::{Config, InitialState, ProposeOutcome, RaftError, RaftNode, Status, PeerStatus};

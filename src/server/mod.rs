@@ -1,1 +1,129 @@
-//! The HTTP server: client API and Raft RPC routes (axum). (Stub: filled in by the runtime author.)
+//! The HTTP server (axum): the client API of the contract and the `/raft/*`
+//! peer RPCs, on one port.
+//!
+//! | route | handler |
+//! |---|---|
+//! | `PUT/GET/DELETE /kv/{key}` | [`kv`] (key = the rest of the path, `/` allowed) |
+//! | `GET /kv` | [`kv::list`] |
+//! | `GET /cluster/status`, `/cluster/leader`, `/health` | [`cluster`] |
+//! | `POST /raft/vote`, `/raft/append`, `/raft/message`, `/raft/snapshot` | [`rpc`] |
+//!
+//! No handler uses an extractor that can reject (handlers parse raw path,
+//! query and body themselves), so every error is the JSON of
+//! [`error::ApiError`]; unknown routes get a JSON 404, wrong methods a JSON
+//! 405, and a panic a JSON 500 rather than a dropped connection.
+
+pub mod cluster;
+pub mod error;
+pub mod forward;
+pub mod input;
+pub mod kv;
+pub mod rpc;
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use futures::FutureExt;
+
+use crate::node::NodeHandle;
+
+use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The local node.
+    pub node: NodeHandle,
+    /// Kept-alive client for forwarding requests to the leader.
+    pub client: reqwest::Client,
+}
+
+impl AppState {
+    /// State for `node`, with its own forwarding client.
+    pub fn new(node: NodeHandle) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(1000))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_default();
+        AppState { node, client }
+    }
+}
+
+/// Builds the router with every route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/kv",
+            get(kv::list).put(kv::empty_key).delete(kv::empty_key),
+        )
+        .route("/kv/", any(kv::empty_key))
+        .route("/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/cluster/status", get(cluster::status))
+        .route("/cluster/leader", get(cluster::leader))
+        .route("/health", get(cluster::health))
+        .route("/raft/vote", post(rpc::messages))
+        .route("/raft/append", post(rpc::messages))
+        .route("/raft/message", post(rpc::messages))
+        .route("/raft/snapshot", post(rpc::snapshot))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(catch_panic))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {} {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .into_response();
+    let allow = match req.uri().path() {
+        "/kv" => "GET",
+        p if p.starts_with("/kv/") => "GET, PUT, DELETE",
+        p if p.starts_with("/raft/") => "POST",
+        _ => "GET",
+    };
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// Turns a panicking handler into a JSON 500 instead of a dropped
+/// connection.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %what, "request handler panicked");
+            ApiError::internal(format!("internal error: {what}")).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,261 @@
-//! Deterministic simulation of a Raft cluster. (Stub: filled in by the simulation author.)
+//! Deterministic simulation of a RaftKV cluster: the proof that the
+//! consensus core keeps its promises under faults.
+//!
+//! One seeded RNG drives everything: a cluster of 3 or 5 [`RaftNode`]s,
+//! each with an in-memory log store and state machine
+//! ([`crate::storage::mem`]), a network that loses, delays, reorders and
+//! duplicates messages and is cut by symmetric and one-way partitions that
+//! change over time, crashes that lose everything not yet persisted (the
+//! Ready being handled, the core's memory, the state machine's unflushed
+//! applies) followed by restarts from the durable state only, snapshots and
+//! log compaction with InstallSnapshot transfers, and clients that propose
+//! writes (some with CAS, some batched) and ReadIndex reads at random nodes.
+//!
+//! After every event the [`checker`] verifies election safety, log
+//! matching, leader completeness, state machine safety, that committed
+//! entries are never lost and that commit indexes never go backwards. Every
+//! ReadIndex read is checked against the history of completed writes. After
+//! the chaos phase the faults heal and the run must show liveness: a leader
+//! commits a new write within a bounded number of ticks, and every replica
+//! converges to the reference state.
+//!
+//! Runs are reproducible from the seed alone. A failing run is repeated
+//! with tracing on and reported with its seed, scenario and the last events
+//! ([`SimFailure`]). The `RAFTKV_SIM_SEEDS=N` and `RAFTKV_SIM_SEED=S`
+//! environment variables choose how many seeds run, or which single seed
+//! replays ([`seeds_from_env`]).
+//!
+//! [`RaftNode`]: crate::raft::RaftNode
+
+pub mod checker;
+mod client;
+mod cluster;
+pub mod trace;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+pub use cluster::Sim;
+
+/// Simulated time units per tick (network delays are drawn in units, so a
+/// message can take a fraction of a tick).
+pub const TICK: u64 = 10;
+
+/// The knobs of one simulated run, all derived from the seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// Cluster size (3 or 5).
+    pub nodes: usize,
+    /// Core config: PreVote on.
+    pub pre_vote: bool,
+    /// Core config: CheckQuorum on.
+    pub check_quorum: bool,
+    /// Core config: minimum election timeout in ticks.
+    pub election_ticks: u32,
+    /// Core config: heartbeat interval in ticks.
+    pub heartbeat_ticks: u32,
+    /// Core config: inflight window.
+    pub max_inflight: usize,
+    /// Core config: entries per AppendEntries.
+    pub max_entries_per_msg: usize,
+    /// Core config: bytes per AppendEntries.
+    pub max_bytes_per_msg: usize,
+    /// Probability that a message is lost during the chaos phase.
+    pub loss: f64,
+    /// Probability that a message is delivered twice during the chaos phase.
+    pub duplicate: f64,
+    /// Largest network delay in time units (delays are uniform in
+    /// `1..=max_delay`, which also reorders messages).
+    pub max_delay: u64,
+    /// Largest delay between taking a Ready and finishing its handling
+    /// (persist, send, apply), in time units; a crash in between loses it.
+    pub persist_delay: u64,
+    /// Mean ticks between crashes during the chaos phase (0 = none).
+    pub crash_every_ticks: u64,
+    /// Longest downtime of a crashed node, in ticks.
+    pub max_down_ticks: u64,
+    /// Mean ticks between partition changes during the chaos phase (0 = none).
+    pub partition_every_ticks: u64,
+    /// Applied entries between snapshots (0 = never compact).
+    pub snapshot_threshold: u64,
+    /// Probability that a node flushes its state machine after a Ready.
+    pub flush_probability: f64,
+    /// Number of clients.
+    pub clients: usize,
+    /// Largest pause between two operations of a client, in ticks.
+    pub think_ticks: u64,
+    /// Fraction of operations that are reads.
+    pub read_ratio: f64,
+    /// Length of the chaos phase, in ticks.
+    pub chaos_ticks: u64,
+    /// Ticks after healing within which a new write must commit.
+    pub liveness_ticks: u64,
+    /// Ticks after that write within which every replica must converge.
+    pub converge_ticks: u64,
+}
+
+impl Scenario {
+    /// The scenario a seed stands for: a random mix of cluster size, core
+    /// limits and fault rates (including calm and very hostile runs).
+    pub fn from_seed(seed: u64) -> Self {
+        let mut r = SmallRng::seed_from_u64(seed ^ 0x5CE7_A210);
+        let pick = |r: &mut SmallRng, xs: &[f64]| xs[r.gen_range(0..xs.len())];
+        Scenario {
+            nodes: if r.gen_bool(0.6) { 3 } else { 5 },
+            pre_vote: r.gen_bool(0.85),
+            check_quorum: r.gen_bool(0.85),
+            election_ticks: 10,
+            heartbeat_ticks: r.gen_range(1..=3),
+            max_inflight: r.gen_range(1..=8),
+            max_entries_per_msg: [1, 3, 8, 64][r.gen_range(0..4)],
+            max_bytes_per_msg: if r.gen_bool(0.3) { 64 } else { 1 << 20 },
+            loss: pick(&mut r, &[0.0, 0.01, 0.05, 0.15]),
+            duplicate: pick(&mut r, &[0.0, 0.02, 0.1]),
+            max_delay: r.gen_range(1..=25),
+            persist_delay: pick(&mut r, &[0.0, 3.0, 8.0]) as u64,
+            crash_every_ticks: pick(&mut r, &[0.0, 60.0, 25.0]) as u64,
+            max_down_ticks: r.gen_range(5..=40),
+            partition_every_ticks: pick(&mut r, &[0.0, 40.0, 15.0, 6.0]) as u64,
+            snapshot_threshold: pick(&mut r, &[0.0, 4.0, 10.0, 30.0]) as u64,
+            flush_probability: pick(&mut r, &[0.1, 0.5, 1.0]),
+            clients: r.gen_range(1..=4),
+            think_ticks: r.gen_range(0..=3),
+            read_ratio: pick(&mut r, &[0.2, 0.4]),
+            chaos_ticks: 120,
+            liveness_ticks: 150,
+            converge_ticks: 200,
+        }
+    }
+}
+
+/// Counters of what happened in a run (to show the faults and features
+/// were really exercised).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events processed.
+    pub events: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages lost (loss, partition, crashed receiver).
+    pub dropped: u64,
+    /// Terms that had a leader.
+    pub leader_terms: u64,
+    /// Writes acknowledged to clients (committed and applied).
+    pub writes_ok: u64,
+    /// Writes whose entries were overwritten (definitely failed).
+    pub writes_failed: u64,
+    /// Operations abandoned (timeout, node crash, leadership lost).
+    pub abandoned: u64,
+    /// ReadIndex reads answered and checked.
+    pub reads_ok: u64,
+    /// Proposals or reads refused by non-leaders.
+    pub redirects: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Partition changes.
+    pub partitions: u64,
+    /// Log compactions.
+    pub compactions: u64,
+    /// InstallSnapshot messages sent.
+    pub snapshots_sent: u64,
+    /// Snapshots installed by followers.
+    pub snapshots_installed: u64,
+    /// Ticks from healing to the liveness write being applied.
+    pub heal_to_commit_ticks: u64,
+    /// Final length of the committed log.
+    pub final_index: u64,
+}
+
+impl Stats {
+    /// Adds another run's counters (maxima for the tick measure).
+    pub fn add(&mut self, o: &Stats) {
+        self.events += o.events;
+        self.delivered += o.delivered;
+        self.dropped += o.dropped;
+        self.leader_terms += o.leader_terms;
+        self.writes_ok += o.writes_ok;
+        self.writes_failed += o.writes_failed;
+        self.abandoned += o.abandoned;
+        self.reads_ok += o.reads_ok;
+        self.redirects += o.redirects;
+        self.crashes += o.crashes;
+        self.partitions += o.partitions;
+        self.compactions += o.compactions;
+        self.snapshots_sent += o.snapshots_sent;
+        self.snapshots_installed += o.snapshots_installed;
+        self.heal_to_commit_ticks = self.heal_to_commit_ticks.max(o.heal_to_commit_ticks);
+        self.final_index += o.final_index;
+    }
+}
+
+/// A failed run: everything needed to understand and replay it.
+#[derive(Debug)]
+pub struct SimFailure {
+    /// The seed (replay with `RAFTKV_SIM_SEED=<seed>`).
+    pub seed: u64,
+    /// The scenario it stood for.
+    pub scenario: Scenario,
+    /// What went wrong.
+    pub error: String,
+    /// The last events before the failure, oldest first.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "simulation failed for seed {}: {}", self.seed, self.error)?;
+        writeln!(f, "replay with: RAFTKV_SIM_SEED={} cargo test --test simulation", self.seed)?;
+        writeln!(f, "scenario: {:?}", self.scenario)?;
+        writeln!(f, "last {} events:", self.trace.len())?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Lines of trace kept for a failure report.
+pub(crate) const TRACE_LINES: usize = 400;
+
+/// Runs one seed's scenario. On failure the run is repeated with tracing
+/// on, and the failure carries the trace.
+pub fn run_seed(seed: u64) -> Result<Stats, SimFailure> {
+    run_scenario(seed, Scenario::from_seed(seed))
+}
+
+/// Runs `scenario` with `seed` (see [`run_seed`]).
+pub fn run_scenario(seed: u64, scenario: Scenario) -> Result<Stats, SimFailure> {
+    match Sim::new(seed, scenario.clone(), false).run() {
+        Ok(stats) => Ok(stats),
+        Err(first) => {
+            let mut sim = Sim::new(seed, scenario.clone(), true);
+            let second = sim.run();
+            let error = match second {
+                Err(e) => e,
+                Ok(_) => format!("{first} (did NOT reproduce with tracing on: nondeterminism!)"),
+            };
+            Err(SimFailure {
+                seed,
+                scenario,
+                error,
+                trace: sim.trace_lines(),
+            })
+        }
+    }
+}
+
+/// The seeds to run: `RAFTKV_SIM_SEED=S` → just `S`; else
+/// `RAFTKV_SIM_SEEDS=N` → `0..N`; else `0..default`.
+pub fn seeds_from_env(default: u64) -> Vec<u64> {
+    if let Some(s) = std::env::var("RAFTKV_SIM_SEED")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return vec![s];
+    }
+    let n = std::env::var("RAFTKV_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(default);
+    (0..n).collect()
+}

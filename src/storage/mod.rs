@@ -17,7 +17,13 @@
 use crate::kv::{ApplyResult, KvItem};
 use crate::raft::{Entry, HardState, SnapshotMeta};
 
+pub mod identity;
+pub mod image;
 pub mod mem;
+pub mod record;
+pub mod sled_store;
+
+pub use sled_store::SledStore;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +84,11 @@ pub trait LogStore {
     /// Persists `hard_state` (when given) and `entries` with one flush.
     /// Stored entries with index ≥ `entries[0].index` are deleted first
     /// (they conflict with the leader's log).
-    fn save(&mut self, hard_state: Option<&HardState>, entries: &[Entry])
-        -> Result<(), StorageError>;
+    fn save(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError>;
 
     /// Records `meta` as the latest snapshot and deletes entries ≤ `meta.index`.
     fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError>;
@@ -115,5 +124,11 @@ pub trait StateMachine {
     fn snapshot(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError>;
 
     /// Replaces the whole state by a snapshot image, atomically.
+    ///
+    /// To install a leader's snapshot, call this *before*
+    /// [`LogStore::reset_to_snapshot`]: a crash in between leaves a state
+    /// machine ahead of its log, which a store can finish on restart; the
+    /// other order would leave a log starting after the state machine, with
+    /// the entries in between lost.
     fn restore(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), StorageError>;
 }

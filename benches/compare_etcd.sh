@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# RaftKV vs etcd, side by side, on this machine.
+#
+# Starts a 3-member etcd (Debian's etcd-server, installed if missing) and a
+# 3-node RaftKV (release build), both on 127.0.0.1, both with their data in
+# one temporary directory (so on the same disk) and both with their default
+# fsync-before-acknowledge durability. Then runs identical `raftkv bench`
+# loads against each -- puts and linearizable gets of 100-byte values at 1,
+# 16, 64 and 256 connections, sent to the leader -- measuring the servers'
+# CPU time with --pids, stops everything it started (by PID), and prints a
+# side-by-side table with raftkv/etcd ratios, also written to
+# benches/results/latest.md.
+#
+#   benches/compare_etcd.sh             # 10 s per load (about 4 minutes)
+#   QUICK=1 benches/compare_etcd.sh     # 2 s per load, a smoke test
+#
+# Environment:
+#   DURATION=10          seconds measured per load (QUICK=1: 2)
+#   WARMUP=1             seconds of unmeasured load before each (QUICK=1: 0.5)
+#   CONNECTIONS="1 16 64 256"
+#   WORKLOADS="put get"  any of put get mixed cas
+#   VALUE_SIZE=100  KEYS=1000
+#   RAFTKV_BIN=path      use this binary instead of `cargo build --release`
+#   BENCH_DIR=dir        where the temporary data dir goes (default: $TMPDIR or /tmp)
+#   OUT=file             default benches/results/latest.md
+#   ETCD_PORT=23790      etcd uses ETCD_PORT..+2 (clients) and +10..+12 (peers)
+#   RAFTKV_PORT=28001    raftkv uses RAFTKV_PORT..+2
+#   KEEP=1               keep the temporary dir (data and logs)
+#
+# Needs: Linux (/proc), bash, cargo (unless RAFTKV_BIN), root or sudo for
+# apt-get when etcd is not installed.
+
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+
+if [[ "${QUICK:-0}" == 1 ]]; then
+    DURATION="${DURATION:-2}"
+    WARMUP="${WARMUP:-0.5}"
+else
+    DURATION="${DURATION:-10}"
+    WARMUP="${WARMUP:-1}"
+fi
+CONNECTIONS="${CONNECTIONS:-1 16 64 256}"
+WORKLOADS="${WORKLOADS:-put get}"
+VALUE_SIZE="${VALUE_SIZE:-100}"
+KEYS="${KEYS:-1000}"
+OUT="${OUT:-$repo/benches/results/latest.md}"
+ETCD_PORT="${ETCD_PORT:-23790}"
+RAFTKV_PORT="${RAFTKV_PORT:-28001}"
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ -r /proc/self/stat ]] || die "needs Linux (/proc) to measure CPU time"
+
+# --- etcd -------------------------------------------------------------------
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+    log "installing etcd (apt-get install etcd-server etcd-client)"
+    sudo=""
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null || die "etcd is not installed and this is not root (no sudo)"
+        sudo="sudo"
+    fi
+    # Note: on a machine with systemd the package also starts its own etcd
+    # service on 2379/2380; it is not ours, and this script leaves it alone.
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+etcd_version="$(etcd --version 2>/dev/null | head -n1 | sed 's/^etcd Version: //')"
+
+# --- raftkv -----------------------------------------------------------------
+if [[ -z "${RAFTKV_BIN:-}" ]]; then
+    log "building raftkv (cargo build --release)"
+    (cd "$repo" && cargo build --release --quiet)
+    RAFTKV_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/raftkv"
+fi
+[[ -x "$RAFTKV_BIN" ]] || die "no raftkv binary at $RAFTKV_BIN"
+"$RAFTKV_BIN" bench --help >/dev/null 2>&1 ||
+    die "$RAFTKV_BIN has no 'bench' subcommand"
+raftkv_version="$("$RAFTKV_BIN" --version 2>/dev/null || echo raftkv)"
+git_rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    git_rev="$git_rev+changes"
+fi
+
+# --- ports ------------------------------------------------------------------
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+etcd_client=() etcd_peer=() raft_ports=()
+for i in 0 1 2; do
+    etcd_client+=($((ETCD_PORT + i)))
+    etcd_peer+=($((ETCD_PORT + 10 + i)))
+    raft_ports+=($((RAFTKV_PORT + i)))
+done
+for p in "${etcd_client[@]}" "${etcd_peer[@]}" "${raft_ports[@]}"; do
+    port_busy "$p" && die "port $p is in use (set ETCD_PORT / RAFTKV_PORT)"
+done
+
+# --- everything we start is stopped on exit, by PID -------------------------
+work="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/raftkv-vs-etcd.XXXXXX")"
+pids=()
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if ((${#pids[@]})); then
+        log "stopping ${#pids[@]} server processes"
+        for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+        for pid in "${pids[@]}"; do
+            for _ in $(seq 1 100); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -KILL "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        done
+    fi
+    if [[ "${KEEP:-0}" == 1 ]]; then
+        log "kept $work"
+    else
+        rm -rf "$work"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- start the clusters -----------------------------------------------------
+initial_cluster=""
+for i in 0 1 2; do
+    initial_cluster+="${initial_cluster:+,}etcd-$((i + 1))=http://127.0.0.1:${etcd_peer[i]}"
+done
+etcd_pids=()
+for i in 0 1 2; do
+    n=$((i + 1))
+    etcd --name "etcd-$n" --data-dir "$work/etcd-$n" \
+        --listen-client-urls "http://127.0.0.1:${etcd_client[i]}" \
+        --advertise-client-urls "http://127.0.0.1:${etcd_client[i]}" \
+        --listen-peer-urls "http://127.0.0.1:${etcd_peer[i]}" \
+        --initial-advertise-peer-urls "http://127.0.0.1:${etcd_peer[i]}" \
+        --initial-cluster "$initial_cluster" --initial-cluster-state new \
+        --initial-cluster-token "bench-$$" \
+        --logger zap --log-level warn \
+        >"$work/etcd-$n.log" 2>&1 &
+    pids+=($!)
+    etcd_pids+=($!)
+done
+etcd_endpoints="$(printf 'http://127.0.0.1:%s,' "${etcd_client[@]}")"
+etcd_endpoints="${etcd_endpoints%,}"
+
+raft_pids=()
+for i in 0 1 2; do
+    n=$((i + 1))
+    peers=""
+    for j in 0 1 2; do
+        ((j == i)) && continue
+        peers+="${peers:+,}node-$((j + 1))=127.0.0.1:${raft_ports[j]}"
+    done
+    RUST_LOG=warn "$RAFTKV_BIN" start --node-id "node-$n" --port "${raft_ports[i]}" \
+        --peers "$peers" --data-dir "$work/raftkv-$n" \
+        >"$work/raftkv-$n.log" 2>&1 &
+    pids+=($!)
+    raft_pids+=($!)
+done
+raft_nodes="$(printf 'http://127.0.0.1:%s,' "${raft_ports[@]}")"
+raft_nodes="${raft_nodes%,}"
+
+wait_until() { # what, seconds, command...
+    local what="$1" secs="$2"
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || {
+            log "$what: not ready within ${secs}s; logs:"
+            tail -n 20 "$work"/*.log >&2 || true
+            die "$what did not start"
+        }
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null || {
+                tail -n 20 "$work"/*.log >&2 || true
+                die "server process $pid exited"
+            }
+        done
+        sleep 0.2
+    done
+}
+wait_until "etcd" 60 env ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" \
+    --command-timeout=2s endpoint health
+wait_until "raftkv" 60 "$RAFTKV_BIN" leader --nodes "$raft_nodes" --timeout-ms 2000
+log "etcd $etcd_version: PIDs ${etcd_pids[*]}; raftkv: PIDs ${raft_pids[*]}; data in $work"
+
+# --- the loads --------------------------------------------------------------
+results="$work/results.jsonl"
+: >"$results"
+join() { local IFS=,; echo "$*"; }
+for workload in $WORKLOADS; do
+    for conns in $CONNECTIONS; do
+        # etcd then raftkv for each load, so slow drifts of the machine's
+        # other load hit both alike.
+        for system in etcd raftkv; do
+            if [[ $system == etcd ]]; then
+                target=(--target etcd --endpoints "$etcd_endpoints" --pids "$(join "${etcd_pids[@]}")")
+            else
+                target=(--target raftkv --nodes "$raft_nodes" --pids "$(join "${raft_pids[@]}")")
+            fi
+            if line="$("$RAFTKV_BIN" bench "${target[@]}" --workload "$workload" \
+                --connections "$conns" --duration "$DURATION" --warmup "$WARMUP" \
+                --value-size "$VALUE_SIZE" --keys "$KEYS" --key-prefix "cmp-$workload/" \
+                --consistency linearizable --target-nodes leader --json 2>"$work/bench.err")"; then
+                echo "$line" >>"$results"
+                ops="$(grep -o '"throughput_ops_s":[0-9.]*' <<<"$line" | cut -d: -f2)"
+                log "$(printf '%-6s %-4s %3s conns: %8.0f ops/s' "$system" "$workload" "$conns" "$ops")"
+            else
+                log "$system $workload $conns conns: FAILED: $(tail -n 3 "$work/bench.err")"
+                [[ -n "$line" ]] && echo "$line" >>"$results"
+            fi
+        done
+    done
+done
+
+# --- the table --------------------------------------------------------------
+table="$("$RAFTKV_BIN" bench --summarize "$results")"
+cpu_model="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)"
+mem="$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || true)"
+fs="$(df -PT "$work" 2>/dev/null | awk 'NR == 2 {print $2 " on " $1}' || true)"
+report="$(
+    cat <<EOF
+## RaftKV vs etcd: $(date -u '+%Y-%m-%d %H:%M UTC')
+
+- Machine: ${cpu_model:-unknown CPU}, $(nproc) cores, ${mem:-? RAM}, Linux $(uname -r); data of both clusters on ${fs:-the same disk}.
+- etcd ${etcd_version:-?} (3 members, JSON gateway, default fsync) vs ${raftkv_version} @ ${git_rev} (3 nodes, release build, default fsync).
+- Each load: ${DURATION} s measured after ${WARMUP} s warm-up; ${VALUE_SIZE}-byte values, ${KEYS} keys, all connections to the leader; gets are linearizable.
+- Load generator: \`raftkv bench\` on the same machine. CPU-ms/op = user + system CPU time of the 3 server processes during the run / operations.
+- Ratios are raftkv/etcd: above 1 is better for ops/s, below 1 is better for latency and CPU.
+
+$table
+EOF
+)"
+mkdir -p "$(dirname "$OUT")"
+printf '%s\n' "$report" >"$OUT"
+printf '%s\n' "$report"
+# The raw reports, one JSON object per line, beside the table.
+cp "$results" "${OUT%.md}.jsonl"
+log "written to $OUT and ${OUT%.md}.jsonl"

@@ -1,0 +1,663 @@
+//! `raftkv bench`: a load generator that measures throughput, latency and
+//! CPU cost of RaftKV — and, with `--target etcd`, of an etcd cluster through
+//! its v3 JSON gateway, with the same workloads, so one tool measures both.
+//!
+//! How a run goes:
+//! 1. find where to send requests (the leader, or every node);
+//! 2. pre-populate the key space for workloads that read (bounded in keys
+//!    and time);
+//! 3. open `--connections` kept-alive connections, one task each;
+//! 4. an optional warm-up, then the measured run, which ends at
+//!    `--duration` or after `--ops` operations, whichever comes first (both
+//!    always apply);
+//! 5. report throughput, latency percentiles from an HDR histogram, errors
+//!    by kind and — with `--pids` — the servers' CPU time per operation,
+//!    read from `/proc/PID/stat` before and after.
+//!
+//! The hot loop uses a lean HTTP/1.1 connection per task ([`http`]) instead
+//! of the shared [`crate::client::Client`]: no retries hide failures, and the
+//! load generator takes as little CPU as possible from the nodes it measures.
+//! The shared client is used where its leader discovery and retries fit: to
+//! find RaftKV's leader.
+
+pub mod cpu;
+pub mod etcd;
+pub mod http;
+pub mod report;
+pub mod runner;
+pub mod target;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use rand::{Rng, SeedableRng};
+
+pub use report::Report;
+use target::{Keys, Session, System};
+
+/// Time cap when only `--ops` is given.
+pub const DEFAULT_TIME_CAP_SECS: f64 = 600.0;
+/// Duration when neither `--duration` nor `--ops` is given.
+pub const DEFAULT_DURATION_SECS: f64 = 10.0;
+/// Operation cap when only `--duration` is given.
+pub const DEFAULT_OPS_CAP: u64 = 100_000_000;
+/// Most keys that are pre-populated.
+pub const MAX_POPULATE_KEYS: u64 = 1_000_000;
+
+const EXAMPLES: &str = "\
+Examples:
+  raftkv bench                                   # 10 s of puts, 16 connections, to the leader
+  raftkv bench -w get -c 64 --duration 30        # linearizable reads
+  raftkv bench -w get --consistency stale --target-nodes all
+  raftkv bench -w mixed --read-ratio 0.9 --ops 100000
+  raftkv bench -w cas --keys 100 -c 8            # read-modify-write with ?cas=
+  raftkv bench --pids 1234,1235,1236 --json      # + server CPU-ms per operation
+  raftkv bench --target etcd --endpoints http://127.0.0.1:2379,http://127.0.0.1:22379
+
+Every run is bounded: it stops at --duration (default 10 s; 600 s when only
+--ops is given) or after --ops operations (default 100000000), whichever comes
+first. Workloads that read (get, mixed, cas) first write every key once
+(at most 1000000 keys; --no-populate skips that).
+
+Latency is measured per operation from send to complete answer, for
+operations that completed (successes and CAS conflicts); failures are counted
+by kind (http_<status>, timeout, connect, connection_error, not_found,
+invalid_response). With --pids, the CPU time (user + system, from
+/proc/PID/stat) the listed processes used during the measured run is divided
+by the operations counted: CPU-ms per operation summed over those processes.";
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// A RaftKV cluster (`--nodes`).
+    Raftkv,
+    /// An etcd v3 cluster through its JSON gateway (`--endpoints`).
+    Etcd,
+}
+
+/// The operation mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Unconditional writes of random keys.
+    Put,
+    /// Reads of random (pre-populated) keys.
+    Get,
+    /// Reads (`--read-ratio`) and writes.
+    Mixed,
+    /// Read-modify-write: read a key's mod index, then write it
+    /// conditionally on it (RaftKV `?cas=`, etcd txn on mod_revision).
+    Cas,
+}
+
+/// Where requests go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetNodes {
+    /// Every connection to the current leader.
+    Leader,
+    /// Connections spread over all nodes (followers forward writes).
+    All,
+}
+
+/// Read consistency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReadConsistency {
+    /// Linearizable reads (RaftKV's default; etcd's default range).
+    Linearizable,
+    /// Served by the contacted node, possibly stale (RaftKV
+    /// `?consistency=stale`, etcd `serializable`).
+    Stale,
+}
+
+/// `raftkv bench` options.
+#[derive(clap::Args, Clone, Debug)]
+#[command(after_help = EXAMPLES)]
+pub struct BenchArgs {
+    /// System to measure.
+    #[arg(long, value_enum, default_value_t = TargetKind::Raftkv)]
+    pub target: TargetKind,
+
+    /// RaftKV nodes, comma-separated (http://host:port or host:port).
+    /// [env: RAFTKV_NODES]
+    /// [default: http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003]
+    #[arg(long, value_name = "URL,URL,...")]
+    pub nodes: Option<String>,
+
+    /// etcd client URLs (JSON gateway), comma-separated, for --target etcd.
+    #[arg(
+        long,
+        value_name = "URL,URL,...",
+        env = "ETCDCTL_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: String,
+
+    /// Operation mix.
+    #[arg(long, short = 'w', value_enum, default_value_t = Workload::Put)]
+    pub workload: Workload,
+
+    /// Concurrent connections (one request in flight on each).
+    #[arg(long, short = 'c', default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: u32,
+
+    /// Seconds to run (the time cap). [default: 10, or 600 with --ops]
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Operations to run (the count cap). [default: 100000000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ops: Option<u64>,
+
+    /// Seconds of unmeasured load before the measured run.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub warmup: f64,
+
+    /// Fraction of reads in the mixed workload (0.0-1.0).
+    #[arg(long, value_name = "R", default_value_t = 0.5)]
+    pub read_ratio: f64,
+
+    /// Number of distinct keys.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: u64,
+
+    /// Key length in bytes (prefix + zero-padded number).
+    #[arg(long, value_name = "BYTES", default_value_t = 16)]
+    pub key_size: usize,
+
+    /// Value length in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    pub value_size: usize,
+
+    /// Prefix of every key (so a bench does not touch other keys).
+    #[arg(long, value_name = "P", default_value = "bench/")]
+    pub key_prefix: String,
+
+    /// Send requests to the leader, or spread them over all nodes.
+    #[arg(long, value_enum, default_value_t = TargetNodes::Leader)]
+    pub target_nodes: TargetNodes,
+
+    /// Consistency of the get and mixed workloads' reads.
+    #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+    pub consistency: ReadConsistency,
+
+    /// Do not write the keys before a workload that reads them.
+    #[arg(long)]
+    pub no_populate: bool,
+
+    /// Give up pre-populating after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub populate_timeout: f64,
+
+    /// Per-request timeout in milliseconds (counted as a "timeout" error).
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+
+    /// Server processes whose CPU time to measure (comma-separated PIDs).
+    #[arg(long, value_name = "PID,PID,...", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Print one JSON object (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Seed of the key choice (default: random).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Instead of running: print a Markdown table comparing the etcd and
+    /// raftkv runs in FILE (one `--json` object per line), paired by
+    /// workload and connection count, with raftkv/etcd ratios.
+    #[arg(long, value_name = "FILE")]
+    pub summarize: Option<PathBuf>,
+}
+
+/// An invalid combination of options (exit code 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// The validated plan of a run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// What is measured.
+    pub system: System,
+    /// Operation mix.
+    pub workload: Workload,
+    /// Fraction of reads.
+    pub read_ratio: f64,
+    /// Connections.
+    pub connections: u32,
+    /// Time cap of the measured run.
+    pub time_cap: Duration,
+    /// Count cap of the measured run.
+    pub ops_cap: u64,
+    /// Unmeasured load before it.
+    pub warmup: Duration,
+    /// The key space.
+    pub keys: Arc<Keys>,
+    /// Stale reads.
+    pub stale: bool,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Seed of the key choice.
+    pub seed: u64,
+}
+
+/// Runs `raftkv bench`, printing the report (human or JSON) on stdout.
+/// Fails on bad options, an unreachable cluster, or a run in which no
+/// operation succeeded (after printing its report).
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.summarize {
+        let table = summarize_file(path)?;
+        print!("{table}");
+        return Ok(());
+    }
+    let json = args.json;
+    let report = execute(args).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.human());
+    }
+    if report.successes + report.conflicts == 0 {
+        bail!(
+            "no operation succeeded ({} errors: {:?})",
+            report.errors,
+            report.errors_by_kind
+        );
+    }
+    Ok(())
+}
+
+/// [`run`] for the command line: `global_nodes` is a `--nodes` given before
+/// the subcommand; errors are printed; exit code 2 for usage errors, 3 when
+/// the cluster cannot be reached or nothing succeeded.
+pub async fn run_cli(mut args: BenchArgs, global_nodes: Option<&str>) -> ExitCode {
+    if args.nodes.is_none() {
+        args.nodes = global_nodes.map(str::to_string);
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(3)
+            }
+        }
+    }
+}
+
+/// Reads `--json` reports, one per line, and builds the comparison table.
+pub fn summarize_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut reports = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: Report = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a bench report", path.display(), n + 1))?;
+        reports.push(r);
+    }
+    if reports.is_empty() {
+        bail!("{}: no reports", path.display());
+    }
+    Ok(report::comparison_table(&reports))
+}
+
+/// Validates the options into a plan.
+pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
+    let secs = |name: &str, v: f64, max: f64| -> anyhow::Result<Duration> {
+        if !v.is_finite() || v < 0.0 || v > max {
+            return Err(usage(format!("{name} must be between 0 and {max} seconds")));
+        }
+        Ok(Duration::from_secs_f64(v))
+    };
+    let time_cap = match (args.duration, args.ops) {
+        (Some(d), _) => secs("--duration", d, 86_400.0)?,
+        (None, Some(_)) => Duration::from_secs_f64(DEFAULT_TIME_CAP_SECS),
+        (None, None) => Duration::from_secs_f64(DEFAULT_DURATION_SECS),
+    };
+    if time_cap.is_zero() {
+        return Err(usage("--duration must be more than 0"));
+    }
+    let warmup = secs("--warmup", args.warmup, 3_600.0)?;
+    secs("--populate-timeout", args.populate_timeout, 86_400.0)?;
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        return Err(usage("--read-ratio must be between 0 and 1"));
+    }
+    if args.value_size > crate::kv::MAX_VALUE_BYTES {
+        return Err(usage(format!(
+            "--value-size is over the {}-byte value limit",
+            crate::kv::MAX_VALUE_BYTES
+        )));
+    }
+    let keys = Keys::new(&args.key_prefix, args.key_size, args.keys).map_err(usage)?;
+    let reads = matches!(
+        args.workload,
+        Workload::Get | Workload::Mixed | Workload::Cas
+    );
+    if reads && !args.no_populate && args.keys > MAX_POPULATE_KEYS {
+        return Err(usage(format!(
+            "pre-populating is limited to {MAX_POPULATE_KEYS} keys; use fewer --keys or --no-populate"
+        )));
+    }
+    let read_ratio = match args.workload {
+        Workload::Put | Workload::Cas => 0.0,
+        Workload::Get => 1.0,
+        Workload::Mixed => args.read_ratio,
+    };
+    Ok(Plan {
+        system: match args.target {
+            TargetKind::Raftkv => System::RaftKv,
+            TargetKind::Etcd => System::Etcd,
+        },
+        workload: args.workload,
+        read_ratio,
+        connections: args.connections,
+        time_cap,
+        ops_cap: args.ops.unwrap_or(DEFAULT_OPS_CAP),
+        warmup,
+        keys: Arc::new(keys),
+        stale: args.consistency == ReadConsistency::Stale,
+        timeout: Duration::from_millis(args.timeout_ms),
+        seed: args.seed.unwrap_or_else(rand::random),
+    })
+}
+
+/// Runs the bench and returns its report without printing it.
+pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
+    let plan = plan(&args)?;
+    let progress = !args.json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let endpoints = Arc::new(discover(&args).await?);
+
+    let value = random_value(args.value_size, plan.seed);
+    let reads = matches!(
+        plan.workload,
+        Workload::Get | Workload::Mixed | Workload::Cas
+    );
+    if reads && !args.no_populate {
+        let started = Instant::now();
+        populate(
+            &plan,
+            &endpoints,
+            &value,
+            Duration::from_secs_f64(args.populate_timeout),
+        )
+        .await?;
+        if !args.json {
+            eprintln!(
+                "pre-populated {} keys in {:.1} s",
+                plan.keys.count,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    let connect_timeout = Duration::from_secs(2).min(plan.timeout);
+    let mut sessions = Vec::with_capacity(plan.connections as usize);
+    for i in 0..plan.connections as usize {
+        // Leader routing: every connection starts on the leader (listed
+        // first); all: connection i on node i mod n.
+        let first = match args.target_nodes {
+            TargetNodes::Leader => 0,
+            TargetNodes::All => i,
+        };
+        sessions.push(
+            Session::new(
+                plan.system,
+                endpoints.clone(),
+                first,
+                plan.keys.clone(),
+                &value,
+                plan.stale,
+                plan.timeout,
+                connect_timeout,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        );
+    }
+    let mut used: Vec<String> = Vec::new();
+    for s in &sessions {
+        if !used.iter().any(|u| u == s.endpoint()) {
+            used.push(s.endpoint().to_string());
+        }
+    }
+
+    let outcome = runner::run(&plan, sessions, &args.pids, progress).await?;
+    let stats = &outcome.stats;
+    let ops = stats.ops();
+    let completed = stats.successes + stats.conflicts;
+    let secs = outcome.elapsed.as_secs_f64().max(1e-9);
+    let cpu = (!args.pids.is_empty()).then(|| {
+        let delta = outcome.cpu_before.delta(&outcome.cpu_after);
+        let mut r = report::CpuReport {
+            pids: args.pids.clone(),
+            ..Default::default()
+        };
+        for (pid, d) in delta {
+            match d {
+                Ok(ms) => {
+                    r.cpu_ms += ms;
+                    r.per_pid.insert(pid, ms);
+                }
+                Err(e) => r.errors.push(e),
+            }
+        }
+        r.cpu_ms_per_op = if ops > 0 { r.cpu_ms / ops as f64 } else { 0.0 };
+        r.cores_busy = r.cpu_ms / 1000.0 / secs;
+        r
+    });
+    let client_cpu_ms_per_op = match (outcome.self_cpu_ms, ops) {
+        (Some(ms), n) if n > 0 => Some(ms / n as f64),
+        _ => None,
+    };
+    Ok(Report {
+        target: match plan.system {
+            System::RaftKv => "raftkv",
+            System::Etcd => "etcd",
+        }
+        .into(),
+        workload: format!("{:?}", plan.workload).to_lowercase(),
+        connections: plan.connections,
+        target_nodes: format!("{:?}", args.target_nodes).to_lowercase(),
+        consistency: format!("{:?}", args.consistency).to_lowercase(),
+        read_ratio: plan.read_ratio,
+        endpoints: used,
+        keys: plan.keys.count,
+        key_size: args.key_size,
+        value_size: args.value_size,
+        duration_s: secs,
+        stopped_by: if outcome.hit_ops_cap { "ops" } else { "time" }.into(),
+        ops,
+        successes: stats.successes,
+        conflicts: stats.conflicts,
+        errors: stats.error_count(),
+        errors_by_kind: stats.errors.iter().map(|(k, n)| (k.name(), *n)).collect(),
+        reads: stats.read_ops,
+        writes: stats.write_ops,
+        throughput_ops_s: completed as f64 / secs,
+        latency_ms: report::Latency::of(&stats.all),
+        read_latency_ms: report::Latency::of(&stats.reads),
+        write_latency_ms: report::Latency::of(&stats.writes),
+        cpu,
+        client_cpu_ms_per_op,
+    })
+}
+
+/// A value of `size` printable bytes (alphanumeric: no JSON escaping, and
+/// not trivially compressible).
+fn random_value(size: usize, seed: u64) -> String {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed_da7a);
+    (0..size)
+        .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
+        .collect()
+}
+
+/// The nodes to send requests to: with leader routing the leader first,
+/// then the others (used only if the leader cannot be reached).
+async fn discover(args: &BenchArgs) -> anyhow::Result<Vec<String>> {
+    match args.target {
+        TargetKind::Raftkv => {
+            let from_env = std::env::var("RAFTKV_NODES").ok();
+            let spec = args
+                .nodes
+                .as_deref()
+                .or(from_env.as_deref().filter(|s| !s.trim().is_empty()))
+                .unwrap_or(crate::client::DEFAULT_NODES);
+            let nodes =
+                crate::client::parse_nodes(spec).map_err(|e| usage(format!("--nodes: {e}")))?;
+            if args.target_nodes == TargetNodes::All {
+                return Ok(nodes);
+            }
+            let client = crate::client::Client::new(crate::client::ClientConfig {
+                total_timeout: Duration::from_secs(15),
+                ..crate::client::ClientConfig::with_nodes(nodes.clone())
+            })
+            .map_err(|e| usage(e.to_string()))?;
+            let leader = client
+                .leader()
+                .await
+                .context("finding the RaftKV leader (is the cluster running? see --nodes)")?;
+            // An empty or unusable leader URL: start on the nodes in order
+            // (a follower forwards to the leader).
+            let url = crate::client::normalize_url(&leader.leader_url).ok();
+            Ok(leader_first(nodes, url))
+        }
+        TargetKind::Etcd => {
+            let endpoints = crate::client::parse_nodes(&args.endpoints)
+                .map_err(|e| usage(format!("--endpoints: {e}")))?;
+            if args.target_nodes == TargetNodes::All {
+                return Ok(endpoints);
+            }
+            let leader = etcd_leader(&endpoints).await?;
+            Ok(leader_first(endpoints, Some(leader)))
+        }
+    }
+}
+
+fn leader_first(mut nodes: Vec<String>, leader: Option<String>) -> Vec<String> {
+    if let Some(l) = leader {
+        nodes.retain(|n| *n != l);
+        nodes.insert(0, l);
+    }
+    nodes
+}
+
+/// The endpoint of etcd's leader: the member whose own id is the leader id
+/// it reports (`/v3/maintenance/status`), retried for a few seconds while an
+/// election may be running.
+async fn etcd_leader(endpoints: &[String]) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::from("no endpoint answered");
+    loop {
+        for e in endpoints {
+            let mut conn = http::Conn::new(e, Duration::from_secs(3), Duration::from_secs(1))
+                .map_err(|m| usage(format!("--endpoints: {m}")))?;
+            match conn.request("POST", etcd::STATUS_PATH, Some(b"{}")).await {
+                Ok(200) => match etcd::parse_status(conn.body()) {
+                    Ok((member, leader)) if !member.is_empty() && member == leader => {
+                        return Ok(e.clone());
+                    }
+                    Ok(_) => last = format!("{e}: not the leader"),
+                    Err(m) => last = format!("{e}: {m}"),
+                },
+                Ok(code) => last = format!("{e}: HTTP {code}"),
+                Err(err) => last = format!("{e}: {err}"),
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("finding the etcd leader: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes every key once (bounded by the key count and `limit`), spread
+/// over up to 64 connections, retrying a failed write a few times.
+async fn populate(
+    plan: &Plan,
+    endpoints: &Arc<Vec<String>>,
+    value: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let tasks = (plan.connections as u64).clamp(16, 64).min(plan.keys.count);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let mut session = Session::new(
+            plan.system,
+            endpoints.clone(),
+            0,
+            plan.keys.clone(),
+            value,
+            false,
+            plan.timeout,
+            Duration::from_secs(2),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let keys = plan.keys.clone();
+        handles.push(tokio::spawn(async move {
+            let mut i = t;
+            while i < keys.count {
+                let mut tries = 0;
+                loop {
+                    match session.put(i).await {
+                        report::Outcome::Ok => break,
+                        other if tries >= 5 => {
+                            return Err(format!("writing key {:?}: {other:?}", keys.key(i)))
+                        }
+                        report::Outcome::Error(report::ErrorKind::Connect) => {
+                            session.next_endpoint()
+                        }
+                        _ => {}
+                    }
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                i += tasks;
+            }
+            Ok(())
+        }));
+    }
+    let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+    let all = futures::future::join_all(handles);
+    let results = match tokio::time::timeout(limit, all).await {
+        Ok(r) => r,
+        Err(_) => {
+            for a in aborts {
+                a.abort();
+            }
+            bail!(
+                "pre-populating {} keys took over {:.0} s (see --populate-timeout, --keys)",
+                plan.keys.count,
+                limit.as_secs_f64()
+            )
+        }
+    };
+    for r in results {
+        r.context("a populate task failed")?
+            .map_err(|e| anyhow::anyhow!("pre-populating: {e}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,494 @@
+//! What a bench run measures (per worker, merged at the end) and how it is
+//! reported: a human summary or one JSON object.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Why an operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// An HTTP status the operation does not expect (e.g. 503).
+    Status(u16),
+    /// A read of a key that does not exist (RaftKV's 404, or etcd's empty
+    /// range): the keys were not pre-populated.
+    NotFound,
+    /// No answer within `--timeout-ms`.
+    Timeout,
+    /// The TCP connection could not be opened.
+    Connect,
+    /// The connection broke mid-request.
+    Io,
+    /// An answer that could not be understood.
+    InvalidResponse,
+}
+
+impl ErrorKind {
+    /// A short, stable name for counting (`http_503`, `timeout`, ...).
+    pub fn name(&self) -> String {
+        match self {
+            ErrorKind::Status(code) => format!("http_{code}"),
+            ErrorKind::NotFound => "not_found".into(),
+            ErrorKind::Timeout => "timeout".into(),
+            ErrorKind::Connect => "connect".into(),
+            ErrorKind::Io => "connection_error".into(),
+            ErrorKind::InvalidResponse => "invalid_response".into(),
+        }
+    }
+}
+
+/// How one operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done as asked.
+    Ok,
+    /// A compare-and-swap whose precondition did not hold: a complete,
+    /// correct answer (another connection wrote the key in between), counted
+    /// apart from both successes and errors.
+    Conflict,
+    /// Failed.
+    Error(ErrorKind),
+}
+
+/// Whether an operation reads or writes (a compare-and-swap is a write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// A read.
+    Read,
+    /// A write (put, or a read-modify-write).
+    Write,
+}
+
+/// Latency histograms are in microseconds, from 1 µs to 10 minutes.
+const HIST_MAX_US: u64 = 600_000_000;
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
+}
+
+/// Counters and latency histograms of one worker (or, merged, of a run).
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Latency of every completed operation (successes and conflicts).
+    pub all: Histogram<u64>,
+    /// Latency of completed reads.
+    pub reads: Histogram<u64>,
+    /// Latency of completed writes.
+    pub writes: Histogram<u64>,
+    /// Operations that succeeded.
+    pub successes: u64,
+    /// Compare-and-swaps that lost the race.
+    pub conflicts: u64,
+    /// Failures by kind.
+    pub errors: HashMap<ErrorKind, u64>,
+    /// Read operations attempted.
+    pub read_ops: u64,
+    /// Write operations attempted.
+    pub write_ops: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            all: new_histogram(),
+            reads: new_histogram(),
+            writes: new_histogram(),
+            successes: 0,
+            conflicts: 0,
+            errors: HashMap::new(),
+            read_ops: 0,
+            write_ops: 0,
+        }
+    }
+}
+
+impl Stats {
+    /// Counts one operation that took `micros`. The latency of failed
+    /// operations is not recorded: a timeout would otherwise show up as a
+    /// fast or slow "answer".
+    pub fn record(&mut self, kind: OpKind, outcome: Outcome, micros: u64) {
+        match kind {
+            OpKind::Read => self.read_ops += 1,
+            OpKind::Write => self.write_ops += 1,
+        }
+        let micros = micros.clamp(1, HIST_MAX_US);
+        match outcome {
+            Outcome::Ok | Outcome::Conflict => {
+                if outcome == Outcome::Ok {
+                    self.successes += 1;
+                } else {
+                    self.conflicts += 1;
+                }
+                self.all.saturating_record(micros);
+                match kind {
+                    OpKind::Read => self.reads.saturating_record(micros),
+                    OpKind::Write => self.writes.saturating_record(micros),
+                }
+            }
+            Outcome::Error(e) => *self.errors.entry(e).or_default() += 1,
+        }
+    }
+
+    /// Adds `other`'s counts and histograms to `self`.
+    pub fn merge(&mut self, other: &Stats) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.all.add(&other.all);
+        let _ = self.reads.add(&other.reads);
+        let _ = self.writes.add(&other.writes);
+        self.successes += other.successes;
+        self.conflicts += other.conflicts;
+        for (k, n) in &other.errors {
+            *self.errors.entry(*k).or_default() += n;
+        }
+        self.read_ops += other.read_ops;
+        self.write_ops += other.write_ops;
+    }
+
+    /// Operations counted (every outcome).
+    pub fn ops(&self) -> u64 {
+        self.read_ops + self.write_ops
+    }
+
+    /// Failed operations.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Operations measured.
+    pub count: u64,
+    /// Fastest.
+    pub min: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Slowest.
+    pub max: f64,
+}
+
+impl Latency {
+    /// Percentiles of a microsecond histogram, in ms (all zero when empty).
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            count: h.len(),
+            min: ms(h.min()),
+            mean: h.mean() / 1000.0,
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// CPU time used by the `--pids` processes during the measured run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuReport {
+    /// The processes measured.
+    pub pids: Vec<u32>,
+    /// CPU ms summed over the processes that could be read.
+    pub cpu_ms: f64,
+    /// `cpu_ms` divided by the operations counted.
+    pub cpu_ms_per_op: f64,
+    /// Average cores busy: `cpu_ms` over the run's wall time.
+    pub cores_busy: f64,
+    /// CPU ms per process.
+    pub per_pid: BTreeMap<u32, f64>,
+    /// Processes that could not be read (e.g. they exited).
+    pub errors: Vec<String>,
+}
+
+/// The result of one run: printed by `--json` as one object.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `raftkv` or `etcd`.
+    pub target: String,
+    /// `put`, `get`, `mixed` or `cas`.
+    pub workload: String,
+    /// Concurrent connections.
+    pub connections: u32,
+    /// `leader` or `all`.
+    pub target_nodes: String,
+    /// Read consistency: `linearizable` or `stale`.
+    pub consistency: String,
+    /// Fraction of reads (mixed workload; 1 for get, 0 for put, cas).
+    pub read_ratio: f64,
+    /// Where the connections went (base URLs, in connection order, deduplicated).
+    pub endpoints: Vec<String>,
+    /// Key space size.
+    pub keys: u64,
+    /// Key length in bytes.
+    pub key_size: usize,
+    /// Value length in bytes.
+    pub value_size: usize,
+    /// Seconds of the measured run (warm-up excluded).
+    pub duration_s: f64,
+    /// Why the run ended: `time` or `ops`.
+    pub stopped_by: String,
+    /// Operations counted: `successes + conflicts + errors`.
+    pub ops: u64,
+    /// Operations that succeeded.
+    pub successes: u64,
+    /// Compare-and-swaps whose precondition did not hold.
+    pub conflicts: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Failures by kind (`http_503`, `timeout`, `connect`, ...).
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// Read operations counted.
+    pub reads: u64,
+    /// Write operations counted.
+    pub writes: u64,
+    /// Completed operations (successes + conflicts) per second.
+    pub throughput_ops_s: f64,
+    /// Latency of completed operations.
+    pub latency_ms: Latency,
+    /// Latency of completed reads.
+    pub read_latency_ms: Latency,
+    /// Latency of completed writes.
+    pub write_latency_ms: Latency,
+    /// Server CPU (with `--pids`).
+    pub cpu: Option<CpuReport>,
+    /// CPU ms per operation spent by the bench process itself.
+    pub client_cpu_ms_per_op: Option<f64>,
+}
+
+impl Report {
+    /// A human-readable summary, several lines.
+    pub fn human(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            s,
+            "{} bench: {} on {} ({} nodes: {}), {} connection(s), {} keys, {}-byte keys, {}-byte values{}",
+            self.target,
+            self.workload,
+            self.target,
+            self.target_nodes,
+            self.endpoints.join(","),
+            self.connections,
+            self.keys,
+            self.key_size,
+            self.value_size,
+            match self.workload.as_str() {
+                "put" => String::new(),
+                "mixed" => format!(", {:.0}% {} reads", self.read_ratio * 100.0, self.consistency),
+                _ => format!(", {} reads", self.consistency),
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  duration     {:.2} s (stopped by {})",
+            self.duration_s, self.stopped_by
+        );
+        let _ = writeln!(
+            s,
+            "  operations   {} ({} ok, {} conflicts, {} errors; {} reads, {} writes)",
+            self.ops, self.successes, self.conflicts, self.errors, self.reads, self.writes
+        );
+        let _ = writeln!(s, "  throughput   {:.1} ops/s", self.throughput_ops_s);
+        let _ = writeln!(
+            s,
+            "  latency ms   p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3})",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+        );
+        if self.workload == "mixed" {
+            for (name, l) in [
+                ("reads", &self.read_latency_ms),
+                ("writes", &self.write_latency_ms),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "    {name:<10} p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                    l.p50, l.p90, l.p99, l.p999, l.max
+                );
+            }
+        }
+        if !self.errors_by_kind.is_empty() {
+            let list: Vec<String> = self
+                .errors_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            let _ = writeln!(s, "  errors       {}", list.join(", "));
+        }
+        if let Some(cpu) = &self.cpu {
+            let _ = writeln!(
+                s,
+                "  server CPU   {:.0} ms over {} process(es) = {:.4} CPU-ms/op ({:.2} cores busy)",
+                cpu.cpu_ms,
+                cpu.per_pid.len(),
+                cpu.cpu_ms_per_op,
+                cpu.cores_busy
+            );
+            for e in &cpu.errors {
+                let _ = writeln!(s, "               not measured: {e}");
+            }
+        }
+        if let Some(c) = self.client_cpu_ms_per_op {
+            let _ = writeln!(s, "  bench CPU    {c:.4} CPU-ms/op (this process)");
+        }
+        s
+    }
+}
+
+/// A side-by-side Markdown table of etcd and RaftKV runs with the same
+/// workload and connection count, with raftkv/etcd ratios. Runs without a
+/// partner are listed with `-` on the other side.
+pub fn comparison_table(reports: &[Report]) -> String {
+    use std::fmt::Write;
+    type Group = (String, String, u32);
+    let mut order: Vec<Group> = Vec::new();
+    let mut by: BTreeMap<Group, (Option<&Report>, Option<&Report>)> = BTreeMap::new();
+    for r in reports {
+        let g = (r.workload.clone(), r.consistency.clone(), r.connections);
+        if !order.contains(&g) {
+            order.push(g.clone());
+        }
+        let slot = by.entry(g).or_default();
+        if r.target == "etcd" {
+            slot.0 = Some(r);
+        } else {
+            slot.1 = Some(r);
+        }
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| workload | conns | etcd ops/s | raftkv ops/s | ratio | etcd p50 ms | raftkv p50 ms | ratio | etcd p99 ms | raftkv p99 ms | ratio | etcd CPU-ms/op | raftkv CPU-ms/op | ratio | errors etcd/raftkv |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for g in &order {
+        let (e, r) = by[g];
+        let workload = match g.0.as_str() {
+            "put" => "put".to_string(),
+            w => format!("{w} ({})", g.1),
+        };
+        let cell = |x: Option<f64>, digits: usize| match x {
+            Some(v) => format!("{v:.digits$}"),
+            None => "-".into(),
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(etcd), Some(raft)) if etcd > 0.0 => format!("{:.2}×", raft / etcd),
+            _ => "-".into(),
+        };
+        let ops = |x: Option<&Report>| x.map(|r| r.throughput_ops_s);
+        let p50 = |x: Option<&Report>| x.map(|r| r.latency_ms.p50);
+        let p99 = |x: Option<&Report>| x.map(|r| r.latency_ms.p99);
+        let cpu = |x: Option<&Report>| x.and_then(|r| r.cpu.as_ref().map(|c| c.cpu_ms_per_op));
+        let errs = |x: Option<&Report>| x.map_or("-".to_string(), |r| r.errors.to_string());
+        let _ = writeln!(
+            s,
+            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+            g.2,
+            cell(ops(e), 0),
+            cell(ops(r), 0),
+            ratio(ops(e), ops(r)),
+            cell(p50(e), 2),
+            cell(p50(r), 2),
+            ratio(p50(e), p50(r)),
+            cell(p99(e), 2),
+            cell(p99(r), 2),
+            ratio(p99(e), p99(r)),
+            cell(cpu(e), 3),
+            cell(cpu(r), 3),
+            ratio(cpu(e), cpu(r)),
+            errs(e),
+            errs(r),
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_count_every_outcome_and_merge() {
+        let mut a = Stats::default();
+        a.record(OpKind::Write, Outcome::Ok, 1000);
+        a.record(OpKind::Write, Outcome::Conflict, 3000);
+        a.record(OpKind::Read, Outcome::Error(ErrorKind::Status(503)), 5);
+        let mut b = Stats::default();
+        b.record(OpKind::Read, Outcome::Ok, 2000);
+        b.record(OpKind::Read, Outcome::Error(ErrorKind::Status(503)), 5);
+        b.record(OpKind::Read, Outcome::Error(ErrorKind::Timeout), 5);
+        a.merge(&b);
+        assert_eq!(a.ops(), 6);
+        assert_eq!((a.successes, a.conflicts, a.error_count()), (2, 1, 3));
+        assert_eq!(a.errors[&ErrorKind::Status(503)], 2);
+        assert_eq!(a.errors[&ErrorKind::Timeout], 1);
+        assert_eq!((a.read_ops, a.write_ops), (4, 2));
+        // Failed operations carry no latency.
+        assert_eq!(a.all.len(), 3);
+        assert_eq!(a.reads.len(), 1);
+        assert_eq!(a.writes.len(), 2);
+        let l = Latency::of(&a.all);
+        assert!((l.p50 - 2.0).abs() < 0.01, "{l:?}");
+        assert!((l.max - 3.0).abs() < 0.01, "{l:?}");
+        assert!((l.min - 1.0).abs() < 0.01, "{l:?}");
+        assert_eq!(Latency::of(&new_histogram()), Latency::default());
+        assert_eq!(ErrorKind::Status(503).name(), "http_503");
+    }
+
+    fn report(target: &str, workload: &str, conns: u32, ops_s: f64, cpu: f64) -> Report {
+        Report {
+            target: target.into(),
+            workload: workload.into(),
+            consistency: "linearizable".into(),
+            connections: conns,
+            throughput_ops_s: ops_s,
+            latency_ms: Latency {
+                p50: 2.0,
+                p99: 8.0,
+                ..Latency::default()
+            },
+            cpu: Some(CpuReport {
+                cpu_ms_per_op: cpu,
+                ..CpuReport::default()
+            }),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn comparison_table_pairs_runs_and_computes_ratios() {
+        let t = comparison_table(&[
+            report("etcd", "put", 16, 1000.0, 0.4),
+            report("raftkv", "put", 16, 3000.0, 0.1),
+            report("etcd", "get", 64, 2000.0, 0.2),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(
+            lines[2].starts_with("| put | 16 | 1000 | 3000 | 3.00× |"),
+            "{t}"
+        );
+        assert!(lines[2].contains("| 0.400 | 0.100 | 0.25× |"), "{t}");
+        assert!(
+            lines[3].starts_with("| get (linearizable) | 64 | 2000 | - | - |"),
+            "{t}"
+        );
+    }
+}

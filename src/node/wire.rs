@@ -1,0 +1,118 @@
+//! The bodies of the `/raft/*` RPCs, bincode-encoded.
+//!
+//! Every request is an envelope naming the cluster, the sender and the
+//! receiver, so a node can reject traffic from another cluster (or from a
+//! peer that was configured with a different address for it) before the
+//! core ever sees a message. Replies to Raft messages do not travel in the
+//! HTTP response: they come back later as messages of their own, which is
+//! what lets a sender pipeline requests.
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::{Message, NodeId, SnapshotMeta};
+
+/// Wire format version; bumped when an envelope changes incompatibly.
+pub const WIRE_VERSION: u32 = 1;
+
+/// Header every envelope starts with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcHeader {
+    /// [`WIRE_VERSION`] of the sender.
+    pub version: u32,
+    /// The cluster the sender belongs to.
+    pub cluster_id: String,
+    /// Sender's id.
+    pub from: NodeId,
+    /// Receiver's id as the sender knows it.
+    pub to: NodeId,
+    /// Sender's name (`--node-id`), for display.
+    pub from_name: String,
+    /// Sender's advertised `host:port`.
+    pub from_addr: String,
+}
+
+/// A batch of Raft messages for one peer (`/raft/vote`, `/raft/append`,
+/// `/raft/message`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageBatch {
+    /// Who, from which cluster, to whom.
+    pub header: RpcHeader,
+    /// The messages, in the order the core produced them.
+    pub messages: Vec<Message>,
+}
+
+/// A whole snapshot image with the InstallSnapshot message it belongs to
+/// (`/raft/snapshot`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTransfer {
+    /// Who, from which cluster, to whom.
+    pub header: RpcHeader,
+    /// The leader's InstallSnapshot message (carries its term and `meta`).
+    pub message: Message,
+    /// The snapshot's metadata (same as in `message`).
+    pub meta: SnapshotMeta,
+    /// CRC32 of `data`.
+    pub crc32: u32,
+    /// The serialized state machine.
+    pub data: Vec<u8>,
+}
+
+/// Encodes an RPC body.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("encoding into a Vec cannot fail")
+}
+
+/// Decodes an RPC body; trailing bytes are an error.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after the message",
+            bytes.len() - used
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Entry, EntryPayload, MessageBody};
+
+    #[test]
+    fn batch_roundtrip_and_trailing_garbage() {
+        let batch = MessageBatch {
+            header: RpcHeader {
+                version: WIRE_VERSION,
+                cluster_id: "c".into(),
+                from: 1,
+                to: 2,
+                from_name: "n1".into(),
+                from_addr: "127.0.0.1:1".into(),
+            },
+            messages: vec![Message {
+                from: 1,
+                to: 2,
+                term: 3,
+                body: MessageBody::AppendEntries {
+                    prev_log_index: 1,
+                    prev_log_term: 1,
+                    entries: vec![Entry {
+                        index: 2,
+                        term: 3,
+                        payload: EntryPayload::Command(vec![1, 2, 3]),
+                    }],
+                    leader_commit: 1,
+                    read_ctx: 0,
+                },
+            }],
+        };
+        let mut bytes = encode(&batch);
+        assert_eq!(decode::<MessageBatch>(&bytes).unwrap(), batch);
+        bytes.push(0);
+        assert!(decode::<MessageBatch>(&bytes).is_err());
+        assert!(decode::<MessageBatch>(&[0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,553 @@
+//! Route tests against a fake Raft loop (see `node::handle::testing`): the
+//! contract's shapes and status codes, forwarding between two real
+//! servers on loopback, and the RPC envelope checks.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::{router, AppState};
+use crate::node::handle::testing::{fake_node, Fake, Mode};
+use crate::node::wire::{self, MessageBatch, RpcHeader, WIRE_VERSION};
+use crate::node::{Membership, NodeConfig, NodeStatus, PeerSpec};
+use crate::raft::{Message, MessageBody, Role};
+
+fn membership(self_name: &str, self_port: u16, peers: &[(&str, u16)]) -> Membership {
+    let mut c = NodeConfig::new(self_name);
+    c.port = self_port;
+    c.peers = peers
+        .iter()
+        .map(|(n, p)| PeerSpec {
+            name: Some(n.to_string()),
+            addr: format!("127.0.0.1:{p}"),
+        })
+        .collect();
+    Membership::resolve(&c).unwrap()
+}
+
+fn leader_fake(mode: Mode) -> Fake {
+    fake_node(
+        membership("n1", 1, &[("n2", 2), ("n3", 3)]),
+        mode,
+        Duration::from_millis(300),
+    )
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+        .await
+        .unwrap();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{method} {uri}: body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    };
+    (status, headers, v)
+}
+
+#[tokio::test]
+async fn put_get_delete_roundtrip() {
+    let f = leader_fake(Mode::Leader);
+    let app = router(AppState::new(f.handle.clone()));
+    let (s, _, v) = call(&app, "PUT", "/kv/a%2Fb/c", r#"{"value":"hello"}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "committed");
+    assert_eq!(v["key"], "a/b/c");
+    let index = v["index"].as_u64().unwrap();
+    assert!(index > 0);
+
+    let (s, _, v) = call(&app, "GET", "/kv/a/b/c", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v, json!({"key": "a/b/c", "value": "hello", "index": index}));
+
+    let (s, _, v) = call(&app, "GET", "/kv/a/b/c?consistency=stale", Body::empty()).await;
+    assert_eq!((s, v["value"].clone()), (StatusCode::OK, json!("hello")));
+
+    let (s, _, v) = call(&app, "DELETE", "/kv/a/b/c", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "committed");
+    assert!(v["index"].as_u64().unwrap() > index);
+
+    let (s, _, v) = call(&app, "GET", "/kv/a/b/c", Body::empty()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v, json!({"error": "key not found", "key": "a/b/c"}));
+    let (s, _, v) = call(&app, "DELETE", "/kv/a/b/c", Body::empty()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["key"], "a/b/c");
+}
+
+#[tokio::test]
+async fn cas_semantics() {
+    let f = leader_fake(Mode::Leader);
+    let app = router(AppState::new(f.handle.clone()));
+    let (s, _, v) = call(&app, "PUT", "/kv/c?cas=0", r#"{"value":"1"}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    let i1 = v["index"].as_u64().unwrap();
+    let (s, _, v) = call(&app, "PUT", "/kv/c?cas=0", r#"{"value":"2"}"#).await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(v["index"], i1);
+    assert_eq!(v["key"], "c");
+    assert!(v["error"].is_string());
+    let (s, _, _) = call(&app, "PUT", &format!("/kv/c?cas={i1}"), r#"{"value":"2"}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, v) = call(&app, "DELETE", &format!("/kv/c?cas={i1}"), Body::empty()).await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+    assert!(v["index"].as_u64().unwrap() > i1);
+}
+
+#[tokio::test]
+async fn listing_pages_with_more_flag() {
+    let f = leader_fake(Mode::Leader);
+    let app = router(AppState::new(f.handle.clone()));
+    for k in ["p/1", "p/2", "p/3", "q/1"] {
+        let (s, _, _) = call(&app, "PUT", &format!("/kv/{k}"), r#"{"value":"v"}"#).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, _, v) = call(&app, "GET", "/kv?prefix=p%2F&limit=2", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    let keys: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["p/1", "p/2"]);
+    assert_eq!(v["more"], true);
+    assert!(v["items"][0]["index"].is_u64());
+    assert_eq!(v["items"][0]["value"], "v");
+    let (_, _, v) = call(
+        &app,
+        "GET",
+        "/kv?prefix=p/&limit=2&after=p/2",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    assert_eq!(v["more"], false);
+    let (_, _, v) = call(&app, "GET", "/kv?consistency=stale", Body::empty()).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn bad_input_table() {
+    let f = leader_fake(Mode::Leader);
+    let app = router(AppState::new(f.handle.clone()));
+    let long_key = format!("/kv/{}", "k".repeat(1025));
+    let big = format!(r#"{{"value":"{}"}}"#, "x".repeat((1 << 20) + 1));
+    let huge = vec![b' '; 7 << 20];
+    let cases: Vec<(&str, &str, Body, StatusCode)> = vec![
+        (
+            "PUT",
+            "/kv/k",
+            Body::from("{not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("PUT", "/kv/k", Body::from(""), StatusCode::BAD_REQUEST),
+        (
+            "PUT",
+            "/kv/k",
+            Body::from(r#"{"v":"x"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "PUT",
+            "/kv/k",
+            Body::from(r#"{"value":5}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "PUT",
+            "/kv/k",
+            Body::from(r#"{"value":["a"]}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "PUT",
+            "/kv/",
+            Body::from(r#"{"value":"x"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "PUT",
+            "/kv",
+            Body::from(r#"{"value":"x"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("GET", "/kv/", Body::empty(), StatusCode::BAD_REQUEST),
+        (
+            "PUT",
+            &long_key,
+            Body::from(r#"{"value":"x"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("GET", &long_key, Body::empty(), StatusCode::BAD_REQUEST),
+        (
+            "PUT",
+            "/kv/%FF%FE",
+            Body::from(r#"{"value":"x"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "PUT",
+            "/kv/k?cas=abc",
+            Body::from(r#"{"value":"x"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "PUT",
+            "/kv/k?cas=-1",
+            Body::from(r#"{"value":"x"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "DELETE",
+            "/kv/k?cas=x",
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/kv/k?consistency=bogus",
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("GET", "/kv?limit=0", Body::empty(), StatusCode::BAD_REQUEST),
+        (
+            "GET",
+            "/kv?limit=many",
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "PUT",
+            "/kv/k",
+            Body::from(big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "PUT",
+            "/kv/k",
+            Body::from(huge),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        ("GET", "/nope", Body::empty(), StatusCode::NOT_FOUND),
+        ("GET", "/kvx/a", Body::empty(), StatusCode::NOT_FOUND),
+        (
+            "POST",
+            "/kv/k",
+            Body::empty(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        ("GET", "/kv/missing", Body::empty(), StatusCode::NOT_FOUND),
+    ];
+    for (method, uri, body, want) in cases {
+        let (s, _, v) = call(&app, method, uri, body).await;
+        assert_eq!(s, want, "{method} {}", &uri[..uri.len().min(60)]);
+        assert!(v["error"].is_string(), "{method} {uri}: {v}");
+    }
+    // Nothing bad was written, and the node still serves.
+    let (s, _, _) = call(&app, "GET", "/kv/k", Body::empty()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = call(&app, "PUT", "/kv/k", r#"{"value":"ok"}"#).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn max_sizes_are_accepted() {
+    let f = leader_fake(Mode::Leader);
+    let app = router(AppState::new(f.handle.clone()));
+    let key = "k".repeat(1024);
+    let value = "\"".repeat(1 << 20); // escapes to 2 MiB of JSON
+    let body = serde_json::to_vec(&json!({ "value": value })).unwrap();
+    let (s, _, v) = call(&app, "PUT", &format!("/kv/{key}"), body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, v) = call(&app, "GET", &format!("/kv/{key}"), Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["value"].as_str().unwrap().len(), 1 << 20);
+}
+
+#[tokio::test]
+async fn uncommitted_write_is_503_outcome_unknown() {
+    let f = leader_fake(Mode::Stuck);
+    let app = router(AppState::new(f.handle.clone()));
+    let (s, h, v) = call(&app, "PUT", "/kv/k", r#"{"value":"x"}"#).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h[header::RETRY_AFTER], "1");
+    assert_eq!(v["outcome"], "unknown");
+    assert_eq!(v["key"], "k");
+}
+
+#[tokio::test]
+async fn no_leader_is_503_with_retry_after() {
+    let f = leader_fake(Mode::Leader);
+    f.status_tx.send_modify(|s| {
+        s.leader = None;
+        s.role = Role::Candidate;
+    });
+    let app = router(AppState::new(f.handle.clone()));
+    let (s, h, v) = call(&app, "PUT", "/kv/k", r#"{"value":"x"}"#).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h[header::RETRY_AFTER], "1");
+    assert!(v.get("outcome").is_none(), "nothing was proposed: {v}");
+    let (s, _, _) = call(&app, "GET", "/kv/k", Body::empty()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, h, v) = call(&app, "GET", "/cluster/leader", Body::empty()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(h.contains_key(header::RETRY_AFTER));
+    assert!(v["error"].is_string());
+    // Stale reads and health never wait for a leader.
+    let (s, _, _) = call(&app, "GET", "/kv/k?consistency=stale", Body::empty()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, v) = call(&app, "GET", "/health", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["role"], "candidate");
+    assert_eq!(v["node_id"], "n1");
+}
+
+#[tokio::test]
+async fn status_and_leader_shapes() {
+    let f = leader_fake(Mode::Leader);
+    f.status_tx.send_modify(|s| {
+        *s = NodeStatus {
+            role: Role::Leader,
+            term: 4,
+            leader: Some(s.leader.unwrap()),
+            commit_index: 10,
+            applied_index: 9,
+            first_index: 3,
+            last_index: 11,
+            snapshot_index: 2,
+            peers: vec![crate::raft::PeerStatus {
+                id: crate::node::membership::id_of("n2"),
+                match_index: 8,
+                next_index: 9,
+            }],
+            running: true,
+        }
+    });
+    let app = router(AppState::new(f.handle.clone()));
+    let (s, _, v) = call(&app, "GET", "/cluster/status", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    for (k, want) in [
+        ("node_id", json!("n1")),
+        ("role", json!("leader")),
+        ("term", json!(4)),
+        ("leader_id", json!("n1")),
+        ("leader_url", json!("http://127.0.0.1:1")),
+        ("commit_index", json!(10)),
+        ("applied_index", json!(9)),
+        ("last_log_index", json!(11)),
+        ("first_log_index", json!(3)),
+        ("snapshot_index", json!(2)),
+    ] {
+        assert_eq!(v[k], want, "{k}");
+    }
+    let peers = v["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2);
+    let n2 = peers.iter().find(|p| p["id"] == "n2").unwrap();
+    assert_eq!(n2["match_index"], 8);
+    assert_eq!(n2["url"], "http://127.0.0.1:2");
+    let (s, _, v) = call(&app, "GET", "/cluster/leader", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v,
+        json!({"leader_id": "n1", "leader_url": "http://127.0.0.1:1", "term": 4})
+    );
+}
+
+fn batch(cluster: &str, from: &str, to: &str) -> Vec<u8> {
+    let from_id = crate::node::membership::id_of(from);
+    let to_id = crate::node::membership::id_of(to);
+    wire::encode(&MessageBatch {
+        header: RpcHeader {
+            version: WIRE_VERSION,
+            cluster_id: cluster.into(),
+            from: from_id,
+            to: to_id,
+            from_name: from.into(),
+            from_addr: "127.0.0.1:2".into(),
+        },
+        messages: vec![Message {
+            from: from_id,
+            to: to_id,
+            term: 1,
+            body: MessageBody::RequestVote {
+                last_log_index: 0,
+                last_log_term: 0,
+            },
+        }],
+    })
+}
+
+#[tokio::test]
+async fn rpc_envelopes_are_checked() {
+    let f = leader_fake(Mode::Leader);
+    let cluster = f.handle.membership().cluster_id.clone();
+    let app = router(AppState::new(f.handle.clone()));
+    let (s, _, _) = call(&app, "POST", "/raft/vote", batch(&cluster, "n2", "n1")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = call(&app, "POST", "/raft/append", batch(&cluster, "n2", "n1")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, v) = call(&app, "POST", "/raft/vote", batch("other", "n2", "n1")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(v["error"].as_str().unwrap().contains("cluster id"));
+    let (s, _, _) = call(&app, "POST", "/raft/vote", batch(&cluster, "n9", "n1")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _, _) = call(&app, "POST", "/raft/vote", batch(&cluster, "n2", "n3")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _, v) = call(&app, "POST", "/raft/message", Body::from("garbage")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].is_string());
+    let (s, _, _) = call(&app, "GET", "/raft/vote", Body::empty()).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// Serves `app` on a loopback listener.
+async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+}
+
+#[tokio::test]
+async fn followers_forward_writes_and_reads_to_the_leader() {
+    let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (p1, p2) = (
+        l1.local_addr().unwrap().port(),
+        l2.local_addr().unwrap().port(),
+    );
+    let leader = fake_node(
+        membership("n1", p1, &[("n2", p2)]),
+        Mode::Leader,
+        Duration::from_secs(2),
+    );
+    let follower = fake_node(
+        membership("n2", p2, &[("n1", p1)]),
+        Mode::Follower(crate::node::membership::id_of("n1")),
+        Duration::from_secs(2),
+    );
+    serve(l1, router(AppState::new(leader.handle.clone()))).await;
+    serve(l2, router(AppState::new(follower.handle.clone()))).await;
+    let client = reqwest::Client::new();
+    let f = format!("http://127.0.0.1:{p2}");
+
+    let r = client
+        .put(format!("{f}/kv/fw%2Fkey?cas=0"))
+        .body(r#"{"value":"via follower"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-raftkv-forwarded"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["key"], "fw/key");
+    // It landed in the leader's state machine, not the follower's.
+    assert_eq!(
+        leader.reader.map.lock().unwrap().get("fw/key").unwrap().0,
+        "via follower"
+    );
+    assert!(follower.reader.map.lock().unwrap().is_empty());
+
+    // Linearizable reads go to the leader; stale reads stay local.
+    let r = client.get(format!("{f}/kv/fw/key")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["value"], "via follower");
+    let r = client
+        .get(format!("{f}/kv/fw/key?consistency=stale"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Errors found by the leader come back unchanged.
+    let r = client
+        .put(format!("{f}/kv/fw/key?cas=0"))
+        .body(r#"{"value":"again"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    // A request that already made its hops is not passed on again.
+    let r = client
+        .get(format!("{f}/kv/fw/key"))
+        .header("x-raftkv-hops", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn forwarding_loops_end_in_503() {
+    // Two followers that each believe the other leads.
+    let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (p1, p2) = (
+        l1.local_addr().unwrap().port(),
+        l2.local_addr().unwrap().port(),
+    );
+    let a = fake_node(
+        membership("n1", p1, &[("n2", p2)]),
+        Mode::Follower(crate::node::membership::id_of("n2")),
+        Duration::from_millis(500),
+    );
+    let b = fake_node(
+        membership("n2", p2, &[("n1", p1)]),
+        Mode::Follower(crate::node::membership::id_of("n1")),
+        Duration::from_millis(500),
+    );
+    serve(l1, router(AppState::new(a.handle.clone()))).await;
+    serve(l2, router(AppState::new(b.handle.clone()))).await;
+    let r = reqwest::Client::new()
+        .put(format!("http://127.0.0.1:{p1}/kv/x"))
+        .body(r#"{"value":"v"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("forwarded"), "{v}");
+}
+
+#[tokio::test]
+async fn dead_leader_write_is_503_not_applied() {
+    // The follower's leader does not listen: nothing was sent, so the
+    // answer is a plain 503 without "outcome": "unknown".
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let f = fake_node(
+        membership("n2", 2, &[("n1", dead_port)]),
+        Mode::Follower(crate::node::membership::id_of("n1")),
+        Duration::from_millis(300),
+    );
+    let app = router(AppState::new(f.handle.clone()));
+    let (s, h, v) = call(&app, "PUT", "/kv/k", r#"{"value":"x"}"#).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(h.contains_key(header::RETRY_AFTER));
+    assert!(v.get("outcome").is_none(), "{v}");
+}

@@ -1,0 +1,284 @@
+//! The safety properties the simulation checks, with the bookkeeping they
+//! need. Every check is incremental (O(1) or O(new entries) per event), so
+//! it can run after every single event.
+//!
+//! * **Election safety**: at most one leader per term, over the whole run.
+//! * **Log matching**: every entry ever persisted by any node is recorded
+//!   by `(index, term)` with its payload digest and the term of the entry
+//!   before it. Two nodes persisting the same `(index, term)` must agree on
+//!   both, which by induction makes their logs identical up to that index.
+//! * **Committed entries are never lost / leader completeness**: every
+//!   index any node ever counted as committed is recorded with its term;
+//!   commit indexes never agree on different terms, and every new leader's
+//!   log must hold every recorded committed entry.
+//! * **State machine safety**: the first application of each index
+//!   anywhere fixes its payload; every other application must match. A
+//!   reference state machine applies that canonical sequence, and reads and
+//!   final states are compared against it.
+
+use std::collections::HashMap;
+
+use crate::kv::KvCommand;
+use crate::raft::{Entry, EntryPayload, NodeId, RaftNode};
+use crate::storage::mem::MemStateMachine;
+use crate::storage::StateMachine;
+
+/// A cheap, deterministic digest of an entry's payload (FNV-1a).
+pub fn digest(payload: &EntryPayload) -> u64 {
+    match payload {
+        EntryPayload::Noop => 0x6E6F_6F70,
+        EntryPayload::Command(bytes) => {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            h | 1
+        }
+    }
+}
+
+/// What is known about one committed index.
+#[derive(Clone, Copy, Debug, Default)]
+struct CommittedSlot {
+    /// Term of the committed entry (0 = not seen yet).
+    term: u64,
+    /// Payload digest, once some node applied it (0 = not applied yet).
+    digest: u64,
+}
+
+/// The run-wide record of what happened, and the checks on it.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// Term → the node that led it.
+    leaders: HashMap<u64, NodeId>,
+    /// `(index, term)` → (payload digest, term of the previous entry).
+    persisted: HashMap<(u64, u64), (u64, u64)>,
+    /// Committed slots by index (position `i - 1`).
+    committed: Vec<CommittedSlot>,
+    /// Highest index applied anywhere (the canonical sequence's length).
+    applied_len: u64,
+    /// The reference state machine, fed the canonical sequence.
+    reference: MemStateMachine,
+    /// Key → `(index, value after that index)` for every change.
+    key_history: HashMap<String, Vec<(u64, Option<(String, u64)>)>>,
+}
+
+impl Checker {
+    /// A checker with nothing recorded.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `node` is leader of `term`; on the first sighting of a
+    /// leader, checks that its log holds every committed entry.
+    pub fn observe_leader(&mut self, node: NodeId, term: u64, core: &RaftNode) -> Result<(), String> {
+        match self.leaders.get(&term) {
+            Some(&other) if other != node => {
+                return Err(format!(
+                    "election safety: nodes {other} and {node} both led term {term}"
+                ))
+            }
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        self.leaders.insert(term, node);
+        let snap = core.snapshot_meta().index;
+        for (k, slot) in self.committed.iter().enumerate() {
+            let index = k as u64 + 1;
+            if index <= snap || slot.term == 0 {
+                continue;
+            }
+            match core.term_at(index) {
+                Some(t) if t == slot.term => {}
+                other => {
+                    return Err(format!(
+                        "leader completeness: new leader {node} of term {term} has term {other:?} \
+                         at committed index {index} (committed term {})",
+                        slot.term
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records entries `node` made durable; `prev_term` is the term of the
+    /// entry just before the first one (if known).
+    pub fn on_persist(&mut self, node: NodeId, prev_term: Option<u64>, entries: &[Entry]) -> Result<(), String> {
+        let mut prev = prev_term;
+        for e in entries {
+            let d = digest(&e.payload);
+            match (self.persisted.get(&(e.index, e.term)), prev) {
+                (Some(&(d0, p0)), Some(p)) if d0 != d || p0 != p => {
+                    return Err(format!(
+                        "log matching: node {node} persisted ({}, term {}) with digest {d:x} after \
+                         term {p}, another node has digest {d0:x} after term {p0}",
+                        e.index, e.term
+                    ))
+                }
+                (Some(&(d0, _)), None) if d0 != d => {
+                    return Err(format!(
+                        "log matching: node {node} persisted a different entry at ({}, term {})",
+                        e.index, e.term
+                    ))
+                }
+                (Some(_), _) => {}
+                (None, Some(p)) => {
+                    self.persisted.insert((e.index, e.term), (d, p));
+                }
+                (None, None) => {}
+            }
+            prev = Some(e.term);
+        }
+        Ok(())
+    }
+
+    fn slot(&mut self, index: u64) -> &mut CommittedSlot {
+        let i = (index - 1) as usize;
+        if self.committed.len() <= i {
+            self.committed.resize(i + 1, CommittedSlot::default());
+        }
+        &mut self.committed[i]
+    }
+
+    /// `node`'s commit index moved from `from` to `to`: records the newly
+    /// committed entries' terms and checks them against earlier commits.
+    pub fn on_commit(&mut self, node: NodeId, core: &RaftNode, from: u64, to: u64) -> Result<(), String> {
+        let snap = core.snapshot_meta().index;
+        for index in (from + 1).max(snap + 1)..=to {
+            let Some(term) = core.term_at(index) else {
+                return Err(format!(
+                    "node {node} committed index {index} beyond its log ({})",
+                    core.last_index()
+                ));
+            };
+            let slot = self.slot(index);
+            if slot.term == 0 {
+                slot.term = term;
+            } else if slot.term != term {
+                return Err(format!(
+                    "committed entry lost: node {node} committed index {index} with term {term}, \
+                     but term {} was committed there before",
+                    slot.term
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `node` applied `entries`: checks them against the canonical sequence,
+    /// extending it (and the reference state machine) on first application.
+    pub fn on_apply(&mut self, node: NodeId, entries: &[Entry]) -> Result<(), String> {
+        for e in entries {
+            let d = digest(&e.payload);
+            let slot = self.slot(e.index);
+            if slot.term != 0 && slot.term != e.term {
+                return Err(format!(
+                    "state machine safety: node {node} applied index {} of term {}, committed term is {}",
+                    e.index, e.term, slot.term
+                ));
+            }
+            slot.term = e.term;
+            if slot.digest != 0 && slot.digest != d {
+                return Err(format!(
+                    "state machine safety: node {node} applied a different command at index {}",
+                    e.index
+                ));
+            }
+            slot.digest = d;
+            if e.index == self.applied_len + 1 {
+                self.applied_len = e.index;
+                self.reference
+                    .apply(std::slice::from_ref(e))
+                    .map_err(|err| format!("reference state machine: {err}"))?;
+                if let EntryPayload::Command(bytes) = &e.payload {
+                    if let Ok(cmd) = KvCommand::decode(bytes) {
+                        let now = self.reference.get(cmd.key()).unwrap_or(None);
+                        self.key_history
+                            .entry(cmd.key().to_string())
+                            .or_default()
+                            .push((e.index, now));
+                    }
+                }
+            } else if e.index > self.applied_len + 1 {
+                return Err(format!(
+                    "node {node} applied index {} before anyone applied {}",
+                    e.index,
+                    self.applied_len + 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of `key` after applying the canonical sequence up to
+    /// `index` (which must have been applied somewhere).
+    pub fn value_at(&self, key: &str, index: u64) -> Option<(String, u64)> {
+        let hist = self.key_history.get(key)?;
+        let k = hist.partition_point(|(i, _)| *i <= index);
+        if k == 0 {
+            None
+        } else {
+            hist[k - 1].1.clone()
+        }
+    }
+
+    /// The committed term at `index`, once known.
+    pub fn committed_term(&self, index: u64) -> Option<u64> {
+        let slot = self.committed.get(index.checked_sub(1)? as usize)?;
+        (slot.term != 0).then_some(slot.term)
+    }
+
+    /// Length of the canonical applied sequence.
+    pub fn applied_len(&self) -> u64 {
+        self.applied_len
+    }
+
+    /// The reference state machine (the canonical sequence applied).
+    pub fn reference(&self) -> &MemStateMachine {
+        &self.reference
+    }
+
+    /// Number of terms that had a leader.
+    pub fn leader_terms(&self) -> usize {
+        self.leaders.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(index: u64, term: u64, v: &str) -> Entry {
+        Entry {
+            index,
+            term,
+            payload: EntryPayload::Command(
+                KvCommand::Put {
+                    key: "k".into(),
+                    value: v.into(),
+                    cas: None,
+                }
+                .encode(),
+            ),
+        }
+    }
+
+    #[test]
+    fn divergent_application_is_caught() {
+        let mut c = Checker::new();
+        c.on_apply(1, &[put(1, 1, "a")]).unwrap();
+        assert!(c.on_apply(2, &[put(1, 1, "b")]).is_err());
+        assert_eq!(c.value_at("k", 1), Some(("a".into(), 1)));
+        assert_eq!(c.value_at("k", 0), None);
+    }
+
+    #[test]
+    fn log_matching_violation_is_caught() {
+        let mut c = Checker::new();
+        c.on_persist(1, Some(0), &[put(1, 1, "a"), put(2, 1, "b")]).unwrap();
+        c.on_persist(2, Some(0), &[put(1, 1, "a")]).unwrap();
+        assert!(c.on_persist(3, Some(1), &[put(2, 1, "c")]).is_err());
+    }
+}

@@ -1,0 +1,610 @@
+//! `raftkv bench` end to end: bounded runs of every workload against a real
+//! 3-node cluster (see `common`), checking that the report's counts add up
+//! and that the writes really landed; the etcd target against a fake etcd
+//! JSON gateway that checks every request's encoding; error accounting
+//! against nodes that are down; option validation.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use clap::Parser;
+use common::*;
+use raftkv::bench::{self, BenchArgs, Report, UsageError};
+use serde_json::{json, Value};
+
+const FORM: Duration = Duration::from_secs(20);
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+/// Parses `raftkv bench` options.
+fn args(list: &[&str]) -> BenchArgs {
+    Cli::try_parse_from(std::iter::once("bench").chain(list.iter().copied()))
+        .unwrap_or_else(|e| panic!("bad test arguments {list:?}: {e}"))
+        .bench
+}
+
+/// Checks what every report must satisfy and returns it as JSON, the form
+/// scripts read.
+fn check_consistent(r: &Report) -> Value {
+    assert_eq!(
+        r.ops,
+        r.successes + r.conflicts + r.errors,
+        "every operation is a success, a conflict or an error: {r:?}"
+    );
+    assert_eq!(r.ops, r.reads + r.writes, "{r:?}");
+    assert_eq!(
+        r.errors,
+        r.errors_by_kind.values().sum::<u64>(),
+        "errors by kind add up: {r:?}"
+    );
+    assert!(r.successes > 0, "something succeeded: {r:?}");
+    let l = &r.latency_ms;
+    assert_eq!(l.count, r.successes + r.conflicts, "{r:?}");
+    assert!(
+        0.0 < l.min
+            && l.min <= l.p50
+            && l.p50 <= l.p90
+            && l.p90 <= l.p99
+            && l.p99 <= l.p999
+            && l.p999 <= l.max,
+        "percentiles in order: {l:?}"
+    );
+    assert!(r.duration_s > 0.0 && r.throughput_ops_s > 0.0, "{r:?}");
+    let expected = (r.successes + r.conflicts) as f64 / r.duration_s;
+    assert!((r.throughput_ops_s - expected).abs() < 1e-6 * expected.max(1.0));
+    assert_eq!(r.read_latency_ms.count + r.write_latency_ms.count, l.count);
+
+    let v = serde_json::to_value(r).unwrap();
+    for field in [
+        "target",
+        "workload",
+        "connections",
+        "ops",
+        "successes",
+        "errors",
+        "errors_by_kind",
+        "throughput_ops_s",
+        "duration_s",
+    ] {
+        assert!(v.get(field).is_some(), "JSON has {field}: {v}");
+    }
+    for p in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(
+            v["latency_ms"][p].is_number(),
+            "JSON has latency_ms.{p}: {v}"
+        );
+    }
+    // The JSON line round-trips (what --summarize reads).
+    let back: Report = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(&back, r);
+    v
+}
+
+/// Every item under `prefix` (one page is enough: the tests use few keys).
+async fn list(c: &Cluster, prefix: &str) -> Vec<Value> {
+    let (s, v) = c
+        .get_json(0, &format!("/kv?prefix={}&limit=1000", encode_key(prefix)))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["more"], false);
+    v["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_workload_runs_bounded_against_a_real_cluster() {
+    let mut c = Cluster::start(3, &Opts::default());
+    c.wait_for_leader(FORM).await;
+    let nodes = (0..3).map(|i| c.url(i)).collect::<Vec<_>>().join(",");
+    let pids = c
+        .nodes
+        .iter()
+        .map(|n| n.pid().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let common_args = |workload: &'static str, prefix: &'static str| {
+        vec![
+            "--nodes".to_string(),
+            nodes.clone(),
+            "--workload".into(),
+            workload.into(),
+            "--ops".into(),
+            "200".into(),
+            "--duration".into(),
+            "120".into(),
+            "--connections".into(),
+            "4".into(),
+            "--key-prefix".into(),
+            prefix.into(),
+            "--value-size".into(),
+            "100".into(),
+            "--pids".into(),
+            pids.clone(),
+            "--seed".into(),
+            "7".into(),
+            "--json".into(),
+        ]
+    };
+    let run = |extra: Vec<String>| async move {
+        let list: Vec<&str> = extra.iter().map(String::as_str).collect();
+        bench::execute(args(&list)).await.expect("bench runs")
+    };
+
+    // Puts: exactly the requested count, all to the leader; the keys exist
+    // afterwards with values of the requested size.
+    let mut a = common_args("put", "put/");
+    a.extend(["--keys".into(), "50".into()]);
+    let r = run(a).await;
+    let v = check_consistent(&r);
+    assert_eq!(v["workload"], "put");
+    assert_eq!((r.ops, r.writes, r.reads), (200, 200, 0), "{r:?}");
+    assert_eq!(r.stopped_by, "ops");
+    assert_eq!(r.endpoints.len(), 1, "leader routing: {r:?}");
+    let cpu = r.cpu.as_ref().expect("--pids measures CPU");
+    assert_eq!(cpu.per_pid.len(), 3, "{cpu:?}");
+    assert!(cpu.errors.is_empty(), "{cpu:?}");
+    assert!(
+        cpu.cpu_ms > 0.0,
+        "200 fsync'd writes cost the nodes CPU: {cpu:?}"
+    );
+    assert!((cpu.cpu_ms_per_op - cpu.cpu_ms / r.ops as f64).abs() < 1e-9);
+    let items = list(&c, "put/").await;
+    assert!(
+        !items.is_empty() && items.len() <= 50,
+        "{} keys",
+        items.len()
+    );
+    assert!(items.len() as u64 <= r.successes);
+    for item in &items {
+        assert_eq!(item["key"].as_str().unwrap().len(), 16, "{item}");
+        assert_eq!(item["value"].as_str().unwrap().len(), 100, "{item}");
+    }
+
+    // Gets: every key was pre-populated, so no read misses.
+    let mut a = common_args("get", "get/");
+    a.extend(["--keys".into(), "30".into()]);
+    let r = run(a).await;
+    check_consistent(&r);
+    assert_eq!((r.ops, r.reads, r.writes), (200, 200, 0), "{r:?}");
+    assert!(!r.errors_by_kind.contains_key("not_found"), "{r:?}");
+    assert_eq!(list(&c, "get/").await.len(), 30);
+
+    // Stale gets spread over every node.
+    let mut a = common_args("get", "get/");
+    a.extend([
+        "--keys".into(),
+        "30".into(),
+        "--consistency".into(),
+        "stale".into(),
+        "--target-nodes".into(),
+        "all".into(),
+        "--no-populate".into(),
+    ]);
+    let r = run(a).await;
+    check_consistent(&r);
+    assert_eq!(r.consistency, "stale");
+    assert_eq!(r.endpoints.len(), 3, "{r:?}");
+
+    // Mixed: both kinds, in the requested proportion (roughly).
+    let mut a = common_args("mixed", "mixed/");
+    a.extend([
+        "--keys".into(),
+        "20".into(),
+        "--read-ratio".into(),
+        "0.5".into(),
+    ]);
+    let r = run(a).await;
+    check_consistent(&r);
+    assert!(r.reads > 40 && r.writes > 40, "{r:?}");
+    assert!(r.read_latency_ms.count > 0 && r.write_latency_ms.count > 0);
+
+    // CAS: read-modify-writes that succeed move the keys' mod index.
+    let before: BTreeMap<String, u64> = {
+        let mut m = BTreeMap::new();
+        for i in 0..5 {
+            let key = format!("cas/{i:012}");
+            let (s, v) = c.put(0, &key, "start").await.unwrap();
+            assert_eq!(s, 200, "{v}");
+            m.insert(key, v["index"].as_u64().unwrap());
+        }
+        m
+    };
+    let mut a = common_args("cas", "cas/");
+    a.extend(["--keys".into(), "5".into(), "--no-populate".into()]);
+    let r = run(a).await;
+    check_consistent(&r);
+    assert_eq!(r.writes, 200);
+    let after = list(&c, "cas/").await;
+    assert_eq!(after.len(), 5);
+    let moved = after
+        .iter()
+        .filter(|item| item["index"].as_u64().unwrap() > before[item["key"].as_str().unwrap()])
+        .count();
+    assert!(moved >= 1, "some CAS landed: {after:?}");
+    for item in &after {
+        if item["index"].as_u64().unwrap() > before[item["key"].as_str().unwrap()] {
+            assert_eq!(item["value"].as_str().unwrap().len(), 100, "{item}");
+        }
+    }
+    // Every successful CAS changed a key, so the keys moved at most that
+    // often, and the last index covers at least that many writes.
+    assert!(moved as u64 <= r.successes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_are_down_are_counted_as_connect_errors() {
+    let ports = free_ports(2);
+    let nodes = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let a = [
+        "--nodes",
+        &nodes,
+        "--target-nodes",
+        "all",
+        "--ops",
+        "20",
+        "--duration",
+        "30",
+        "--connections",
+        "2",
+        "--timeout-ms",
+        "2000",
+    ];
+    let r = bench::execute(args(&a))
+        .await
+        .expect("the run itself completes");
+    assert_eq!(r.ops, 20, "{r:?}");
+    assert_eq!(r.successes, 0);
+    assert_eq!(r.errors_by_kind.get("connect"), Some(&20), "{r:?}");
+    assert_eq!(r.latency_ms.count, 0);
+    // `run` reports the failure (exit code 3 on the command line).
+    let err = bench::run(args(&a)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no operation succeeded"),
+        "{err:#}"
+    );
+}
+
+#[tokio::test]
+async fn bad_options_are_usage_errors() {
+    for bad in [
+        &["--key-size", "4"][..],
+        &["--key-size", "2000"],
+        &["--read-ratio", "1.5"],
+        &["--duration", "0"],
+        &["--duration=-1"],
+        &["--value-size", "2000000"],
+        &["--workload", "get", "--keys", "2000000"],
+        &["--nodes", "https://x:1"],
+    ] {
+        let mut list = bad.to_vec();
+        list.extend(["--target-nodes", "all"]);
+        let err = bench::execute(args(&list)).await.unwrap_err();
+        assert!(
+            err.downcast_ref::<UsageError>().is_some(),
+            "{bad:?} is a usage error, got {err:#}"
+        );
+    }
+    assert!(Cli::try_parse_from(["bench", "--connections", "0"]).is_err());
+    assert!(Cli::try_parse_from(["bench", "--ops", "0"]).is_err());
+    assert!(Cli::try_parse_from(["bench", "--workload", "scan"]).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// A fake etcd v3 JSON gateway, strict about the request shapes.
+
+#[derive(Default)]
+struct FakeEtcd {
+    member_id: String,
+    leader_id: String,
+    revision: i64,
+    /// key -> (value, mod_revision)
+    data: BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
+    puts: u64,
+    linearizable_ranges: u64,
+    serializable_ranges: u64,
+    txns: u64,
+    /// Requests that did not have the expected shape.
+    rejected: Vec<String>,
+}
+
+type Fake = Arc<Mutex<FakeEtcd>>;
+
+fn decode(v: &Value, field: &str) -> Result<Vec<u8>, String> {
+    let s = v[field]
+        .as_str()
+        .ok_or_else(|| format!("{field} is not a string in {v}"))?;
+    B64.decode(s)
+        .map_err(|e| format!("{field} is not base64: {e}"))
+}
+
+fn only_fields(v: &Value, allowed: &[&str]) -> Result<(), String> {
+    let obj = v.as_object().ok_or_else(|| format!("not an object: {v}"))?;
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!("unexpected field {k} in {v}")),
+        None => Ok(()),
+    }
+}
+
+fn reject(fake: &Fake, why: String) -> Response {
+    fake.lock().unwrap().rejected.push(why.clone());
+    (StatusCode::BAD_REQUEST, why).into_response()
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))
+}
+
+fn header(f: &FakeEtcd) -> Value {
+    json!({"cluster_id": "1", "member_id": f.member_id, "revision": f.revision.to_string(), "raft_term": "2"})
+}
+
+async fn fake_put(State(fake): State<Fake>, body: Bytes) -> Response {
+    let parsed = parse_body(&body).and_then(|v| {
+        only_fields(&v, &["key", "value"])?;
+        Ok((decode(&v, "key")?, decode(&v, "value")?))
+    });
+    let (key, value) = match parsed {
+        Ok(kv) => kv,
+        Err(e) => return reject(&fake, e),
+    };
+    let mut f = fake.lock().unwrap();
+    f.revision += 1;
+    let rev = f.revision;
+    f.data.insert(key, (value, rev));
+    f.puts += 1;
+    axum::Json(json!({ "header": header(&f) })).into_response()
+}
+
+async fn fake_range(State(fake): State<Fake>, body: Bytes) -> Response {
+    let parsed = parse_body(&body).and_then(|v| {
+        only_fields(&v, &["key", "serializable"])?;
+        let serializable = match v.get("serializable") {
+            None => false,
+            Some(Value::Bool(true)) => true,
+            Some(other) => return Err(format!("serializable is {other}")),
+        };
+        Ok((decode(&v, "key")?, serializable))
+    });
+    let (key, serializable) = match parsed {
+        Ok(x) => x,
+        Err(e) => return reject(&fake, e),
+    };
+    let answer = {
+        let mut f = fake.lock().unwrap();
+        if serializable {
+            f.serializable_ranges += 1;
+        } else {
+            f.linearizable_ranges += 1;
+        }
+        match f.data.get(&key) {
+            Some((value, rev)) => json!({
+                "header": header(&f),
+                "kvs": [{"key": B64.encode(&key), "create_revision": "1",
+                         "mod_revision": rev.to_string(), "version": "1",
+                         "value": B64.encode(value)}],
+                "count": "1"
+            }),
+            None => json!({ "header": header(&f) }),
+        }
+    };
+    // A streamed body goes out chunked, as a proxy's or gateway's may.
+    let text = answer.to_string();
+    let (a, b) = text.split_at(text.len() / 2);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from(a.to_string())),
+        Ok(Bytes::from(b.to_string())),
+    ];
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .unwrap()
+}
+
+async fn fake_txn(State(fake): State<Fake>, body: Bytes) -> Response {
+    let parsed = parse_body(&body).and_then(|v| {
+        only_fields(&v, &["compare", "success"])?;
+        let cmp = &v["compare"][0];
+        only_fields(cmp, &["key", "target", "result", "mod_revision"])?;
+        if cmp["target"] != "MOD" || cmp["result"] != "EQUAL" {
+            return Err(format!("unexpected compare {cmp}"));
+        }
+        let rev: i64 = cmp["mod_revision"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("mod_revision in {cmp}"))?;
+        let put = &v["success"][0]["request_put"];
+        only_fields(put, &["key", "value"])?;
+        let key = decode(cmp, "key")?;
+        if decode(put, "key")? != key {
+            return Err("compare and put keys differ".into());
+        }
+        Ok((key, rev, decode(put, "value")?))
+    });
+    let (key, rev, value) = match parsed {
+        Ok(x) => x,
+        Err(e) => return reject(&fake, e),
+    };
+    let mut f = fake.lock().unwrap();
+    f.txns += 1;
+    let current = f.data.get(&key).map_or(0, |(_, r)| *r);
+    if current != rev {
+        // proto3 JSON omits `succeeded: false`.
+        return axum::Json(json!({ "header": header(&f) })).into_response();
+    }
+    f.revision += 1;
+    let new_rev = f.revision;
+    f.data.insert(key, (value, new_rev));
+    axum::Json(json!({ "header": header(&f), "succeeded": true, "responses": [{"response_put": {"header": header(&f)}}] }))
+        .into_response()
+}
+
+async fn fake_status(State(fake): State<Fake>) -> Response {
+    let f = fake.lock().unwrap();
+    axum::Json(json!({"header": header(&f), "version": "3.4.23", "dbSize": "20480", "leader": f.leader_id}))
+        .into_response()
+}
+
+/// Starts a fake member; returns its state and URL.
+async fn start_fake(member_id: &str, leader_id: &str) -> (Fake, String) {
+    let fake: Fake = Arc::new(Mutex::new(FakeEtcd {
+        member_id: member_id.into(),
+        leader_id: leader_id.into(),
+        ..FakeEtcd::default()
+    }));
+    let app = Router::new()
+        .route("/v3/kv/put", post(fake_put))
+        .route("/v3/kv/range", post(fake_range))
+        .route("/v3/kv/txn", post(fake_txn))
+        .route("/v3/maintenance/status", post(fake_status))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (fake, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_target_speaks_the_v3_json_gateway() {
+    // Two members; the second is the leader.
+    let (follower, follower_url) = start_fake("111", "222").await;
+    let (leader, leader_url) = start_fake("222", "222").await;
+    let endpoints = format!("{follower_url},{leader_url}");
+    let run = |workload: &'static str, extra: &'static [&'static str]| {
+        let endpoints = endpoints.clone();
+        async move {
+            let mut list = vec![
+                "--target",
+                "etcd",
+                "--endpoints",
+                &endpoints,
+                "--workload",
+                workload,
+                "--ops",
+                "100",
+                "--duration",
+                "60",
+                "--connections",
+                "3",
+                "--keys",
+                "20",
+                "--value-size",
+                "37",
+                "--json",
+            ];
+            list.extend_from_slice(extra);
+            bench::execute(args(&list)).await.expect("bench runs")
+        }
+    };
+
+    // Puts go to the leader, base64-encoded.
+    let r = run("put", &[]).await;
+    check_consistent(&r);
+    assert_eq!(r.target, "etcd");
+    assert_eq!((r.ops, r.successes, r.errors), (100, 100, 0), "{r:?}");
+    assert_eq!(r.endpoints, vec![leader_url.clone()]);
+    {
+        let l = leader.lock().unwrap();
+        assert!(l.rejected.is_empty(), "{:?}", l.rejected);
+        assert_eq!(l.puts, 100);
+        assert!(!l.data.is_empty() && l.data.len() <= 20);
+        for (key, (value, _)) in &l.data {
+            let key = String::from_utf8(key.clone()).unwrap();
+            assert!(key.starts_with("bench/") && key.len() == 16, "{key}");
+            assert_eq!(value.len(), 37);
+            assert!(value.iter().all(u8::is_ascii_alphanumeric));
+        }
+        let f = follower.lock().unwrap();
+        assert_eq!(
+            f.puts + f.linearizable_ranges + f.txns,
+            0,
+            "follower untouched"
+        );
+    }
+
+    // Linearizable gets: the 20 keys are populated first, then read.
+    let r = run("get", &[]).await;
+    check_consistent(&r);
+    assert_eq!((r.ops, r.successes, r.reads), (100, 100, 100), "{r:?}");
+    {
+        let l = leader.lock().unwrap();
+        assert!(l.rejected.is_empty(), "{:?}", l.rejected);
+        assert_eq!(l.data.len(), 20);
+        assert_eq!(l.linearizable_ranges, 100);
+        assert_eq!(l.serializable_ranges, 0);
+    }
+
+    // Stale gets over all members are serializable ranges.
+    let r = run(
+        "get",
+        &[
+            "--consistency",
+            "stale",
+            "--target-nodes",
+            "all",
+            "--no-populate",
+        ],
+    )
+    .await;
+    check_consistent(&r);
+    assert_eq!(r.endpoints.len(), 2);
+    {
+        let (l, f) = (leader.lock().unwrap(), follower.lock().unwrap());
+        assert_eq!(l.serializable_ranges + f.serializable_ranges, 100);
+        assert!(f.serializable_ranges > 0);
+        // The follower has no data: its reads are misses.
+        assert_eq!(
+            r.errors_by_kind.get("not_found").copied().unwrap_or(0),
+            f.serializable_ranges
+        );
+    }
+
+    // CAS: a linearizable range, then a txn on mod_revision.
+    let rev_before = leader.lock().unwrap().revision;
+    let r = run("cas", &["--no-populate"]).await;
+    check_consistent(&r);
+    {
+        let l = leader.lock().unwrap();
+        assert!(l.rejected.is_empty(), "{:?}", l.rejected);
+        assert_eq!(l.txns, 100);
+        assert_eq!(
+            l.revision - rev_before,
+            r.successes as i64,
+            "each success is one write"
+        );
+        assert_eq!(r.successes + r.conflicts, 100, "{r:?}");
+    }
+
+    // The JSON lines of both systems make a comparison table.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.jsonl");
+    let mut raft = r.clone();
+    raft.target = "raftkv".into();
+    raft.throughput_ops_s = r.throughput_ops_s * 2.0;
+    let lines = [
+        serde_json::to_string(&r).unwrap(),
+        serde_json::to_string(&raft).unwrap(),
+    ]
+    .join("\n");
+    std::fs::write(&path, lines).unwrap();
+    let table = bench::summarize_file(&path).unwrap();
+    let row = table.lines().nth(2).expect("one row");
+    assert!(row.starts_with("| cas (linearizable) | 3 |"), "{table}");
+    assert!(row.contains("| 2.00× |"), "{table}");
+}

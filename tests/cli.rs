@@ -1,0 +1,670 @@
+//! The `raftkv` command line against real node processes on loopback ports:
+//! output formats and exit codes of the client commands, `start`'s
+//! configuration by flags and environment and its signal handling, and
+//! `local-cluster` starting, recovering and stopping.
+//!
+//! Every process a test starts is owned by a guard that kills it on drop, so
+//! a failing test leaves nothing running. Waits poll a condition against a
+//! deadline.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{free_ports, Cluster, Opts};
+
+const BIN: &str = env!("CARGO_BIN_EXE_raftkv");
+
+/// A started process, killed (SIGKILL) and reaped on drop if still running.
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the exit, up to `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            eprintln!("cleanup: killing {} (pid {})", self.name, self.child.id());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A command for the binary with no RAFTKV_* or RUST_LOG inherited from the
+/// test's own environment.
+fn raftkv() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RAFTKV_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command to completion, killing it if it exceeds `limit`.
+fn run_with_limit(mut cmd: Command, limit: Duration) -> Out {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn raftkv");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut proc = Proc {
+        child,
+        name: format!("{cmd:?}"),
+    };
+    let status = proc.wait_exit(limit);
+    assert!(status.is_some(), "{cmd:?} did not finish within {limit:?}");
+    Out {
+        code: status.unwrap().code(),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+/// Runs a client command against `nodes` (through RAFTKV_NODES).
+fn cli(nodes: &str, args: &[&str]) -> Out {
+    let mut cmd = raftkv();
+    cmd.args(args).env("RAFTKV_NODES", nodes);
+    run_with_limit(cmd, Duration::from_secs(40))
+}
+
+/// A base port with `n` free consecutive ports after it (local-cluster
+/// takes a base port, not a list).
+fn free_consecutive_ports(n: u16) -> u16 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let seed = u64::from(std::process::id()) ^ u64::from(now.subsec_nanos());
+    for i in 0..500u64 {
+        // Below Linux's ephemeral range (32768+), where other tests' free
+        // ports and every outgoing connection's local port come from.
+        let base = 20_000 + ((seed.wrapping_mul(7919) + i * 97) % 12_000) as u16;
+        let held: Vec<_> = (0..n)
+            .map_while(|k| TcpListener::bind(("127.0.0.1", base + k)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports found");
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `limit`.
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A three-node cluster (the shared harness) with a leader elected.
+async fn cluster() -> (Cluster, usize) {
+    let mut c = Cluster::start(3, &Opts::default());
+    let leader = c.wait_for_leader(Duration::from_secs(20)).await;
+    (c, leader)
+}
+
+fn urls(c: &Cluster) -> String {
+    (0..c.nodes.len())
+        .map(|i| c.url(i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn index_of(ok_line: &str) -> u64 {
+    let line = ok_line.trim();
+    let n = line
+        .strip_prefix("OK (index ")
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not an OK line: {line:?}"));
+    n.parse().unwrap()
+}
+
+#[tokio::test]
+async fn client_commands_print_the_contract_formats() {
+    let (mut c, _) = cluster().await;
+    let nodes = urls(&c);
+
+    let put = cli(&nodes, &["put", "greeting", "hello world"]);
+    assert_eq!(put.code, Some(0), "{put:?}");
+    let first = index_of(&put.stdout);
+    assert!(first > 0);
+
+    let get = cli(&nodes, &["get", "greeting"]);
+    assert_eq!(
+        (get.code, get.stdout.as_str()),
+        (Some(0), "greeting = hello world\n")
+    );
+
+    // Values and keys that look like flags, contain '/', spaces, '=' or '%'.
+    let odd_key = "dir/a b=%41";
+    let put = cli(&nodes, &["put", odd_key, "-5"]);
+    assert_eq!(put.code, Some(0), "{put:?}");
+    let get = cli(&nodes, &["get", odd_key, "--index"]);
+    assert_eq!(
+        get.stdout,
+        format!("{odd_key} = -5 (index {})\n", index_of(&put.stdout))
+    );
+
+    // Missing key: message on stderr, nothing on stdout, exit 1.
+    let get = cli(&nodes, &["get", "no-such-key"]);
+    assert_eq!(get.code, Some(1), "{get:?}");
+    assert!(get.stdout.is_empty());
+    assert!(get.stderr.contains("no-such-key"), "{get:?}");
+
+    // Delete: OK with a later index; then the key is gone (exit 1 again).
+    let del = cli(&nodes, &["delete", "greeting"]);
+    assert_eq!(del.code, Some(0), "{del:?}");
+    assert!(index_of(&del.stdout) > first);
+    let del = cli(&nodes, &["delete", "greeting"]);
+    assert_eq!(del.code, Some(1), "{del:?}");
+    assert!(del.stdout.is_empty() && !del.stderr.is_empty());
+    assert_eq!(cli(&nodes, &["get", "greeting"]).code, Some(1));
+
+    // list: sorted "KEY = VALUE" lines, filtered by prefix.
+    for (k, v) in [
+        ("user/2", "bob"),
+        ("user/1", "alice"),
+        ("userx", "no"),
+        ("admin", "eve"),
+    ] {
+        assert_eq!(cli(&nodes, &["put", k, v]).code, Some(0));
+    }
+    let list = cli(&nodes, &["list", "--prefix", "user/"]);
+    assert_eq!(list.code, Some(0), "{list:?}");
+    assert_eq!(list.stdout, "user/1 = alice\nuser/2 = bob\n");
+    let all = cli(&nodes, &["list"]);
+    let keys: Vec<&str> = all
+        .stdout
+        .lines()
+        .map(|l| l.split(" = ").next().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["admin", odd_key, "user/1", "user/2", "userx"]);
+    let empty = cli(&nodes, &["list", "--prefix", "nothing-here/"]);
+    assert_eq!((empty.code, empty.stdout.as_str()), (Some(0), ""));
+
+    // Compare-and-swap: 0 = create only; mismatch exits 1 and changes nothing.
+    let created = cli(&nodes, &["put", "counter", "1", "--cas", "0"]);
+    assert_eq!(created.code, Some(0), "{created:?}");
+    let again = cli(&nodes, &["put", "counter", "9", "--cas", "0"]);
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(again.stderr.contains("precondition failed"), "{again:?}");
+    let idx = index_of(&created.stdout).to_string();
+    let swapped = cli(&nodes, &["put", "counter", "2", "--cas", &idx]);
+    assert_eq!(swapped.code, Some(0), "{swapped:?}");
+    let stale_del = cli(&nodes, &["delete", "counter", "--cas", &idx]);
+    assert_eq!(stale_del.code, Some(1), "{stale_del:?}");
+    assert_eq!(cli(&nodes, &["get", "counter"]).stdout, "counter = 2\n");
+
+    // Through a single follower only: it forwards.
+    let leader = c.wait_for_leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let put = cli(&c.url(follower), &["put", "via-follower", "yes"]);
+    assert_eq!(put.code, Some(0), "{put:?}");
+    let get = cli(&c.url(follower), &["get", "via-follower"]);
+    assert_eq!(get.stdout, "via-follower = yes\n");
+    // --nodes before the subcommand works too.
+    let mut cmd = raftkv();
+    cmd.args([
+        "--nodes",
+        &c.url(follower),
+        "get",
+        "via-follower",
+        "--stale",
+    ]);
+    let get = run_with_limit(cmd, Duration::from_secs(30));
+    assert_eq!(get.stdout, "via-follower = yes\n", "{get:?}");
+}
+
+#[tokio::test]
+async fn status_and_leader_describe_every_node() {
+    let (mut c, leader) = cluster().await;
+    let nodes = urls(&c);
+    let id = |i: usize| c.nodes[i].name.clone();
+
+    let out = cli(&nodes, &["leader"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("{} {}\n", id(leader), c.url(leader)));
+    let json: serde_json::Value =
+        serde_json::from_str(&cli(&nodes, &["leader", "--json"]).stdout).unwrap();
+    assert_eq!(json["leader_id"], id(leader));
+
+    // Wait until every node knows the leader, then check the table.
+    let table = eventually(Duration::from_secs(10), "all nodes in status", || {
+        let out = cli(&nodes, &["status"]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let known = out
+            .stdout
+            .lines()
+            .filter(|l| l.split_whitespace().nth(3) == Some(id(leader).as_str()))
+            .count();
+        (known == 3).then_some(out.stdout)
+    });
+    let lines: Vec<&str> = table.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "SNAPSHOT", "URL"]
+    );
+    for i in 0..3 {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{} ", id(i))))
+            .unwrap_or_else(|| panic!("no row for node {i}:\n{table}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let role = if i == leader { "leader" } else { "follower" };
+        assert_eq!(cols[1], role, "{table}");
+        assert_eq!(cols[8], c.url(i), "{table}");
+        // Aligned: the URL column starts where its header does.
+        assert_eq!(row.find("http://"), lines[0].find("URL"), "{table}");
+    }
+    assert!(table.contains("3/3 nodes reachable"), "{table}");
+
+    // One reachable node is enough to see the whole cluster.
+    let out = cli(&c.url(leader), &["status"]);
+    assert_eq!(out.stdout.lines().count(), 5, "{}", out.stdout);
+    for i in 0..3 {
+        assert!(out.stdout.contains(&c.url(i)), "{}", out.stdout);
+    }
+
+    // --json: an array of the nodes' raw status; --node: one object.
+    let arr: serde_json::Value =
+        serde_json::from_str(&cli(&nodes, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(arr.as_array().unwrap().len(), 3);
+    let one = cli(&nodes, &["status", "--json", "--node", &c.url(1)]);
+    let obj: serde_json::Value = serde_json::from_str(&one.stdout).unwrap();
+    assert_eq!(obj["node_id"], "node-2");
+
+    // --node URL: that node, then its peers; a dead peer shows as unreachable.
+    let victim = (leader + 1) % 3;
+    let victim_id = id(victim);
+    c.nodes[victim].kill9();
+    let out = cli(&c.url(leader), &["status", "--node", &c.url(leader)]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 5, "{}", out.stdout);
+    let dead = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("unreachable"))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(dead.starts_with(&victim_id), "{dead}");
+    assert!(dead.contains(&c.url(victim)), "{dead}");
+    assert!(out.stdout.contains("2/3 nodes reachable"), "{}", out.stdout);
+    // With every node in --nodes, the dead one is named from the peer lists.
+    let out = cli(&nodes, &["status"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 5, "{}", out.stdout);
+    let dead = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("unreachable"))
+        .unwrap();
+    assert!(dead.starts_with(&victim_id), "{}", out.stdout);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let cases: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["frobnicate"],
+        vec!["put", "only-a-key"],
+        vec!["put", "k", "v", "--cas", "not-a-number"],
+        vec!["put", "", "v"],
+        vec!["get", "k", "--nodes", "https://127.0.0.1:1"],
+        vec!["get", "k", "--nodes", ","],
+        vec!["start"],
+        vec!["start", "--node-id", "n", "--peers", "node-2"],
+        vec!["start", "--node-id", "n", "--port", "70000"],
+        vec![
+            "start",
+            "--node-id",
+            "n",
+            "--heartbeat-ms",
+            "900",
+            "--election-timeout-ms",
+            "300",
+        ],
+        vec!["local-cluster", "--nodes", "0"],
+    ];
+    for args in cases {
+        let mut cmd = raftkv();
+        // Nothing listens here: a command that wrongly got past parsing
+        // fails with 3, not 2.
+        cmd.args(&args).env("RAFTKV_NODES", "127.0.0.1:1");
+        let out = run_with_limit(cmd, Duration::from_secs(20));
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: explain the error");
+    }
+    // Bad values from the environment are usage errors too.
+    let mut cmd = raftkv();
+    cmd.args(["start", "--node-id", "n"])
+        .env("RAFTKV_PEERS", "node-2=nowhere");
+    let out = run_with_limit(cmd, Duration::from_secs(20));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("--peers"), "{out:?}");
+}
+
+#[test]
+fn all_nodes_down_exits_3() {
+    let ports = free_ports(3);
+    let nodes = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for args in [
+        vec!["put", "k", "v"],
+        vec!["get", "k"],
+        vec!["delete", "k"],
+        vec!["list"],
+        vec!["leader"],
+        vec!["status"],
+    ] {
+        let started = Instant::now();
+        let out = cli(&nodes, &args);
+        assert_eq!(out.code, Some(3), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty() || args[0] == "status", "{out:?}");
+        assert!(out.stderr.contains("error"), "{args:?}: {out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?} to give up",
+            started.elapsed()
+        );
+    }
+    let status = cli(&nodes, &["status"]);
+    assert_eq!(
+        status.stdout.matches("unreachable").count(),
+        3,
+        "{status:?}"
+    );
+    // `health` follows Docker's convention: 1 = unhealthy.
+    let out = cli(
+        &nodes,
+        &["health", "--node", &format!("127.0.0.1:{}", ports[0])],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+}
+
+#[tokio::test]
+async fn client_fails_over_when_the_leader_dies() {
+    let (mut c, leader) = cluster().await;
+    let nodes = urls(&c);
+    assert_eq!(cli(&nodes, &["put", "before", "1"]).code, Some(0));
+    c.nodes[leader].kill9();
+    // The dead leader is first in the list on purpose.
+    let mut order: Vec<String> = vec![c.url(leader)];
+    order.extend((0..3).filter(|&i| i != leader).map(|i| c.url(i)));
+    let order = order.join(",");
+    let put = cli(&order, &["put", "after", "2"]);
+    assert_eq!(put.code, Some(0), "{put:?}");
+    assert_eq!(cli(&order, &["get", "before"]).stdout, "before = 1\n");
+    assert_eq!(cli(&order, &["get", "after"]).stdout, "after = 2\n");
+    let out = cli(&order, &["leader"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!out.stdout.starts_with(&c.nodes[leader].name), "{out:?}");
+}
+
+#[test]
+fn start_reads_the_environment_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let data = dir.path().join("solo-data");
+    let mut cmd = raftkv();
+    cmd.arg("start")
+        .env("RAFTKV_NODE_ID", "solo")
+        .env("RAFTKV_PORT", port.to_string())
+        .env("RAFTKV_PEERS", "")
+        .env("RAFTKV_DATA_DIR", &data)
+        .env("RAFTKV_ELECTION_TIMEOUT_MS", "300")
+        .env("RAFTKV_HEARTBEAT_MS", "50")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut node = Proc {
+        child: cmd.spawn().unwrap(),
+        name: "solo".into(),
+    };
+    let stderr = node.child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut s);
+        s
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(20), "the single node to commit", || {
+        let out = cli(&url, &["put", "k", "v", "--timeout-ms", "2000"]);
+        (out.code == Some(0)).then_some(())
+    });
+    let health = cli(&url, &["health", "--node", &url]);
+    assert_eq!(health.code, Some(0), "{health:?}");
+    assert!(health.stdout.starts_with("ok solo"), "{health:?}");
+    // `health` without --node finds the port in RAFTKV_PORT (as in the image).
+    let mut cmd = raftkv();
+    cmd.arg("health").env("RAFTKV_PORT", port.to_string());
+    assert_eq!(run_with_limit(cmd, Duration::from_secs(10)).code, Some(0));
+    assert!(data.exists(), "RAFTKV_DATA_DIR was used");
+
+    node.signal(libc::SIGTERM);
+    let status = node
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    let log = log.join().unwrap();
+    assert!(log.contains("INFO"), "logs at info level by default: {log}");
+    assert!(!listening(port));
+
+    // The same data dir under another node id: refused, exit != 0, and said why.
+    let mut cmd = raftkv();
+    cmd.args([
+        "start",
+        "--node-id",
+        "intruder",
+        "--port",
+        &port.to_string(),
+    ])
+    .arg("--data-dir")
+    .arg(&data);
+    let out = run_with_limit(cmd, Duration::from_secs(20));
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("error"), "{out:?}");
+}
+
+/// Forwards a child's output lines into a channel.
+fn line_reader(stdout: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return;
+                }
+            }
+            Err(_) => panic!(
+                "no line with {needle:?}; output so far:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+fn local_cluster(base: u16, data: &Path) -> (Proc, mpsc::Receiver<String>) {
+    let mut cmd = raftkv();
+    cmd.args([
+        "local-cluster",
+        "--nodes",
+        "3",
+        "--base-port",
+        &base.to_string(),
+    ])
+    .arg("--data-dir")
+    .arg(data)
+    // Fast elections keep the test short; children inherit these.
+    .env("RAFTKV_ELECTION_TIMEOUT_MS", "300")
+    .env("RAFTKV_HEARTBEAT_MS", "50")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let (tx, rx) = mpsc::channel();
+    line_reader(child.stdout.take().unwrap(), tx.clone());
+    line_reader(child.stderr.take().unwrap(), tx);
+    (
+        Proc {
+            child,
+            name: "local-cluster".into(),
+        },
+        rx,
+    )
+}
+
+#[test]
+fn local_cluster_starts_recovers_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let base = free_consecutive_ports(3);
+    let nodes = (0..3)
+        .map(|i| format!("http://127.0.0.1:{}", base + i))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let (mut lc, rx) = local_cluster(base, &data);
+    let mut seen = Vec::new();
+    wait_for_line(&rx, "Leader elected", &mut seen);
+    let banner = seen.join("\n");
+    for i in 0..3u16 {
+        assert!(
+            banner.contains(&format!("node-{}   http://127.0.0.1:{}", i + 1, base + i)),
+            "{banner}"
+        );
+    }
+    assert!(banner.contains("curl"), "{banner}");
+    let put = cli(&nodes, &["put", "persisted", "yes"]);
+    assert_eq!(put.code, Some(0), "{put:?}");
+
+    lc.signal(libc::SIGTERM);
+    let status = lc
+        .wait_exit(Duration::from_secs(30))
+        .expect("local-cluster exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    for i in 0..3 {
+        assert!(!listening(base + i), "node on port {} still up", base + i);
+    }
+    for i in 1..=3 {
+        assert!(data.join(format!("node-{i}")).is_dir());
+        assert!(data.join(format!("node-{i}.log")).is_file());
+    }
+
+    // Again on the same data dir: the same cluster with its data.
+    let (mut lc, rx) = local_cluster(base, &data);
+    let mut seen = Vec::new();
+    wait_for_line(&rx, "Leader elected", &mut seen);
+    let get = cli(&nodes, &["get", "persisted"]);
+    assert_eq!(get.stdout, "persisted = yes\n", "{get:?}");
+
+    // A node that dies is reported (the banner gives the PIDs).
+    let pid: i32 = seen
+        .iter()
+        .find(|l| l.trim_start().starts_with("node-3 "))
+        .and_then(|l| l.split("pid ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid for node-3 in:\n{}", seen.join("\n")));
+    // SAFETY: kill(2) on a process of the cluster this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    wait_for_line(&rx, "node-3 (pid", &mut seen);
+    assert!(
+        seen.last().unwrap().contains("exited unexpectedly"),
+        "{seen:?}"
+    );
+    // The others keep serving.
+    let put = cli(&nodes, &["put", "after-death", "ok"]);
+    assert_eq!(put.code, Some(0), "{put:?}");
+    lc.signal(libc::SIGTERM);
+    let status = lc.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    for i in 0..3 {
+        assert!(!listening(base + i));
+    }
+}

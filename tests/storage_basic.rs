@@ -1,0 +1,462 @@
+//! Behaviour of the sled store through its public API: reopen, identity,
+//! log rules, apply semantics, scans, snapshots, compaction.
+
+mod storage_common;
+
+use raftkv::kv::ApplyResult;
+use raftkv::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
+use raftkv::storage::{LogStore, SledStore, StateMachine, StorageError};
+use storage_common::*;
+
+fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+    HardState { term, vote, commit }
+}
+
+#[test]
+fn fresh_store_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let rec = s.load().unwrap();
+    assert_eq!(rec.hard_state, HardState::default());
+    assert_eq!(rec.snapshot, SnapshotMeta::default());
+    assert!(rec.entries.is_empty());
+    assert_eq!(s.last_index(), 0);
+    assert_eq!(s.first_index(), 1);
+    assert_eq!(s.applied_index(), 0);
+    assert_eq!(s.get("k").unwrap(), None);
+}
+
+#[test]
+fn reopen_after_clean_close_recovers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = puts(1, 10, 2, 50);
+    {
+        let mut s = open(dir.path());
+        s.save(Some(&hs(2, 3, 4)), &entries).unwrap();
+        s.apply(&entries[..4]).unwrap();
+        s.flush().unwrap();
+    }
+    let s = open(dir.path());
+    let rec = s.load().unwrap();
+    assert_eq!(rec.hard_state, hs(2, 3, 4));
+    assert_eq!(rec.entries, entries);
+    assert_eq!(s.last_index(), 10);
+    assert_eq!(s.applied_index(), 4);
+    assert_eq!(s.applied(), SnapshotMeta { index: 4, term: 2 });
+    assert_eq!(s.get("k4").unwrap().unwrap().1, 4);
+    assert_eq!(s.get("k5").unwrap(), None);
+}
+
+#[test]
+fn hard_state_alone_and_entries_alone_are_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.save(Some(&hs(1, 0, 0)), &[]).unwrap();
+    s.save(None, &puts(1, 3, 1, 10)).unwrap();
+    s.save(Some(&hs(1, 2, 3)), &[]).unwrap();
+    drop(s);
+    let rec = open(dir.path()).load().unwrap();
+    assert_eq!(rec.hard_state, hs(1, 2, 3));
+    assert_eq!(rec.entries.len(), 3);
+}
+
+#[test]
+fn save_truncates_a_conflicting_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.save(Some(&hs(1, 0, 0)), &puts(1, 10, 1, 10)).unwrap();
+    // A new leader of term 2 overwrites from 6 with only two entries.
+    let new = puts(6, 7, 2, 10);
+    s.save(Some(&hs(2, 0, 5)), &new).unwrap();
+    assert_eq!(s.last_index(), 7);
+    let rec = s.load().unwrap();
+    assert_eq!(rec.entries.len(), 7);
+    assert_eq!(&rec.entries[5..], &new[..]);
+    assert_eq!(s.term(8).unwrap(), None);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.last_index(), 7);
+    assert_eq!(s.load().unwrap().entries[6], new[1]);
+}
+
+#[test]
+fn save_refuses_holes_and_non_contiguous_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.save(Some(&hs(1, 0, 0)), &puts(1, 3, 1, 10)).unwrap();
+    let err = s.save(None, &puts(5, 6, 1, 10)).unwrap_err();
+    assert!(matches!(err, StorageError::Inconsistent(_)), "{err}");
+    let mut gap = puts(4, 5, 1, 10);
+    gap[1].index = 7;
+    assert!(matches!(
+        s.save(None, &gap),
+        Err(StorageError::Inconsistent(_))
+    ));
+    assert_eq!(s.last_index(), 3);
+    assert_eq!(s.load().unwrap().entries.len(), 3);
+}
+
+#[test]
+fn identity_mismatch_is_refused_naming_path_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let path = dir.path().display().to_string();
+
+    let err = SledStore::open(dir.path(), "node-2", CLUSTER).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, StorageError::IdentityMismatch { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&path) && msg.contains(NODE) && msg.contains("node-2"),
+        "{msg}"
+    );
+
+    let err = SledStore::open(dir.path(), NODE, "other-cluster").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, StorageError::IdentityMismatch { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(CLUSTER) && msg.contains("other-cluster"),
+        "{msg}"
+    );
+
+    // The right identity still opens.
+    open(dir.path());
+}
+
+#[test]
+fn a_store_cannot_be_opened_twice_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let _s = open(dir.path());
+    let err = SledStore::open(dir.path(), NODE, CLUSTER).unwrap_err();
+    assert!(matches!(err, StorageError::Io(_)), "{err}");
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[test]
+fn apply_follows_kv_semantics_and_records_mod_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let entries = vec![
+        put(1, 1, "a", "1"),
+        Entry {
+            index: 2,
+            term: 1,
+            payload: EntryPayload::Noop,
+        },
+        cmd_entry(3, 1, put_cmd("a", "2", Some(1))), // cas ok
+        cmd_entry(4, 1, put_cmd("a", "3", Some(1))), // cas fails: now 3
+        cmd_entry(5, 1, put_cmd("b", "x", Some(0))), // create-only ok
+        cmd_entry(6, 1, del_cmd("zz", None)),        // missing
+        cmd_entry(7, 1, vec![0xde, 0xad, 0xbe, 0xef]), // undecodable
+        cmd_entry(8, 1, del_cmd("b", Some(5))),      // cas delete ok
+    ];
+    s.save(Some(&hs(1, 1, 8)), &entries).unwrap();
+    let r = s.apply(&entries).unwrap();
+    assert_eq!(
+        r,
+        vec![
+            ApplyResult::Written { index: 1 },
+            ApplyResult::Noop,
+            ApplyResult::Written { index: 3 },
+            ApplyResult::CasMismatch { current: 3 },
+            ApplyResult::Written { index: 5 },
+            ApplyResult::NotFound,
+            ApplyResult::Noop,
+            ApplyResult::Deleted { index: 8 },
+        ]
+    );
+    assert_eq!(s.get("a").unwrap(), Some(("2".to_string(), 3)));
+    assert_eq!(s.get("b").unwrap(), None);
+    assert_eq!(s.applied_index(), 8);
+
+    // Re-applying is a no-op for every entry.
+    let again = s.apply(&entries).unwrap();
+    assert!(again.iter().all(|r| *r == ApplyResult::Noop));
+    assert_eq!(s.get("a").unwrap(), Some(("2".to_string(), 3)));
+
+    // A gap is refused.
+    let err = s.apply(&[put(10, 1, "c", "1")]).unwrap_err();
+    assert!(matches!(err, StorageError::Inconsistent(_)), "{err}");
+    assert_eq!(s.get("c").unwrap(), None);
+}
+
+#[test]
+fn apply_after_reopen_skips_what_was_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = vec![
+        put(1, 1, "k", "a"),
+        cmd_entry(2, 1, put_cmd("k", "b", Some(1))),
+    ];
+    {
+        let mut s = open(dir.path());
+        s.save(Some(&hs(1, 0, 2)), &entries).unwrap();
+        s.apply(&entries[..1]).unwrap();
+        s.flush().unwrap();
+    }
+    let mut s = open(dir.path());
+    let r = s.apply(&entries).unwrap();
+    assert_eq!(
+        r,
+        vec![ApplyResult::Noop, ApplyResult::Written { index: 2 }]
+    );
+    assert_eq!(s.get("k").unwrap(), Some(("b".into(), 2)));
+}
+
+#[test]
+fn scan_lists_by_prefix_with_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let keys = ["a", "app/1", "app/2", "app/3", "apple", "b", "\u{10ffff}"];
+    let entries: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| put(i as u64 + 1, 1, k, &format!("v{i}")))
+        .collect();
+    s.save(Some(&hs(1, 0, 0)), &entries).unwrap();
+    s.apply(&entries).unwrap();
+
+    let (all, more) = s.scan("", None, 100).unwrap();
+    assert!(!more);
+    let names: Vec<_> = all.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        names,
+        keys.to_vec(),
+        "applied-index record must not be listed"
+    );
+
+    let (page, more) = s.scan("app/", None, 2).unwrap();
+    assert!(more);
+    assert_eq!(
+        page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        ["app/1", "app/2"]
+    );
+    assert_eq!(page[1].index, 3);
+    let (page, more) = s.scan("app/", Some("app/2"), 2).unwrap();
+    assert!(!more);
+    assert_eq!(
+        page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        ["app/3"]
+    );
+    let (page, more) = s.scan("app", Some("app/3"), 10).unwrap();
+    assert!(!more);
+    assert_eq!(
+        page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        ["apple"]
+    );
+    let (none, more) = s.scan("zzz", None, 10).unwrap();
+    assert!(none.is_empty() && !more);
+    let (zero, more) = s.scan("", None, 0).unwrap();
+    assert!(zero.is_empty() && more);
+}
+
+#[test]
+fn snapshot_restores_into_another_store() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut a = open(a_dir.path());
+    let entries = puts(1, 20, 3, 30);
+    a.save(Some(&hs(3, 0, 20)), &entries).unwrap();
+    a.apply(&entries).unwrap();
+    let (meta, image) = a.snapshot().unwrap();
+    assert_eq!(meta, SnapshotMeta { index: 20, term: 3 });
+
+    let mut b = SledStore::open(b_dir.path(), "node-2", CLUSTER).unwrap();
+    // b has its own stale key that the snapshot does not contain.
+    b.save(Some(&hs(1, 0, 1)), &[put(1, 1, "stale", "x")])
+        .unwrap();
+    b.apply(&[put(1, 1, "stale", "x")]).unwrap();
+    b.install_snapshot(meta, &image).unwrap();
+    assert_eq!(b.applied(), meta);
+    assert_eq!(b.get("stale").unwrap(), None);
+    assert_eq!(
+        b.scan("", None, 100).unwrap().0,
+        a.scan("", None, 100).unwrap().0
+    );
+    assert_eq!(b.last_index(), 20);
+    assert_eq!(b.first_index(), 21);
+    let rec = b.load().unwrap();
+    assert_eq!(rec.snapshot, meta);
+    assert!(rec.entries.is_empty());
+    drop(b);
+    let b = SledStore::open(b_dir.path(), "node-2", CLUSTER).unwrap();
+    assert_eq!(b.applied(), meta);
+    assert_eq!(b.get("k7").unwrap(), a.get("k7").unwrap());
+}
+
+#[test]
+fn restore_rejects_a_damaged_or_mismatched_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let entries = puts(1, 3, 1, 10);
+    s.save(Some(&hs(1, 0, 3)), &entries).unwrap();
+    s.apply(&entries).unwrap();
+    let (meta, image) = s.snapshot().unwrap();
+    let mut bad = image.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    assert!(matches!(
+        s.restore(meta, &bad),
+        Err(StorageError::Corruption { .. })
+    ));
+    let other = SnapshotMeta { index: 9, term: 9 };
+    assert!(s.restore(other, &image).is_err());
+    // Nothing changed.
+    assert_eq!(s.applied_index(), 3);
+    assert!(s.get("k2").unwrap().is_some());
+}
+
+#[test]
+fn compact_drops_the_prefix_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = puts(1, 30, 2, 20);
+    {
+        let mut s = open(dir.path());
+        s.save(Some(&hs(2, 1, 30)), &entries).unwrap();
+        // Cannot compact past the applied index.
+        assert!(matches!(
+            s.compact(SnapshotMeta { index: 10, term: 2 }),
+            Err(StorageError::Inconsistent(_))
+        ));
+        s.apply(&entries[..20]).unwrap();
+        s.compact(SnapshotMeta { index: 10, term: 2 }).unwrap();
+        assert_eq!(s.first_index(), 11);
+        assert_eq!(s.last_index(), 30);
+        assert!(matches!(s.term(5), Err(StorageError::Compacted(5))));
+        assert_eq!(s.term(10).unwrap(), Some(2));
+        assert!(matches!(
+            s.entries(10, 12, usize::MAX),
+            Err(StorageError::Compacted(10))
+        ));
+        assert_eq!(
+            s.entries(11, 13, usize::MAX).unwrap(),
+            entries[10..12].to_vec()
+        );
+        // Stale compaction is ignored.
+        s.compact(SnapshotMeta { index: 5, term: 2 }).unwrap();
+        assert_eq!(s.first_index(), 11);
+    }
+    let s = open(dir.path());
+    let rec = s.load().unwrap();
+    assert_eq!(rec.snapshot, SnapshotMeta { index: 10, term: 2 });
+    assert_eq!(rec.entries, entries[10..].to_vec());
+}
+
+#[test]
+fn entries_respects_byte_limit_and_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let entries = puts(1, 50, 1, 100);
+    s.save(Some(&hs(1, 0, 0)), &entries).unwrap();
+    let one = entries[0].approx_size();
+    let got = s.entries(5, 40, one * 3).unwrap();
+    assert_eq!(got, entries[4..7].to_vec());
+    assert_eq!(s.entries(5, 40, 1).unwrap().len(), 1, "at least one entry");
+    assert_eq!(
+        s.entries(45, 100, usize::MAX).unwrap(),
+        entries[44..].to_vec()
+    );
+    assert!(s.entries(51, 60, usize::MAX).unwrap().is_empty());
+}
+
+#[test]
+fn reset_without_restore_is_detected_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = open(dir.path());
+        s.save(Some(&hs(1, 0, 0)), &puts(1, 5, 1, 10)).unwrap();
+        s.reset_to_snapshot(SnapshotMeta {
+            index: 100,
+            term: 4,
+        })
+        .unwrap();
+        assert_eq!(s.last_index(), 100);
+    }
+    let s = open(dir.path());
+    let err = s.load().unwrap_err();
+    assert!(matches!(err, StorageError::Inconsistent(_)), "{err}");
+    assert!(err.to_string().contains("lost"), "{err}");
+}
+
+#[test]
+fn interrupted_snapshot_install_is_finished_by_load() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut a = open(a_dir.path());
+    let entries = puts(1, 10, 2, 10);
+    a.save(Some(&hs(2, 0, 10)), &entries).unwrap();
+    a.apply(&entries).unwrap();
+    let (meta, image) = a.snapshot().unwrap();
+    {
+        let mut b = open(b_dir.path());
+        // b has a conflicting log from term 1, then only the restore step
+        // of an install happens before the "crash".
+        b.save(Some(&hs(2, 0, 0)), &puts(1, 12, 1, 10)).unwrap();
+        b.restore(meta, &image).unwrap();
+    }
+    let b = open(b_dir.path());
+    let rec = b.load().unwrap();
+    assert_eq!(rec.snapshot, meta);
+    assert!(rec.entries.is_empty());
+    assert_eq!(b.last_index(), 10);
+    assert_eq!(b.applied(), meta);
+}
+
+#[test]
+fn readers_run_concurrently_with_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let reader = s.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut last = 0;
+        let mut reads = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some((v, idx)) = reader.get("hot").unwrap() {
+                assert!(idx >= last, "mod index went backwards");
+                assert_eq!(v, format!("v{idx}"));
+                last = idx;
+            }
+            let (items, _) = reader.scan("", None, 10).unwrap();
+            assert!(items.len() <= 1);
+            reads += 1;
+        }
+        (last, reads)
+    });
+    for batch in 0..50u64 {
+        let entries: Vec<_> = (1..=20)
+            .map(|i| {
+                let idx = batch * 20 + i;
+                put(idx, 1, "hot", &format!("v{idx}"))
+            })
+            .collect();
+        s.save(Some(&hs(1, 0, 0)), &entries).unwrap();
+        s.apply(&entries).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (last, reads) = handle.join().unwrap();
+    assert!(reads > 0);
+    assert!(last <= 1000);
+    assert_eq!(s.get("hot").unwrap(), Some(("v1000".into(), 1000)));
+}
+
+#[test]
+fn huge_length_prefixes_in_a_command_decode_to_noop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    // Variant 0 (Put), then a key length of ~2^62: must not allocate or
+    // panic; the entry is a no-op.
+    let mut evil = vec![0u8, 0xFF];
+    evil.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    evil.extend_from_slice(b"abc");
+    let e = cmd_entry(1, 1, evil);
+    s.save(Some(&hs(1, 0, 1)), std::slice::from_ref(&e))
+        .unwrap();
+    assert_eq!(s.apply(&[e]).unwrap(), vec![ApplyResult::Noop]);
+    assert_eq!(s.applied_index(), 1);
+}

@@ -1,0 +1,509 @@
+//! Crash consistency with real processes: a child process (this test
+//! binary, re-executed) drives the sled store through batched saves,
+//! truncations, compactions, snapshot installs and applies, printing each
+//! operation before it starts and `OK` after it returns; the parent kills it
+//! with SIGKILL at random moments, reopens the store and checks that
+//!
+//! * the store opens and loads (contiguous log, sane hard state);
+//! * the log, hard state and snapshot equal the model after the last
+//!   acknowledged operation, or after the one in flight (ops are atomic);
+//! * the applied index lies between the last one made durable by an
+//!   acknowledged flush and the newest one, and the key-value data is
+//!   exactly the replay of the entries up to it — never a mix.
+//!
+//! Set `RAFTKV_CRASH_SEED` to replay a run; `RAFTKV_CRASH_SECS` to change
+//! its length (default 18 s).
+
+mod storage_common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftkv::kv::{decide, Effect, KvCommand};
+use raftkv::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
+use raftkv::storage::{LogStore, SledStore, StateMachine};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use storage_common::*;
+
+const DIR_ENV: &str = "RAFTKV_CRASH_CHILD_DIR";
+const SEED_ENV: &str = "RAFTKV_CRASH_CHILD_SEED";
+
+/// The command stored at `index` with `term`: deterministic, so the parent
+/// can rebuild every entry from the operation log.
+fn command(index: u64, term: u64) -> KvCommand {
+    let key = format!("k{}", index % 64);
+    if index.is_multiple_of(11) {
+        KvCommand::Delete { key, cas: None }
+    } else {
+        let len = 10 + ((index * 31 + term * 17) % 300) as usize;
+        let mut value = format!("v{index}.t{term}.");
+        while value.len() < len {
+            value.push('x');
+        }
+        KvCommand::Put {
+            key,
+            value,
+            cas: None,
+        }
+    }
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        payload: if index.is_multiple_of(13) {
+            EntryPayload::Noop
+        } else {
+            EntryPayload::Command(command(index, term).encode())
+        },
+    }
+}
+
+// ---------------------------------------------------------------- child --
+
+/// Child half: runs operations until killed (or for at most 20 s).
+#[test]
+#[ignore = "child process of crash_consistency_under_kill_9"]
+fn crash_child() {
+    let Ok(dir) = std::env::var(DIR_ENV) else {
+        return;
+    };
+    let seed: u64 = std::env::var(SEED_ENV).unwrap().parse().unwrap();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut store = open(Path::new(&dir));
+    let rec = store.load().expect("child: load");
+    let mut hs = rec.hard_state;
+    let mut snap = rec.snapshot;
+    let mut terms: Vec<u64> = rec.entries.iter().map(|e| e.term).collect(); // after snap
+    let mut applied = store.applied_index();
+    println!("@READY");
+    let started = Instant::now();
+    let last_index = |snap: &SnapshotMeta, terms: &Vec<u64>| snap.index + terms.len() as u64;
+    for _ in 0..20_000 {
+        if started.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        let last = last_index(&snap, &terms);
+        let roll = rng.gen_range(0..100);
+        if roll < 55 {
+            // Save: append, or truncate a suffix above the commit index as a
+            // new leader would; sometimes only a hard state.
+            let floor = hs.commit.max(snap.index) + 1;
+            let truncate = last >= floor && rng.gen_bool(0.3);
+            let mut new_hs = hs;
+            if truncate || hs.term == 0 || rng.gen_bool(0.05) {
+                new_hs.term += 1;
+                new_hs.vote = rng.gen_range(0..4);
+            }
+            let first = if truncate {
+                rng.gen_range(floor..=last)
+            } else {
+                last + 1
+            };
+            let n = if rng.gen_bool(0.1) {
+                0
+            } else {
+                rng.gen_range(1..=64u64)
+            };
+            let new_last = if n == 0 { last } else { first + n - 1 };
+            // A truncation with no entries keeps the old log.
+            let (first, new_last) = if n == 0 {
+                (last + 1, last)
+            } else {
+                (first, new_last)
+            };
+            if rng.gen_bool(0.7) {
+                new_hs.commit = rng.gen_range(hs.commit..=new_last.max(hs.commit));
+                new_hs.commit = new_hs.commit.min(new_last.max(hs.commit));
+            }
+            let give_hs = new_hs != hs || rng.gen_bool(0.5);
+            if n == 0 && !give_hs {
+                continue;
+            }
+            let eterm = new_hs.term;
+            let entries: Vec<Entry> = (first..first + n).map(|i| entry(i, eterm)).collect();
+            println!(
+                "@SAVE {} {} {} {} {} {} {}",
+                give_hs as u8, new_hs.term, new_hs.vote, new_hs.commit, first, n, eterm
+            );
+            store
+                .save(if give_hs { Some(&new_hs) } else { None }, &entries)
+                .expect("child: save");
+            if give_hs {
+                hs = new_hs;
+            }
+            if n > 0 {
+                terms.truncate((first - snap.index - 1) as usize);
+                terms.extend(std::iter::repeat_n(eterm, n as usize));
+            }
+        } else if roll < 85 {
+            let target = hs.commit.min(last);
+            if target <= applied {
+                continue;
+            }
+            let upto = rng.gen_range(applied + 1..=target);
+            let batch = store
+                .entries(applied + 1, upto + 1, usize::MAX)
+                .expect("child: read");
+            assert_eq!(batch.len() as u64, upto - applied);
+            println!("@APPLY {upto}");
+            store.apply(&batch).expect("child: apply");
+            applied = upto;
+        } else if roll < 96 {
+            if applied <= snap.index {
+                continue;
+            }
+            let index = rng.gen_range(snap.index + 1..=applied);
+            let term = terms[(index - snap.index - 1) as usize];
+            println!("@COMPACT {index} {term}");
+            store
+                .compact(SnapshotMeta { index, term })
+                .expect("child: compact");
+            terms.drain(..(index - snap.index) as usize);
+            snap = SnapshotMeta { index, term };
+        } else {
+            // Install our own snapshot, as a follower installing the
+            // leader's image at its applied index would.
+            if applied != hs.commit.min(last) || applied <= snap.index {
+                continue;
+            }
+            let (meta, image) = store.snapshot().expect("child: snapshot");
+            println!("@INSTALL {} {}", meta.index, meta.term);
+            store
+                .install_snapshot(meta, &image)
+                .expect("child: install");
+            snap = meta;
+            terms.clear();
+        }
+        println!("@OK");
+    }
+}
+
+// --------------------------------------------------------------- parent --
+
+/// What the parent knows the store must hold.
+#[derive(Clone, Debug, PartialEq)]
+struct Model {
+    hs: HardState,
+    snap: SnapshotMeta,
+    /// Terms of the entries after `snap`.
+    terms: Vec<u64>,
+    applied: u64,
+    /// Applied index at the last acknowledged durable operation.
+    durable_applied: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Save {
+        hs: Option<HardState>,
+        first: u64,
+        n: u64,
+        term: u64,
+    },
+    Apply(u64),
+    Compact(SnapshotMeta),
+    Install(SnapshotMeta),
+}
+
+fn parse(line: &str) -> Option<Op> {
+    let line = line.strip_prefix('@')?;
+    let name = line.split_whitespace().next()?;
+    if !matches!(name, "SAVE" | "APPLY" | "COMPACT" | "INSTALL") {
+        return None;
+    }
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    match name {
+        "SAVE" => Some(Op::Save {
+            hs: (f[0] == 1).then_some(HardState {
+                term: f[1],
+                vote: f[2],
+                commit: f[3],
+            }),
+            first: f[4],
+            n: f[5],
+            term: f[6],
+        }),
+        "APPLY" => Some(Op::Apply(f[0])),
+        "COMPACT" => Some(Op::Compact(SnapshotMeta {
+            index: f[0],
+            term: f[1],
+        })),
+        "INSTALL" => Some(Op::Install(SnapshotMeta {
+            index: f[0],
+            term: f[1],
+        })),
+        _ => None,
+    }
+}
+
+impl Model {
+    /// Applies `op`; `applied_terms` records the term of every applied
+    /// index (for the key-value replay).
+    fn step(&mut self, op: &Op, applied_terms: &mut Vec<u64>) {
+        match op {
+            Op::Save { hs, first, n, term } => {
+                if let Some(hs) = hs {
+                    self.hs = *hs;
+                }
+                if *n > 0 {
+                    self.terms.truncate((first - self.snap.index - 1) as usize);
+                    self.terms.extend(std::iter::repeat_n(*term, *n as usize));
+                }
+                self.durable_applied = self.applied;
+            }
+            Op::Apply(upto) => {
+                for i in self.applied + 1..=*upto {
+                    let t = self.terms[(i - self.snap.index - 1) as usize];
+                    applied_terms.truncate(i as usize - 1);
+                    applied_terms.push(t);
+                }
+                self.applied = *upto;
+            }
+            Op::Compact(meta) => {
+                self.terms.drain(..(meta.index - self.snap.index) as usize);
+                self.snap = *meta;
+                self.durable_applied = self.applied;
+            }
+            Op::Install(meta) => {
+                self.terms.clear();
+                self.snap = *meta;
+                self.durable_applied = self.applied;
+            }
+        }
+    }
+}
+
+/// The key-value state after applying entries `1..=upto`.
+fn replay(applied_terms: &[u64], upto: u64) -> BTreeMap<String, (String, u64)> {
+    let mut kv: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    for i in 1..=upto {
+        let term = applied_terms[i as usize - 1];
+        if i.is_multiple_of(13) {
+            continue;
+        }
+        let cmd = command(i, term);
+        let current = kv.get(cmd.key()).map(|(_, m)| *m);
+        match decide(&cmd, i, current).0 {
+            Effect::Set { value, index } => {
+                kv.insert(cmd.key().to_string(), (value, index));
+            }
+            Effect::Remove => {
+                kv.remove(cmd.key());
+            }
+            Effect::None => {}
+        }
+    }
+    kv
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Checks the reopened store against the model after the acknowledged ops
+/// (`acked`) and, when an op was in flight, after it too. Returns the model
+/// the store matches.
+fn check(dir: &Path, acked: &Model, in_flight: Option<&Op>, applied_terms: &mut Vec<u64>) -> Model {
+    let store =
+        SledStore::open(dir, NODE, CLUSTER).unwrap_or_else(|e| panic!("reopen failed: {e}"));
+    let rec = store.load().unwrap_or_else(|e| panic!("load failed: {e}"));
+    let got_terms: Vec<u64> = rec.entries.iter().map(|e| e.term).collect();
+    for (k, e) in rec.entries.iter().enumerate() {
+        assert_eq!(e.index, rec.snapshot.index + 1 + k as u64);
+        assert_eq!(*e, entry(e.index, e.term), "entry {} payload", e.index);
+    }
+    assert!(
+        rec.entries
+            .last()
+            .is_none_or(|e| e.term <= rec.hard_state.term),
+        "hard state term below the last entry's term"
+    );
+
+    let mut candidates = vec![acked.clone()];
+    let mut flight_terms = applied_terms.clone();
+    if let Some(op) = in_flight {
+        let mut after = acked.clone();
+        after.step(op, &mut flight_terms);
+        candidates.push(after);
+    }
+    let matching = candidates
+        .iter()
+        .find(|m| m.hs == rec.hard_state && m.snap == rec.snapshot && m.terms == got_terms)
+        .unwrap_or_else(|| {
+            panic!(
+                "recovered log state matches neither the last acknowledged state nor the \
+                 in-flight one.\n recovered: hs={:?} snap={:?} terms={:?}\n acked: {:?}\n \
+                 in flight: {:?}",
+                rec.hard_state, rec.snapshot, got_terms, acked, in_flight
+            )
+        })
+        .clone();
+
+    // Applied index: anywhere between what a flush made durable and the
+    // newest (an in-flight apply may have landed).
+    let newest = candidates.iter().map(|m| m.applied).max().unwrap();
+    let applied = store.applied_index();
+    assert!(
+        applied >= acked.durable_applied && applied <= newest,
+        "applied index {applied} outside [{}, {newest}]",
+        acked.durable_applied
+    );
+    assert!(applied >= rec.snapshot.index);
+    if newest > acked.applied {
+        *applied_terms = flight_terms;
+    }
+    let want = replay(applied_terms, applied);
+    let (items, more) = store.scan("", None, 10_000).unwrap();
+    assert!(!more);
+    let got: BTreeMap<String, (String, u64)> = items
+        .into_iter()
+        .map(|i| (i.key, (i.value, i.index)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "key-value data does not match applied index {applied}"
+    );
+
+    let mut now = matching;
+    now.applied = applied;
+    now.durable_applied = applied;
+    applied_terms.truncate(applied as usize);
+    now
+}
+
+#[test]
+fn crash_consistency_under_kill_9() {
+    let seed: u64 = std::env::var("RAFTKV_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let secs: u64 = std::env::var("RAFTKV_CRASH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(18);
+    eprintln!("crash test seed {seed} (RAFTKV_CRASH_SEED={seed} to replay)");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+
+    let mut model = Model {
+        hs: HardState::default(),
+        snap: SnapshotMeta::default(),
+        terms: Vec::new(),
+        applied: 0,
+        durable_applied: 0,
+    };
+    let mut applied_terms: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (mut iterations, mut acked_total, mut in_flight_landed) = (0u64, 0u64, 0u64);
+    while Instant::now() < deadline && iterations < 400 {
+        iterations += 1;
+        let child = Command::new(&exe)
+            .args(["--exact", "crash_child", "--nocapture", "--ignored"])
+            .env(DIR_ENV, dir.path())
+            .env(SEED_ENV, rng.gen::<u64>().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        let stdout = child.0.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        // Kill at a random moment: usually while operations run, sometimes
+        // during recovery in open.
+        let ready_wait = Instant::now() + Duration::from_secs(10);
+        if rng.gen_bool(0.9) {
+            while !lines.lock().unwrap().iter().any(|l| l == "@READY") {
+                assert!(Instant::now() < ready_wait, "child never became ready");
+                if let Some(status) = child.0.try_wait().unwrap() {
+                    let mut err = String::new();
+                    use std::io::Read;
+                    child
+                        .0
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
+                    panic!("child exited early ({status}): {err}");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(rng.gen_range(0..100_000)));
+        child.0.kill().unwrap();
+        let status = child.0.wait().unwrap();
+        reader.join().unwrap();
+        if status.success() {
+            // Finished its bounded run before the kill: still checked below.
+        } else {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert!(!err.contains("panicked"), "child failed: {err}");
+        }
+
+        // Replay the acknowledged operations on the model.
+        let lines = lines.lock().unwrap().clone();
+        let mut pending: Option<Op> = None;
+        for line in &lines {
+            if line == "@OK" {
+                let op = pending.take().expect("OK without an operation");
+                model.step(&op, &mut applied_terms);
+                acked_total += 1;
+            } else if let Some(op) = parse(line) {
+                assert!(pending.is_none(), "two operations in flight");
+                pending = Some(op);
+            }
+        }
+        let before = model.clone();
+        model = check(dir.path(), &before, pending.as_ref(), &mut applied_terms);
+        if pending.is_some() && model != before {
+            in_flight_landed += 1;
+        }
+    }
+    eprintln!(
+        "crash test: {iterations} kills, {acked_total} acknowledged operations, \
+         {in_flight_landed} in-flight operations found landed; final last index {}, \
+         snapshot {}, applied {}",
+        model.snap.index + model.terms.len() as u64,
+        model.snap.index,
+        model.applied
+    );
+    assert!(iterations >= 5, "too few iterations to mean anything");
+    assert!(acked_total > 0, "the child never completed an operation");
+}
