@@ -1,8 +1,10 @@
-//! Checks docker-compose.yml and the Dockerfile against the contract without
-//! a Docker engine (none runs on the CI machines): three nodes with the
-//! right ids and ports, peers that point at each other, named volumes that
-//! hold the data dirs, health checks, and only RAFTKV_* variables that
-//! `raftkv start` really reads, with values it accepts.
+//! Checks docker-compose.yml and the Dockerfiles against the contract
+//! without a Docker engine: three nodes with the right ids and ports, peers
+//! that point at each other, named volumes that hold the data dirs, health
+//! checks, and only RAFTKV_* variables that `raftkv start` really reads,
+//! with values it accepts. tests/docker/run.sh (run by .ci/run) starts the
+//! cluster for real in a private dockerd; these checks stay because they
+//! need no root, no Docker and no network, and they name the broken field.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -31,6 +33,51 @@ fn services(doc: &Value) -> BTreeMap<String, Value> {
         .iter()
         .map(|(k, v)| (k.as_str().expect("service name").to_string(), v.clone()))
         .collect()
+}
+
+/// Resolves Compose's variable substitution the way Compose does when none
+/// of the variables is set: `${NAME:-default}` and `${NAME-default}` become
+/// the default, `${NAME}` and `$NAME` become empty, `$$` is a literal `$`.
+/// Also returns the names of the variables used.
+fn with_defaults(s: &str) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let mut names = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .unwrap_or_else(|| panic!("unclosed ${{ in {s:?}"));
+            let inner = &body[..end];
+            let (name, default) = match inner.find(['-', ':']) {
+                Some(j) => {
+                    let d = &inner[j..];
+                    let d = d.strip_prefix(":-").or_else(|| d.strip_prefix('-'));
+                    (
+                        &inner[..j],
+                        d.unwrap_or_else(|| panic!("unsupported ${{{inner}}}")),
+                    )
+                }
+                None => (inner, ""),
+            };
+            names.push(name.to_string());
+            out.push_str(default);
+            rest = &body[end + 1..];
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            names.push(after[..end].to_string());
+            rest = &after[end..];
+        }
+    }
+    out.push_str(rest);
+    (out, names)
 }
 
 fn scalar(v: &Value) -> String {
@@ -98,9 +145,30 @@ fn three_nodes_with_contract_ids_and_ports() {
             .iter()
             .map(scalar)
             .collect();
-        assert!(
-            ports.contains(&format!("{port}:{port}")),
-            "{name} publishes {ports:?}, expected {port}:{port}"
+        assert_eq!(ports.len(), 1, "{name} publishes one port: {ports:?}");
+        // By default the host's 127.0.0.1:PORT, where the CLI's defaults
+        // look; tests/docker/run.sh moves it with RAFTKV_PORT_N.
+        let (published, vars) = with_defaults(&ports[0]);
+        assert_eq!(
+            published,
+            format!("127.0.0.1:{port}:{port}"),
+            "{name} publishes {:?}",
+            ports[0]
+        );
+        let n = &name["node-".len()..];
+        assert_eq!(
+            vars,
+            vec![
+                "RAFTKV_PUBLISH_HOST".to_string(),
+                format!("RAFTKV_PORT_{n}")
+            ],
+            "{name}: the variables tests/docker/run.sh and the README use"
+        );
+        let image = scalar(&svc["image"]);
+        assert_eq!(
+            with_defaults(&image),
+            ("raftkv:local".to_string(), vec!["RAFTKV_IMAGE".to_string()]),
+            "{name}: image {image:?}"
         );
         assert_eq!(
             svc["build"]["context"].as_str(),
@@ -266,6 +334,76 @@ fn health_checks_probe_the_nodes_health_endpoint() {
             assert!(!hc[key].is_null(), "{name}: healthcheck.{key}");
         }
     }
+}
+
+#[test]
+fn substitution_defaults_resolve_like_compose() {
+    assert_eq!(
+        with_defaults("${A:-127.0.0.1}:${B-8001}:8001"),
+        ("127.0.0.1:8001:8001".into(), vec!["A".into(), "B".into()])
+    );
+    assert_eq!(
+        with_defaults("$$x ${C} $D-e"),
+        ("$x  -e".into(), vec!["C".into(), "D".into()])
+    );
+}
+
+/// The `FROM` lines of a Dockerfile: (image, stage name).
+fn stages(text: &str) -> Vec<(String, Option<String>)> {
+    text.lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .map(|rest| {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let name = match words.as_slice() {
+                [_, as_, n] if as_.eq_ignore_ascii_case("as") => Some(n.to_string()),
+                [_] => None,
+                other => panic!("odd FROM line: {other:?}"),
+            };
+            (words[0].to_string(), name)
+        })
+        .collect()
+}
+
+#[test]
+fn runtime_stage_is_shared_with_the_prebuilt_binary_image() {
+    let main = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let st = stages(&main);
+    // The classic builder builds every stage up to --target, so the runtime
+    // base must come first for `--target runtime-base` to need no Rust image.
+    assert_eq!(
+        st[0],
+        (
+            "${RUNTIME_IMAGE}".to_string(),
+            Some("runtime-base".to_string())
+        )
+    );
+    assert_eq!(
+        st.last().unwrap(),
+        &("runtime-base".to_string(), Some("runtime".to_string())),
+        "the default target is runtime-base plus the built binary"
+    );
+    assert!(st.iter().any(|(_, n)| n.as_deref() == Some("builder")));
+    let prebuilt = std::fs::read_to_string(root().join("docker/Dockerfile.prebuilt"))
+        .expect("docker/Dockerfile.prebuilt");
+    assert_eq!(stages(&prebuilt), vec![("${BASE_IMAGE}".to_string(), None)]);
+    let body: Vec<&str> = prebuilt
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        body,
+        vec![
+            "ARG BASE_IMAGE=raftkv-runtime-base",
+            "FROM ${BASE_IMAGE}",
+            "COPY raftkv /usr/local/bin/raftkv",
+        ],
+        "the prebuilt image only adds the binary to runtime-base"
+    );
+    // Both put the binary where the runtime stage's HEALTHCHECK and
+    // ENTRYPOINT find it.
+    assert!(main.contains("COPY --from=builder /usr/local/bin/raftkv /usr/local/bin/raftkv"));
 }
 
 #[test]

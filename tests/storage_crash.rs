@@ -77,6 +77,9 @@ fn crash_child() {
     let seed: u64 = std::env::var(SEED_ENV).unwrap().parse().unwrap();
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut store = open(Path::new(&dir));
+    // Report what was recovered (the parent checks it against its model),
+    // then start working.
+    println!("{}", Observed::from_store(&store).to_line());
     let rec = store.load().expect("child: load");
     let mut hs = rec.hard_state;
     let mut snap = rec.snapshot;
@@ -316,25 +319,119 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Checks the reopened store against the model after the acknowledged ops
+/// What a freshly opened store holds, as printed by a child right after
+/// opening (and computed by the parent for the final state).
+#[derive(Clone, Debug, PartialEq)]
+struct Observed {
+    hs: HardState,
+    snap: SnapshotMeta,
+    terms: Vec<u64>,
+    applied: u64,
+    kv_hash: u64,
+}
+
+fn kv_hash<'a>(items: impl IntoIterator<Item = (&'a str, &'a str, u64)>) -> u64 {
+    // FNV-1a over key, value and mod index of every item, in key order.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (k, v, i) in items {
+        eat(k.as_bytes());
+        eat(&[0]);
+        eat(v.as_bytes());
+        eat(&[0]);
+        eat(&i.to_le_bytes());
+    }
+    h
+}
+
+impl Observed {
+    /// Loads everything from `store`, checking what needs no model: every
+    /// entry's payload, and the hard state term against the log.
+    fn from_store(store: &SledStore) -> Observed {
+        let rec = store.load().unwrap_or_else(|e| panic!("load failed: {e}"));
+        for (k, e) in rec.entries.iter().enumerate() {
+            assert_eq!(e.index, rec.snapshot.index + 1 + k as u64);
+            assert_eq!(*e, entry(e.index, e.term), "entry {} payload", e.index);
+        }
+        assert!(
+            rec.entries
+                .last()
+                .is_none_or(|e| e.term <= rec.hard_state.term),
+            "hard state term below the last entry's term"
+        );
+        let (items, more) = store.scan("", None, 100_000).unwrap();
+        assert!(!more);
+        Observed {
+            hs: rec.hard_state,
+            snap: rec.snapshot,
+            terms: rec.entries.iter().map(|e| e.term).collect(),
+            applied: store.applied_index(),
+            kv_hash: kv_hash(
+                items
+                    .iter()
+                    .map(|i| (i.key.as_str(), i.value.as_str(), i.index)),
+            ),
+        }
+    }
+
+    fn to_line(&self) -> String {
+        let terms: Vec<String> = self.terms.iter().map(|t| t.to_string()).collect();
+        format!(
+            "@STATE {} {} {} {} {} {} {} {}",
+            self.hs.term,
+            self.hs.vote,
+            self.hs.commit,
+            self.snap.index,
+            self.snap.term,
+            self.applied,
+            self.kv_hash,
+            if terms.is_empty() {
+                "-".to_string()
+            } else {
+                terms.join(",")
+            }
+        )
+    }
+
+    fn parse(line: &str) -> Option<Observed> {
+        let rest = line.strip_prefix("@STATE ")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let n = |i: usize| f[i].parse::<u64>().unwrap();
+        Some(Observed {
+            hs: HardState {
+                term: n(0),
+                vote: n(1),
+                commit: n(2),
+            },
+            snap: SnapshotMeta {
+                index: n(3),
+                term: n(4),
+            },
+            applied: n(5),
+            kv_hash: n(6),
+            terms: if f[7] == "-" {
+                vec![]
+            } else {
+                f[7].split(',').map(|t| t.parse().unwrap()).collect()
+            },
+        })
+    }
+}
+
+/// Checks a recovered state against the model after the acknowledged ops
 /// (`acked`) and, when an op was in flight, after it too. Returns the model
 /// the store matches.
-fn check(dir: &Path, acked: &Model, in_flight: Option<&Op>, applied_terms: &mut Vec<u64>) -> Model {
-    let store =
-        SledStore::open(dir, NODE, CLUSTER).unwrap_or_else(|e| panic!("reopen failed: {e}"));
-    let rec = store.load().unwrap_or_else(|e| panic!("load failed: {e}"));
-    let got_terms: Vec<u64> = rec.entries.iter().map(|e| e.term).collect();
-    for (k, e) in rec.entries.iter().enumerate() {
-        assert_eq!(e.index, rec.snapshot.index + 1 + k as u64);
-        assert_eq!(*e, entry(e.index, e.term), "entry {} payload", e.index);
-    }
-    assert!(
-        rec.entries
-            .last()
-            .is_none_or(|e| e.term <= rec.hard_state.term),
-        "hard state term below the last entry's term"
-    );
-
+fn check(
+    got: &Observed,
+    acked: &Model,
+    in_flight: Option<&Op>,
+    applied_terms: &mut Vec<u64>,
+) -> Model {
     let mut candidates = vec![acked.clone()];
     let mut flight_terms = applied_terms.clone();
     if let Some(op) = in_flight {
@@ -344,13 +441,11 @@ fn check(dir: &Path, acked: &Model, in_flight: Option<&Op>, applied_terms: &mut 
     }
     let matching = candidates
         .iter()
-        .find(|m| m.hs == rec.hard_state && m.snap == rec.snapshot && m.terms == got_terms)
+        .find(|m| m.hs == got.hs && m.snap == got.snap && m.terms == got.terms)
         .unwrap_or_else(|| {
             panic!(
                 "recovered log state matches neither the last acknowledged state nor the \
-                 in-flight one.\n recovered: hs={:?} snap={:?} terms={:?}\n acked: {:?}\n \
-                 in flight: {:?}",
-                rec.hard_state, rec.snapshot, got_terms, acked, in_flight
+                 in-flight one.\n recovered: {got:?}\n acked: {acked:?}\n in flight: {in_flight:?}"
             )
         })
         .clone();
@@ -358,26 +453,21 @@ fn check(dir: &Path, acked: &Model, in_flight: Option<&Op>, applied_terms: &mut 
     // Applied index: anywhere between what a flush made durable and the
     // newest (an in-flight apply may have landed).
     let newest = candidates.iter().map(|m| m.applied).max().unwrap();
-    let applied = store.applied_index();
+    let applied = got.applied;
     assert!(
         applied >= acked.durable_applied && applied <= newest,
         "applied index {applied} outside [{}, {newest}]",
         acked.durable_applied
     );
-    assert!(applied >= rec.snapshot.index);
+    assert!(applied >= got.snap.index);
     if newest > acked.applied {
         *applied_terms = flight_terms;
     }
     let want = replay(applied_terms, applied);
-    let (items, more) = store.scan("", None, 10_000).unwrap();
-    assert!(!more);
-    let got: BTreeMap<String, (String, u64)> = items
-        .into_iter()
-        .map(|i| (i.key, (i.value, i.index)))
-        .collect();
+    let want_hash = kv_hash(want.iter().map(|(k, (v, i))| (k.as_str(), v.as_str(), *i)));
     assert_eq!(
-        got, want,
-        "key-value data does not match applied index {applied}"
+        got.kv_hash, want_hash,
+        "key-value data does not match the replay up to applied index {applied}"
     );
 
     let mut now = matching;
@@ -416,7 +506,11 @@ fn crash_consistency_under_kill_9() {
     };
     let mut applied_terms: Vec<u64> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let (mut iterations, mut acked_total, mut in_flight_landed) = (0u64, 0u64, 0u64);
+    let (mut iterations, mut acked_total, mut in_flight_landed, mut checked) =
+        (0u64, 0u64, 0u64, 0u64);
+    // The operation in flight at the last kill (if any), until a child
+    // reports the state that kill left.
+    let mut pending: Option<Op> = None;
     while Instant::now() < deadline && iterations < 400 {
         iterations += 1;
         let child = Command::new(&exe)
@@ -477,11 +571,19 @@ fn crash_consistency_under_kill_9() {
             assert!(!err.contains("panicked"), "child failed: {err}");
         }
 
-        // Replay the acknowledged operations on the model.
+        // The child first reports what it recovered (the state the previous
+        // kill left): check it; then replay its acknowledged operations.
         let lines = lines.lock().unwrap().clone();
-        let mut pending: Option<Op> = None;
         for line in &lines {
-            if line == "@OK" {
+            if let Some(got) = Observed::parse(line) {
+                let before = model.clone();
+                model = check(&got, &before, pending.as_ref(), &mut applied_terms);
+                if pending.is_some() && model != before {
+                    in_flight_landed += 1;
+                }
+                pending = None;
+                checked += 1;
+            } else if line == "@OK" {
                 let op = pending.take().expect("OK without an operation");
                 model.step(&op, &mut applied_terms);
                 acked_total += 1;
@@ -490,20 +592,23 @@ fn crash_consistency_under_kill_9() {
                 pending = Some(op);
             }
         }
-        let before = model.clone();
-        model = check(dir.path(), &before, pending.as_ref(), &mut applied_terms);
-        if pending.is_some() && model != before {
-            in_flight_landed += 1;
-        }
     }
+    // The state the last kill left, checked in this process.
+    let store = SledStore::open(dir.path(), NODE, CLUSTER)
+        .unwrap_or_else(|e| panic!("final reopen failed: {e}"));
+    let got = Observed::from_store(&store);
+    drop(store);
+    model = check(&got, &model.clone(), pending.as_ref(), &mut applied_terms);
+    checked += 1;
     eprintln!(
-        "crash test: {iterations} kills, {acked_total} acknowledged operations, \
-         {in_flight_landed} in-flight operations found landed; final last index {}, \
-         snapshot {}, applied {}",
+        "crash test: {iterations} kills, {checked} recovered states checked, {acked_total} \
+         acknowledged operations, {in_flight_landed} in-flight operations found landed; \
+         final last index {}, snapshot {}, applied {}",
         model.snap.index + model.terms.len() as u64,
         model.snap.index,
         model.applied
     );
     assert!(iterations >= 5, "too few iterations to mean anything");
+    assert!(checked >= 5, "too few recovered states checked");
     assert!(acked_total > 0, "the child never completed an operation");
 }

@@ -229,8 +229,7 @@ impl RaftNode {
             }
             B::PreVote { .. } => self.send(m.from, B::PreVoteResponse { granted: false }),
             B::RequestVote { .. } => self.send(m.from, B::RequestVoteResponse { granted: false }),
-            // Stale replies (votes of an old election, acks to an old
-            // leader) must never be counted.
+            B::RequestVoteResponse { granted } if self.role == Role::Candidate => self.tally(m.from, granted),
             _ => {}
         }
     }

@@ -120,6 +120,7 @@ pub struct Sim {
     blocked: Vec<bool>,
     loss: f64,
     duplicate: f64,
+    long_delay: f64,
     /// Faults still being injected.
     pub(super) chaos: bool,
     pub(super) checker: Checker,
@@ -162,6 +163,7 @@ impl Sim {
             blocked: vec![false; n * n],
             loss: scenario.loss,
             duplicate: scenario.duplicate,
+            long_delay: scenario.long_delay,
             chaos: true,
             checker: Checker::new(),
             clients,
@@ -554,7 +556,10 @@ impl Sim {
             }
             return;
         }
-        let delay = self.rng.gen_range(1..=self.sc.max_delay);
+        let mut delay = self.rng.gen_range(1..=self.sc.max_delay);
+        if self.long_delay > 0.0 && self.rng.gen_bool(self.long_delay) {
+            delay += self.rng.gen_range(1..=self.sc.long_delay_ticks * TICK);
+        }
         if image.is_some() {
             let inc = self.nodes[from].incarnation;
             self.schedule(
@@ -678,6 +683,7 @@ impl Sim {
         self.blocked.iter_mut().for_each(|b| *b = false);
         self.loss = 0.0;
         self.duplicate = 0.0;
+        self.long_delay = 0.0;
         self.record(|| "HEAL: no more faults".into());
         for i in 0..self.nodes.len() {
             if self.nodes[i].core.is_none() {

@@ -67,6 +67,12 @@ pub struct Scenario {
     /// Largest network delay in time units (delays are uniform in
     /// `1..=max_delay`, which also reorders messages).
     pub max_delay: u64,
+    /// Probability that a message is held up for a long time (up to
+    /// `long_delay_ticks`), like a packet stuck behind a stalled connection:
+    /// it arrives after elections have moved on.
+    pub long_delay: f64,
+    /// Longest such hold-up, in ticks.
+    pub long_delay_ticks: u64,
     /// Largest delay between taking a Ready and finishing its handling
     /// (persist, send, apply), in time units; a crash in between loses it.
     pub persist_delay: u64,
@@ -100,7 +106,7 @@ impl Scenario {
     pub fn from_seed(seed: u64) -> Self {
         let mut r = SmallRng::seed_from_u64(seed ^ 0x5CE7_A210);
         let pick = |r: &mut SmallRng, xs: &[f64]| xs[r.gen_range(0..xs.len())];
-        Scenario {
+        let mut sc = Scenario {
             nodes: if r.gen_bool(0.6) { 3 } else { 5 },
             pre_vote: r.gen_bool(0.85),
             check_quorum: r.gen_bool(0.85),
@@ -112,6 +118,8 @@ impl Scenario {
             loss: pick(&mut r, &[0.0, 0.01, 0.05, 0.15]),
             duplicate: pick(&mut r, &[0.0, 0.02, 0.1]),
             max_delay: r.gen_range(1..=25),
+            long_delay: pick(&mut r, &[0.0, 0.0, 0.01, 0.03]),
+            long_delay_ticks: 40,
             persist_delay: pick(&mut r, &[0.0, 3.0, 8.0]) as u64,
             crash_every_ticks: pick(&mut r, &[0.0, 60.0, 25.0]) as u64,
             max_down_ticks: r.gen_range(5..=40),
@@ -124,7 +132,33 @@ impl Scenario {
             chaos_ticks: 120,
             liveness_ticks: 150,
             converge_ticks: 200,
+        };
+        if r.gen_bool(0.35) {
+            sc.make_churn(&mut r);
         }
+        sc
+    }
+
+    /// The "churn" profile: leaders lose their seat every few ticks while
+    /// replication is slow (one entry per message, a tiny window, slow
+    /// disks), so uncommitted suffixes of several terms pile up on
+    /// different nodes. That is where the subtle rules matter: voting
+    /// twice, the up-to-date check, and §5.4.2 (Figure 8).
+    fn make_churn(&mut self, r: &mut SmallRng) {
+        self.max_entries_per_msg = 1;
+        self.max_inflight = r.gen_range(1..=2);
+        self.persist_delay = 8;
+        self.partition_every_ticks = r.gen_range(3..=8);
+        self.crash_every_ticks = r.gen_range(10..=25);
+        self.max_down_ticks = r.gen_range(3..=15);
+        self.loss = r.gen_range(0.0..0.05);
+        self.long_delay = r.gen_range(0.0..0.08);
+        // Without PreVote, failed candidates run real elections back to
+        // back, and late votes from the previous term meet the next one.
+        self.pre_vote = r.gen_bool(0.5);
+        self.think_ticks = 0;
+        self.clients = 4;
+        self.chaos_ticks = 200;
     }
 }
 

@@ -188,6 +188,12 @@ struct Inner {
     /// `apply`/`restore` hold it for writing, `snapshot` for reading, so
     /// an image never mixes two applied indexes.
     apply_lock: RwLock<()>,
+    /// Set by the first failed write or sync: after a failed fsync the
+    /// page cache and the disk may disagree (and retrying an fsync can
+    /// report success for data that was dropped), and the in-memory
+    /// bookkeeping may no longer match sled, so every later write is
+    /// refused. Reads keep working; the node should stop and restart.
+    failed: Mutex<Option<String>>,
 }
 
 /// Durable storage of one node on sled. See the [module docs](self) for the
@@ -315,6 +321,7 @@ impl SledStore {
             applied_index: AtomicU64::new(0),
             applied_term: AtomicU64::new(0),
             apply_lock: RwLock::new(()),
+            failed: Mutex::new(None),
         };
         // Rollback check first: a store whose sled file lost its tail may
         // look empty, and must not be re-initialised as a fresh one.
@@ -504,12 +511,36 @@ impl Inner {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        self.durability.sync(&self.db).map_err(|e| match e {
+        let r = self.durability.sync(&self.db).map_err(|e| match e {
             SyncError::Sled(e) => self.sled_err("sled database", "flush", e),
             SyncError::Io(e) => {
                 StorageError::Io(format!("fdatasync in {}: {e}", self.path.display()))
             }
-        })
+        });
+        self.fail(r)
+    }
+
+    /// Refuses writes once a write has failed (see `failed`).
+    fn healthy(&self) -> Result<(), StorageError> {
+        match &*lock(&self.failed) {
+            None => Ok(()),
+            Some(first) => Err(StorageError::Io(format!(
+                "{}: store refuses writes after an earlier write failure ({first}); \
+                 restart the node",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Passes `r` through, remembering the first write failure.
+    fn fail<T>(&self, r: Result<T, StorageError>) -> Result<T, StorageError> {
+        if let Err(e) = &r {
+            let mut failed = lock(&self.failed);
+            if failed.is_none() {
+                *failed = Some(e.to_string());
+            }
+        }
+        r
     }
 
     fn read_seq(&self) -> Result<u64, StorageError> {
@@ -535,7 +566,7 @@ impl Inner {
     /// Records a durable change `seq` (after the sync).
     fn durable(&self, st: &mut LogState, seq: u64) -> Result<(), StorageError> {
         st.seq = seq;
-        self.watermark.record(seq)
+        self.fail(self.watermark.record(seq))
     }
 
     fn applied_meta(&self) -> SnapshotMeta {
@@ -618,5 +649,72 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.sync();
         let _ = self.watermark.sync();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::KvCommand;
+
+    fn put(index: u64) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Command(
+                KvCommand::Put {
+                    key: format!("k{index}"),
+                    value: "v".into(),
+                    cas: None,
+                }
+                .encode(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_failed_write_makes_the_store_refuse_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SledStore::open(dir.path(), "n", "c").unwrap();
+        let hs = HardState {
+            term: 1,
+            vote: 0,
+            commit: 1,
+        };
+        s.save(Some(&hs), &[put(1)]).unwrap();
+        s.apply(&[put(1)]).unwrap();
+        // As if an fsync had failed.
+        let injected: Result<(), _> = s
+            .inner
+            .fail(Err(StorageError::Io("injected fsync failure".into())));
+        assert!(injected.is_err());
+
+        let err = s.save(None, &[put(2)]).unwrap_err().to_string();
+        assert!(
+            err.contains("injected fsync failure") && err.contains("restart"),
+            "{err}"
+        );
+        assert!(s.apply(&[put(2)]).is_err());
+        assert!(s.compact(SnapshotMeta { index: 1, term: 1 }).is_err());
+        assert!(s
+            .reset_to_snapshot(SnapshotMeta { index: 5, term: 1 })
+            .is_err());
+        let (meta, image) = s.snapshot().unwrap();
+        assert!(s.restore(meta, &image).is_err());
+        // Nothing changed, and reads still work.
+        assert_eq!(s.last_index(), 1);
+        assert_eq!(s.applied_index(), 1);
+        assert_eq!(s.get("k1").unwrap(), Some(("v".into(), 1)));
+        assert_eq!(s.load().unwrap().entries, vec![put(1)]);
+    }
+
+    #[test]
+    fn keys_are_described_readably() {
+        assert_eq!(describe_key(LOG_TREE, &log_key(42)), "index 42");
+        assert_eq!(describe_key(KV_TREE, b"user/1"), "\"user/1\"");
+        assert!(describe_key(KV_TREE, APPLIED_KEY).contains("applied"));
+        assert_eq!(describe_key(KV_TREE, &[0xFE, 0x01]), "0xfe01");
+        let long = "x".repeat(200);
+        assert!(describe_key(KV_TREE, long.as_bytes()).contains("200 bytes"));
     }
 }

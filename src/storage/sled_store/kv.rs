@@ -150,10 +150,12 @@ impl StateMachine for SledStore {
             record::encode_into(APPLIED_KEY, &applied, &mut buf)
                 .map_err(|e| StorageError::Io(e.0))?;
             batch.insert(APPLIED_KEY, buf.as_slice());
-            inner
+            inner.healthy()?;
+            let written = inner
                 .kv
                 .apply_batch(batch)
-                .map_err(|e| inner.sled_err(KV_TREE, "apply batch", e))?;
+                .map_err(|e| inner.sled_err(KV_TREE, "apply batch", e));
+            inner.fail(written)?;
             inner.applied_term.store(applied.term, Ordering::Release);
             inner.applied_index.store(applied.index, Ordering::Release);
         }
@@ -277,10 +279,12 @@ impl StateMachine for SledStore {
         }
         record::encode_into(APPLIED_KEY, &meta, &mut buf).map_err(|e| StorageError::Io(e.0))?;
         batch.insert(APPLIED_KEY, buf.as_slice());
-        inner
+        inner.healthy()?;
+        let written = inner
             .kv
             .apply_batch(batch)
-            .map_err(|e| inner.sled_err(KV_TREE, "restore batch", e))?;
+            .map_err(|e| inner.sled_err(KV_TREE, "restore batch", e));
+        inner.fail(written)?;
         inner.sync()?;
         inner.applied_term.store(meta.term, Ordering::Release);
         inner.applied_index.store(meta.index, Ordering::Release);

@@ -110,6 +110,7 @@ impl Inner {
         (from, to): (u64, u64),
         new_last: u64,
     ) -> Result<(), StorageError> {
+        self.healthy()?;
         let mut batch = Batch::default();
         for i in from..=to {
             batch.remove(&log_key(i));
@@ -117,13 +118,14 @@ impl Inner {
         let seq = self.push_seq(st, &mut batch)?;
         let meta_rec =
             record::encode(SNAPSHOT_META_KEY, &meta).map_err(|e| StorageError::Io(e.0))?;
-        (&self.log, &self.snap)
+        let written = (&self.log, &self.snap)
             .transaction(|(log, snap)| {
                 log.apply_batch(&batch)?;
                 snap.insert(SNAPSHOT_META_KEY, meta_rec.as_slice())?;
                 Ok(())
             })
-            .map_err(|e| self.tx_err(LOG_TREE, e))?;
+            .map_err(|e| self.tx_err(LOG_TREE, e));
+        self.fail(written)?;
         self.sync()?;
         self.durable(st, seq)?;
         st.snapshot = meta;
@@ -247,11 +249,12 @@ impl LogStore for SledStore {
                 batch.insert(&key, buf.as_slice());
             }
         }
-        match hard_state {
+        inner.healthy()?;
+        let written = match hard_state {
             None => inner
                 .log
                 .apply_batch(batch)
-                .map_err(|e| inner.sled_err(LOG_TREE, "batch", e))?,
+                .map_err(|e| inner.sled_err(LOG_TREE, "batch", e)),
             Some(hs) => {
                 let hs_rec =
                     record::encode(HARD_STATE_KEY, hs).map_err(|e| StorageError::Io(e.0))?;
@@ -261,9 +264,10 @@ impl LogStore for SledStore {
                         hard.insert(HARD_STATE_KEY, hs_rec.as_slice())?;
                         Ok(())
                     })
-                    .map_err(|e| inner.tx_err(HARD_STATE_TREE, e))?;
+                    .map_err(|e| inner.tx_err(HARD_STATE_TREE, e))
             }
-        }
+        };
+        inner.fail(written)?;
         inner.sync()?;
         inner.durable(&mut st, seq)?;
         st.last_index = new_last;
