@@ -67,7 +67,10 @@ fn simulation_holds_every_invariant_across_seeds() {
         assert!(stats.crashes > 0 && stats.partitions > 0 && stats.dropped > 0);
         assert!(stats.writes_ok > 0 && stats.reads_ok > 0 && stats.writes_failed > 0);
         assert!(stats.compactions > 0 && stats.snapshots_sent > 0 && stats.snapshots_installed > 0);
-        assert!(stats.leader_terms > seeds.len() as u64, "leaders changed within runs");
+        assert!(
+            stats.leader_terms > seeds.len() as u64,
+            "leaders changed within runs"
+        );
     }
 }
 
@@ -114,14 +117,20 @@ fn failure_report_names_the_seed_and_the_events() {
     let f = run_scenario(3, sc).expect_err("a cluster that cannot talk cannot be live");
     assert_eq!(f.seed, 3);
     assert!(f.error.contains("liveness"), "{}", f.error);
-    assert!(!f.trace.is_empty(), "the replay with tracing recorded events");
+    assert!(
+        !f.trace.is_empty(),
+        "the replay with tracing recorded events"
+    );
     assert!(f.to_string().contains("RAFTKV_SIM_SEED=3"));
 }
 
 #[test]
 #[ignore]
 fn tmp_first_failure() {
-    let n: u64 = std::env::var("TMP_N").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let n: u64 = std::env::var("TMP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
     let mut fails = 0;
     let mut first = None;
     for seed in 0..n {

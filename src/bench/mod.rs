@@ -61,7 +61,8 @@ Examples:
 
 Every run is bounded: it stops at --duration (default 10 s; 600 s when only
 --ops is given) or after --ops operations (default 100000000), whichever comes
-first. Workloads that read (get, mixed, cas) first write every key once
+first (an operation in flight at the time cap is waited for, at most
+--timeout-ms). Workloads that read (get, mixed, cas) first write every key once
 (at most 1000000 keys; --no-populate skips that).
 
 Latency is measured per operation from send to complete answer, for

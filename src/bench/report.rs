@@ -275,23 +275,28 @@ impl Report {
         use std::fmt::Write;
         let mut s = String::new();
         let l = &self.latency_ms;
+        let reads = match self.workload.as_str() {
+            "put" => String::new(),
+            "mixed" => format!(
+                ", {:.0}% {} reads",
+                self.read_ratio * 100.0,
+                self.consistency
+            ),
+            _ => format!(", {} reads", self.consistency),
+        };
         let _ = writeln!(
             s,
-            "{} bench: {} on {} ({} nodes: {}), {} connection(s), {} keys, {}-byte keys, {}-byte values{}",
-            self.target,
+            "bench: {} on {} ({}: {}), {} connection(s)",
             self.workload,
             self.target,
             self.target_nodes,
             self.endpoints.join(","),
             self.connections,
-            self.keys,
-            self.key_size,
-            self.value_size,
-            match self.workload.as_str() {
-                "put" => String::new(),
-                "mixed" => format!(", {:.0}% {} reads", self.read_ratio * 100.0, self.consistency),
-                _ => format!(", {} reads", self.consistency),
-            }
+        );
+        let _ = writeln!(
+            s,
+            "  keys         {} keys of {} bytes, {}-byte values{reads}",
+            self.keys, self.key_size, self.value_size,
         );
         let _ = writeln!(
             s,

@@ -84,6 +84,8 @@ pub enum Command {
     Leader(client_cmds::LeaderArgs),
     /// Check that one node is alive (for container health checks).
     Health(client_cmds::HealthArgs),
+    /// Measure throughput and latency of RaftKV (or etcd, --target etcd).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses the process arguments, runs the command and returns the exit code.
@@ -110,6 +112,7 @@ pub async fn main() -> ExitCode {
         Command::Status(a) => client_cmds::status(a, global).await,
         Command::Leader(a) => client_cmds::leader(a, global).await,
         Command::Health(a) => client_cmds::health(a).await,
+        Command::Bench(a) => crate::bench::run_cli(a, global).await,
     }
 }
 

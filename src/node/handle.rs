@@ -15,10 +15,11 @@ use tokio::time::Instant;
 
 use crate::kv::{ApplyResult, KvCommand, KvItem};
 use crate::raft::{Message, NodeId, PeerStatus, Role};
-use crate::storage::StorageError;
+use crate::storage::{StagedImage, StorageError};
 
 use super::membership::Membership;
-use super::wire::{MessageBatch, RpcHeader, SnapshotTransfer, WIRE_VERSION};
+use super::snapshot::{ChunkReject, ReceiveProgress, SnapshotReceiver};
+use super::wire::{MessageBatch, RpcHeader, SnapshotChunk, WIRE_VERSION};
 
 /// Read access to the applied key-value data, usable from any thread while
 /// the Raft loop writes.
@@ -130,12 +131,21 @@ pub(crate) struct ReadRequest {
     pub reply: oneshot::Sender<Result<(), ReadError>>,
 }
 
+/// A snapshot received whole and staged, with the leader's
+/// InstallSnapshot message to step once the loop holds the image.
+pub(crate) struct StagedSnapshot {
+    /// The leader's InstallSnapshot (its term, the image's meta).
+    pub message: Message,
+    /// The verified, durable image in the inactive key-value tree.
+    pub staged: StagedImage,
+}
+
 /// Everything else the Raft loop hears about.
 pub(crate) enum Inbound {
     /// Messages from a peer.
     Messages(Vec<Message>),
-    /// A snapshot image with its InstallSnapshot message.
-    Snapshot(Box<SnapshotTransfer>),
+    /// A staged snapshot image with its InstallSnapshot message.
+    Snapshot(Box<StagedSnapshot>),
     /// A batch to this peer could not be delivered.
     Unreachable(NodeId),
     /// A snapshot transfer to `peer` finished.
@@ -190,6 +200,8 @@ pub(crate) struct Shared {
     pub request_timeout: Duration,
     pub leader_wait: Duration,
     pub stopping: AtomicBool,
+    /// Incoming snapshot transfers.
+    pub snapshots: SnapshotReceiver,
 }
 
 /// The server's view of a running node. Cheap to clone.
@@ -440,25 +452,25 @@ impl NodeHandle {
             .map_err(|_| RpcReject::Stopping)
     }
 
-    /// Hands a snapshot image to the Raft loop.
-    pub(crate) async fn deliver_snapshot(&self, t: SnapshotTransfer) -> Result<(), RpcReject> {
-        self.check_header(&t.header)?;
-        self.learn_name(&t.header);
-        if t.message.from != t.header.from || t.message.to != self.self_id() {
-            return Err(RpcReject::Foreign(
+    /// Stages one chunk of a snapshot transfer; after the last one, hands
+    /// the image to the Raft loop.
+    pub(crate) async fn deliver_snapshot_chunk(&self, c: SnapshotChunk) -> Result<(), ChunkReject> {
+        self.check_header(&c.header).map_err(|e| match e {
+            RpcReject::Foreign(why) => ChunkReject::Conflict(why),
+            RpcReject::Stopping => ChunkReject::Busy("the node is shutting down".into()),
+        })?;
+        self.learn_name(&c.header);
+        if c.message.from != c.header.from || c.message.to != self.self_id() {
+            return Err(ChunkReject::Conflict(
                 "snapshot message does not match its envelope".into(),
             ));
         }
-        if crc32fast::hash(&t.data) != t.crc32 {
-            return Err(RpcReject::Foreign(
-                "snapshot image failed its crc32 check".into(),
-            ));
-        }
-        self.shared
-            .inbound
-            .send(Inbound::Snapshot(Box::new(t)))
-            .await
-            .map_err(|_| RpcReject::Stopping)
+        self.shared.snapshots.handle(c, &self.shared.inbound).await
+    }
+
+    /// The snapshot transfer being received, if any.
+    pub fn snapshot_receiving(&self) -> Option<ReceiveProgress> {
+        self.shared.snapshots.progress()
     }
 }
 
@@ -557,6 +569,7 @@ pub(crate) mod testing {
                 request_timeout: timeout,
                 leader_wait: timeout,
                 stopping: AtomicBool::new(false),
+                snapshots: SnapshotReceiver::new(None),
             }),
         };
         let r = reader.clone();

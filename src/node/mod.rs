@@ -23,6 +23,7 @@
 pub mod handle;
 pub mod membership;
 mod raft_loop;
+mod snapshot;
 mod transport;
 pub mod wire;
 
@@ -41,6 +42,7 @@ use crate::storage::{LogStore, SledStore, StateMachine, StorageError};
 
 pub use handle::{KvReader, NodeHandle, NodeStatus, ReadError, RpcReject, WriteError};
 pub use membership::{Member, Membership};
+pub use snapshot::{ChunkReject, ReceiveProgress};
 pub(crate) use transport::error_chain;
 
 /// One peer as given on the command line: `name=host:port`, or the bare
@@ -256,33 +258,17 @@ impl KvReader for SledStore {
     }
 }
 
-/// A store the node can run on: the Raft log and the state machine, plus a
-/// final flush for a clean exit.
-pub(crate) trait NodeStore: LogStore + StateMachine + Send + 'static {
-    /// Makes everything written durable.
-    fn flush_all(&self) -> Result<(), StorageError>;
-}
-
-impl NodeStore for SledStore {
-    fn flush_all(&self) -> Result<(), StorageError> {
-        self.flush()
-    }
-}
-
 /// Runs a node on an already opened store. `reader` must read the same
 /// data the store's [`StateMachine`] writes.
-pub(crate) async fn serve<S>(
+pub(crate) async fn serve(
     config: NodeConfig,
     membership: Membership,
     timing: Timing,
     listener: tokio::net::TcpListener,
-    store: S,
+    store: SledStore,
     reader: Arc<dyn KvReader>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), NodeError>
-where
-    S: NodeStore,
-{
+) -> Result<(), NodeError> {
     let data_dir = config.data_dir.display().to_string();
     let recovered = store.load().map_err(|problem| NodeError::DataDir {
         path: data_dir.clone(),
@@ -360,6 +346,7 @@ where
             // Long enough for one election with some retries.
             leader_wait: request_timeout.min(max_election * 2),
             stopping: AtomicBool::new(false),
+            snapshots: snapshot::SnapshotReceiver::new(Some(store.clone())),
         }),
     };
 
@@ -371,7 +358,9 @@ where
         transport::TransportTiming {
             rpc_timeout: (timing.tick * timing.election_ticks)
                 .clamp(Duration::from_millis(500), Duration::from_secs(5)),
-            snapshot_timeout: Duration::from_secs(300),
+            // Generous: the first chunk may wait for the receiver to clear
+            // the leftovers of an earlier transfer.
+            snapshot_chunk_timeout: Duration::from_secs(60),
             max_backoff: (timing.tick * timing.election_ticks / 2)
                 .clamp(Duration::from_millis(50), Duration::from_secs(1)),
         },
@@ -419,7 +408,7 @@ where
             );
             let mut result = rt.block_on(raft_loop.run(loop_stop));
             let store = raft_loop.into_store();
-            if let Err(e) = store.flush_all() {
+            if let Err(e) = store.flush() {
                 if result.is_ok() {
                     result = Err(e);
                 }

@@ -8,7 +8,8 @@
 //! one fsync and one AppendEntries per peer (group commit). It then follows
 //! the [`Ready`] contract to the letter:
 //!
-//! 1. install an incoming snapshot,
+//! 1. install an incoming snapshot (staged beforehand, off the loop: see
+//!    [`super::snapshot`]; here it is one pointer flip),
 //! 2. persist hard state and entries (fsync) — nothing below happens first,
 //! 3. hand the messages to the peer queues (never waiting on the network),
 //! 4. apply committed entries and answer the writes waiting on them,
@@ -17,9 +18,14 @@
 //!
 //! It runs on a thread of its own (see [`super::run`]), so the fsyncs and
 //! sled calls it makes block nothing but itself.
+//!
+//! Snapshots never stall it: compaction only syncs the key-value tree (the
+//! tree *is* the snapshot) and drops the log prefix, and an image for a
+//! follower is generated on a blocking thread from a
+//! [`SnapshotSession`](crate::storage::SnapshotSession) that the loop opens
+//! in an instant.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,9 +33,10 @@ use tracing::{debug, info, warn};
 
 use crate::kv::ApplyResult;
 use crate::raft::{
-    Entry, MessageBody, NodeId, RaftError, RaftNode, ReadState, Ready, Role, SnapshotMeta,
+    Entry, Message, MessageBody, NodeId, RaftError, RaftNode, ReadState, Ready, Role,
+    SnapshotMeta,
 };
-use crate::storage::{LogStore, StateMachine, StorageError};
+use crate::storage::{LogStore, SledStore, StagedImage, StateMachine, StorageError};
 
 use super::handle::{Inbound, NodeStatus, Proposal, ReadError, ReadRequest, WriteError};
 use super::transport::Transport;
@@ -62,9 +69,9 @@ struct Waiter {
 type ReadReply = oneshot::Sender<Result<(), ReadError>>;
 
 /// The loop's state.
-pub(crate) struct RaftLoop<S> {
+pub(crate) struct RaftLoop {
     node: RaftNode,
-    store: S,
+    store: SledStore,
     transport: Transport,
     settings: LoopSettings,
     proposals: mpsc::Receiver<Proposal>,
@@ -82,26 +89,22 @@ pub(crate) struct RaftLoop<S> {
     released_reads: Vec<(u64, Vec<ReadReply>)>,
     next_read_ctx: u64,
     applied: u64,
-    /// Snapshot images received this round, waiting for the core to
-    /// accept one of them.
-    staged_snapshots: Vec<(SnapshotMeta, Vec<u8>)>,
-    /// The image matching the core's latest snapshot, for followers that
-    /// need it.
-    snapshot_image: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    /// Snapshot images staged and stepped this round, waiting for the core
+    /// to hand one of them out; the others are discarded after the round.
+    staged_snapshots: Vec<StagedImage>,
     /// Work that must wait until after `advance`.
     unreachable: Vec<NodeId>,
-    snapshot_reports: Vec<(NodeId, bool)>,
     snapshot_index: u64,
     last_role: Role,
     last_leader: Option<NodeId>,
     last_term: u64,
 }
 
-impl<S: LogStore + StateMachine> RaftLoop<S> {
+impl RaftLoop {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         node: RaftNode,
-        store: S,
+        store: SledStore,
         transport: Transport,
         settings: LoopSettings,
         proposals: mpsc::Receiver<Proposal>,
@@ -131,9 +134,7 @@ impl<S: LogStore + StateMachine> RaftLoop<S> {
             released_reads: Vec::new(),
             next_read_ctx: 1,
             staged_snapshots: Vec::new(),
-            snapshot_image: None,
             unreachable: Vec::new(),
-            snapshot_reports: Vec::new(),
         }
     }
 
@@ -208,10 +209,10 @@ impl<S: LogStore + StateMachine> RaftLoop<S> {
             let rd = self.node.ready();
             self.handle_ready(rd)?;
             self.node.advance();
-            self.after_advance()?;
+            self.after_advance();
         }
         // An image the core did not take (stale term, already covered) is
-        // not kept around.
+        // discarded (its tree is cleared in the background).
         self.staged_snapshots.clear();
         self.maybe_compact()?;
         self.observe_role();
@@ -227,8 +228,13 @@ impl<S: LogStore + StateMachine> RaftLoop<S> {
                 }
             }
             Inbound::Snapshot(t) => {
-                debug!(index = t.meta.index, from = %self.name(t.message.from), "snapshot image received");
-                self.staged_snapshots.push((t.meta, t.data));
+                let t = *t;
+                debug!(
+                    index = t.staged.meta().index,
+                    from = %self.name(t.message.from),
+                    "staged snapshot handed to the core"
+                );
+                self.staged_snapshots.push(t.staged);
                 self.node.step(t.message);
             }
             Inbound::Unreachable(peer) => self.node.report_unreachable(peer),
@@ -332,30 +338,30 @@ impl<S: LogStore + StateMachine> RaftLoop<S> {
     }
 
     fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        let staged = self.staged_snapshots.iter().position(|(m, _)| *m == meta);
-        let data = match staged {
-            Some(i) => self.staged_snapshots.swap_remove(i).1,
-            None => {
-                return Err(StorageError::Inconsistent(format!(
-                    "the core asked to install snapshot {}/{} but no matching image was received",
-                    meta.index, meta.term
-                )))
-            }
+        let Some(i) = self
+            .staged_snapshots
+            .iter()
+            .position(|s| s.meta() == meta)
+        else {
+            return Err(StorageError::Inconsistent(format!(
+                "the core asked to install snapshot {}/{} but no matching image was staged",
+                meta.index, meta.term
+            )));
         };
-        // State machine first: a crash before the log reset leaves a
-        // state machine ahead of the log, which the log can catch up with;
-        // the other order would leave a log that points at data we lack.
-        StateMachine::restore(&mut self.store, meta, &data)?;
-        LogStore::reset_to_snapshot(&mut self.store, meta)?;
+        let staged = self.staged_snapshots.swap_remove(i);
+        let (keys, bytes) = (staged.items(), staged.bytes());
+        // One durable flip: the staged tree becomes the state machine, the
+        // log is emptied and the snapshot meta recorded, atomically.
+        self.store.install_staged(staged)?;
         info!(
             index = meta.index,
             term = meta.term,
-            bytes = data.len(),
+            keys,
+            bytes,
             "installed snapshot from the leader"
         );
         self.applied = meta.index;
         self.snapshot_index = meta.index;
-        self.snapshot_image = Some((meta, Arc::new(data)));
         // Our own entries up to there were either in the snapshot or
         // replaced; we cannot tell which.
         let rest = self.waiters.split_off(&(meta.index + 1));
@@ -368,7 +374,7 @@ impl<S: LogStore + StateMachine> RaftLoop<S> {
         Ok(())
     }
 
-    fn send_messages(&mut self, messages: Vec<crate::raft::Message>) -> Result<(), StorageError> {
+    fn send_messages(&mut self, messages: Vec<Message>) -> Result<(), StorageError> {
         let mut plain = Vec::with_capacity(messages.len());
         for m in messages {
             if let MessageBody::InstallSnapshot { meta } = m.body {
@@ -384,35 +390,34 @@ impl<S: LogStore + StateMachine> RaftLoop<S> {
         Ok(())
     }
 
-    fn send_snapshot(
-        &mut self,
-        message: crate::raft::Message,
-        meta: SnapshotMeta,
-    ) -> Result<(), StorageError> {
+    /// The core wants `message.to` to install a snapshot at least as new as
+    /// `wanted`. The image sent is of the current applied index instead
+    /// (committed, ≥ the core's snapshot, and cheap to take: no image is
+    /// kept around). The follower's InstallSnapshotResponse reports the
+    /// index it really reached, so the core learns the truth.
+    fn send_snapshot(&mut self, message: Message, wanted: SnapshotMeta) -> Result<(), StorageError> {
         let peer = message.to;
-        let image = match &self.snapshot_image {
-            Some((m, data)) if *m == meta => data.clone(),
-            _ => {
-                // No image for the core's snapshot (e.g. after a restart):
-                // take a fresh one. If it lands at another index, compact to
-                // it and let the core retry with the new metadata.
-                let (fresh, data) = StateMachine::snapshot(&self.store)?;
-                let data = Arc::new(data);
-                if fresh != meta {
-                    debug!(
-                        wanted = meta.index,
-                        fresh = fresh.index,
-                        "snapshot image refreshed before sending"
-                    );
-                    self.snapshot_image = Some((fresh, data));
-                    self.snapshot_reports.push((peer, false));
-                    return Ok(());
-                }
-                self.snapshot_image = Some((fresh, data.clone()));
-                data
-            }
+        if self.transport.snapshot_in_progress(peer) {
+            // Its outcome reaches the core through `report_snapshot`.
+            debug!(peer = %self.name(peer), "snapshot transfer already running");
+            return Ok(());
+        }
+        let session = self.store.begin_snapshot()?;
+        let meta = session.meta();
+        if meta.index < wanted.index {
+            warn!(
+                wanted = wanted.index,
+                applied = meta.index,
+                "cannot send a snapshot older than the log's start"
+            );
+            self.node.report_snapshot(peer, false);
+            return Ok(());
+        }
+        let message = Message {
+            body: MessageBody::InstallSnapshot { meta },
+            ..message
         };
-        self.transport.send_snapshot(message, meta, image);
+        self.transport.send_snapshot(message, session);
         Ok(())
     }
 
@@ -462,27 +467,16 @@ impl<S: LogStore + StateMachine> RaftLoop<S> {
     }
 
     /// Work the core must hear about only once the Ready is advanced.
-    fn after_advance(&mut self) -> Result<(), StorageError> {
+    fn after_advance(&mut self) {
         for peer in std::mem::take(&mut self.unreachable) {
             self.node.report_unreachable(peer);
         }
-        let reports = std::mem::take(&mut self.snapshot_reports);
-        if !reports.is_empty() {
-            // A refreshed image is waiting: make it the core's snapshot so
-            // the retry carries matching metadata.
-            if let Some((meta, _)) = self.snapshot_image.clone() {
-                if meta.index > self.snapshot_index {
-                    self.compact_to(meta)?;
-                }
-            }
-            for (peer, ok) in reports {
-                self.node.report_snapshot(peer, ok);
-            }
-        }
-        Ok(())
     }
 
-    /// Snapshot + compaction every `snapshot_threshold` applied entries.
+    /// Compaction every `snapshot_threshold` applied entries. The key-value
+    /// tree is the snapshot, so this is: make the tree durable at the
+    /// applied index, drop the log prefix up to it (both inside
+    /// `LogStore::compact`), tell the core. No image is built.
     fn maybe_compact(&mut self) -> Result<(), StorageError> {
         let threshold = self.settings.snapshot_threshold;
         if threshold == 0 || self.applied < self.snapshot_index + threshold {
@@ -501,11 +495,10 @@ impl<S: LogStore + StateMachine> RaftLoop<S> {
                 return Ok(());
             }
         }
-        let (meta, data) = StateMachine::snapshot(&self.store)?;
+        let meta = self.store.applied();
         if meta.index <= self.snapshot_index {
             return Ok(());
         }
-        self.snapshot_image = Some((meta, Arc::new(data)));
         self.compact_to(meta)
     }
 
@@ -626,7 +619,7 @@ impl<S: LogStore + StateMachine> RaftLoop<S> {
     }
 
     /// Gives the store back (for a final flush).
-    pub(crate) fn into_store(self) -> S {
+    pub(crate) fn into_store(self) -> SledStore {
         self.store
     }
 }

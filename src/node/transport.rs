@@ -19,13 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta};
+use crate::raft::{Message, MessageBody, NodeId};
+use crate::storage::SnapshotSession;
 
 use super::handle::{Inbound, PeerHealth};
 use super::membership::Membership;
-use super::wire::{self, MessageBatch, RpcHeader, SnapshotTransfer, WIRE_VERSION};
+use super::snapshot::{send_snapshot, Outgoing};
+use super::wire::{self, MessageBatch, RpcHeader, WIRE_VERSION};
 
 /// Most messages queued for one peer before new ones are dropped.
 const MAX_QUEUED_MESSAGES: usize = 8192;
@@ -121,8 +123,9 @@ fn route_for(batch: &[Message]) -> &'static str {
 pub(crate) struct TransportTiming {
     /// Deadline of one message batch.
     pub rpc_timeout: Duration,
-    /// Deadline of one whole snapshot transfer.
-    pub snapshot_timeout: Duration,
+    /// Deadline of one snapshot chunk (a transfer has no overall deadline:
+    /// it lasts as long as chunks keep being accepted).
+    pub snapshot_chunk_timeout: Duration,
     /// Longest wait between retries to a dead peer.
     pub max_backoff: Duration,
 }
@@ -218,14 +221,18 @@ impl Transport {
         dropped
     }
 
-    /// Starts sending a snapshot image to `message.to`. Returns false when a
-    /// transfer to that peer is already running (the core will ask again).
-    pub(crate) fn send_snapshot(
-        &self,
-        message: Message,
-        meta: SnapshotMeta,
-        data: Arc<Vec<u8>>,
-    ) -> bool {
+    /// True while a snapshot transfer to `peer` is running.
+    pub(crate) fn snapshot_in_progress(&self, peer: NodeId) -> bool {
+        self.links
+            .get(&peer)
+            .is_some_and(|l| l.snapshot_busy.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Starts streaming `session`'s image to `message.to` (see
+    /// [`super::snapshot`]); the outcome comes back to the loop as
+    /// [`Inbound::SnapshotSent`]. Returns false (dropping the session) when
+    /// a transfer to that peer is already running or the peer is unknown.
+    pub(crate) fn send_snapshot(&self, message: Message, session: SnapshotSession) -> bool {
         let Some(link) = self.links.get(&message.to).cloned() else {
             return false;
         };
@@ -237,46 +244,19 @@ impl Transport {
         }
         let mut header = self.header.clone();
         header.to = link.id;
+        let out = Outgoing {
+            peer_name: link.name.clone(),
+            peer: link.id,
+            base_url: link.base_url.clone(),
+            header,
+            message,
+            chunk_timeout: self.timing.snapshot_chunk_timeout,
+        };
         let client = self.client.clone();
         let inbound = self.inbound.clone();
-        let timeout = self.timing.snapshot_timeout;
         self.runtime.spawn(async move {
-            let peer = link.id;
-            info!(
-                peer = %link.name,
-                index = meta.index,
-                bytes = data.len(),
-                "sending snapshot"
-            );
-            let transfer = SnapshotTransfer {
-                header,
-                message,
-                meta,
-                crc32: crc32fast::hash(&data),
-                data: data.to_vec(),
-            };
-            let body = wire::encode(&transfer);
-            drop(transfer);
-            let res = client
-                .post(format!("{}/raft/snapshot", link.base_url))
-                .header("content-type", "application/octet-stream")
-                .timeout(timeout)
-                .body(body)
-                .send()
-                .await;
-            let success = match res {
-                Ok(r) if r.status().is_success() => true,
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    warn!(peer = %link.name, %status, body = %text, "snapshot rejected");
-                    false
-                }
-                Err(e) => {
-                    warn!(peer = %link.name, error = %e, "snapshot transfer failed");
-                    false
-                }
-            };
+            let peer = out.peer;
+            let success = send_snapshot(client, out, session).await;
             link.snapshot_busy
                 .store(false, std::sync::atomic::Ordering::Release);
             let _ = inbound.send(Inbound::SnapshotSent { peer, success }).await;

@@ -9,10 +9,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::{Message, NodeId, SnapshotMeta};
+use crate::raft::{Message, NodeId};
+use crate::storage::image::ImageTrailer;
 
 /// Wire format version; bumped when an envelope changes incompatibly.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 
 /// Header every envelope starts with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,19 +42,31 @@ pub struct MessageBatch {
     pub messages: Vec<Message>,
 }
 
-/// A whole snapshot image with the InstallSnapshot message it belongs to
-/// (`/raft/snapshot`).
+/// One chunk of a streamed snapshot image (`/raft/snapshot`). A transfer
+/// is a sequence of these, posted one after the other: `seq` 0 at offset 0
+/// starts it, each next chunk continues at the byte where the previous one
+/// ended, and the last carries the [`ImageTrailer`]. The receiver answers
+/// each chunk only once it is staged, which bounds the memory on both
+/// sides to about one chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotTransfer {
+pub struct SnapshotChunk {
     /// Who, from which cluster, to whom.
     pub header: RpcHeader,
-    /// The leader's InstallSnapshot message (carries its term and `meta`).
+    /// The leader's InstallSnapshot message: its term, and the snapshot
+    /// the image holds (the receiver steps it into its core once the whole
+    /// image is staged).
     pub message: Message,
-    /// The snapshot's metadata (same as in `message`).
-    pub meta: SnapshotMeta,
-    /// CRC32 of `data`.
+    /// Random id of this transfer; chunks of another transfer do not mix.
+    pub transfer_id: u64,
+    /// Position of the chunk in the transfer, from 0.
+    pub seq: u32,
+    /// Byte offset of `data` in the image.
+    pub offset: u64,
+    /// crc32 of `data`.
     pub crc32: u32,
-    /// The serialized state machine.
+    /// On the last chunk: length and crc32 of the whole image.
+    pub trailer: Option<ImageTrailer>,
+    /// The bytes of the image (whole frames).
     pub data: Vec<u8>,
 }
 

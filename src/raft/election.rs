@@ -229,7 +229,8 @@ impl RaftNode {
             }
             B::PreVote { .. } => self.send(m.from, B::PreVoteResponse { granted: false }),
             B::RequestVote { .. } => self.send(m.from, B::RequestVoteResponse { granted: false }),
-            B::RequestVoteResponse { granted } if self.role == Role::Candidate => self.tally(m.from, granted),
+            // Stale replies (votes of an old election, acks to an old
+            // leader) must never be counted.
             _ => {}
         }
     }

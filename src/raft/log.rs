@@ -351,7 +351,10 @@ mod tests {
         assert_eq!(got, Some(4));
         assert_eq!(log.last_index(), 4);
         assert_eq!(log.term_at(3), Some(3));
-        assert_eq!(log.persisted, 2, "durable suffix past the conflict is stale");
+        assert_eq!(
+            log.persisted, 2,
+            "durable suffix past the conflict is stale"
+        );
         assert!(log.has_unstable());
     }
 

@@ -481,10 +481,7 @@ impl RaftNode {
             return Ok(());
         }
         if meta.index > self.log.applied {
-            return err(format!(
-                "beyond the applied index {}",
-                self.log.applied
-            ));
+            return err(format!("beyond the applied index {}", self.log.applied));
         }
         match self.log.term_at(meta.index) {
             Some(t) if t == meta.term => {}

@@ -176,7 +176,8 @@ impl Progress {
         match self.state {
             ProgressState::Probe => !self.probe_sent,
             ProgressState::Replicate => {
-                !self.inflights.full() && (self.next_index <= last_index || self.sent_commit < commit)
+                !self.inflights.full()
+                    && (self.next_index <= last_index || self.sent_commit < commit)
             }
             ProgressState::Snapshot => false,
         }

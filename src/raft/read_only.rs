@@ -152,10 +152,16 @@ mod tests {
         ro.add(3, 7);
         assert_eq!(ro.round_to_confirm(), 2);
         ro.confirm_up_to(1);
-        assert!(!ro.has_releasable(5), "round 1 got index 6 when read 2 joined");
+        assert!(
+            !ro.has_releasable(5),
+            "round 1 got index 6 when read 2 joined"
+        );
         assert_eq!(
             ro.release(6),
-            vec![ReadState { ctx: 1, index: 6 }, ReadState { ctx: 2, index: 6 }]
+            vec![
+                ReadState { ctx: 1, index: 6 },
+                ReadState { ctx: 2, index: 6 }
+            ]
         );
         ro.confirm_up_to(2);
         assert!(ro.release(6).is_empty(), "read 3 needs index 7 applied");

@@ -36,7 +36,7 @@ impl RaftNode {
         matches.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matches[self.quorum() - 1];
         self.scratch = matches;
-        if candidate <= self.log.commit || self.log.term_at(candidate) != Some(self.term) {
+        if candidate <= self.log.commit {
             return false;
         }
         self.log.commit_to(candidate);
@@ -157,9 +157,11 @@ impl RaftNode {
             self.send(to, MessageBody::InstallSnapshot { meta });
             return true;
         };
-        let entries =
-            self.log
-                .entries_from(next, self.cfg.max_entries_per_msg, self.cfg.max_bytes_per_msg);
+        let entries = self.log.entries_from(
+            next,
+            self.cfg.max_entries_per_msg,
+            self.cfg.max_bytes_per_msg,
+        );
         if entries.is_empty() && !allow_empty {
             return false;
         }
@@ -360,7 +362,12 @@ impl RaftNode {
     }
 
     /// Leader: a peer answered an InstallSnapshot of our term.
-    pub(crate) fn handle_snapshot_response(&mut self, from: NodeId, last_index: u64, success: bool) {
+    pub(crate) fn handle_snapshot_response(
+        &mut self,
+        from: NodeId,
+        last_index: u64,
+        success: bool,
+    ) {
         let last = self.log.last_index();
         let Some(pr) = self.progress_mut(from) else {
             return;

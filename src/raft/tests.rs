@@ -47,11 +47,7 @@ impl Net {
         Self::with(n, |_| {}, |_| InitialState::default())
     }
 
-    fn with(
-        n: u64,
-        tweak: impl Fn(&mut Config),
-        init: impl Fn(NodeId) -> InitialState,
-    ) -> Self {
+    fn with(n: u64, tweak: impl Fn(&mut Config), init: impl Fn(NodeId) -> InitialState) -> Self {
         let voters: Vec<NodeId> = (1..=n).collect();
         let mut net = Net {
             nodes: BTreeMap::new(),
@@ -69,7 +65,8 @@ impl Net {
             let mut store = MemLogStore::new();
             store.save(Some(&st.hard_state), &st.entries).unwrap();
             net.stores.insert(id, store);
-            net.nodes.insert(id, RaftNode::new(cfg, st, 42 + id).unwrap());
+            net.nodes
+                .insert(id, RaftNode::new(cfg, st, 42 + id).unwrap());
             net.applied.insert(id, Vec::new());
             net.reads.insert(id, Vec::new());
         }
@@ -183,7 +180,11 @@ fn election_5_2_candidate_with_majority_becomes_the_only_leader() {
     assert_eq!(net.leaders(), vec![1]);
     for id in [2, 3] {
         assert_eq!(net.nodes[&id].role(), Role::Follower);
-        assert_eq!(net.nodes[&id].leader(), Some(1), "followers know the leader");
+        assert_eq!(
+            net.nodes[&id].leader(),
+            Some(1),
+            "followers know the leader"
+        );
         assert_eq!(net.nodes[&id].term(), 1);
     }
     // The no-op of the new term commits and is applied everywhere.
@@ -202,7 +203,8 @@ fn election_5_2_randomized_timeouts_elect_a_leader_by_ticks_alone() {
 
 #[test]
 fn election_5_2_vote_is_granted_once_per_term() {
-    let mut node = RaftNode::new(Config::new(3, vec![1, 2, 3]), InitialState::default(), 1).unwrap();
+    let mut node =
+        RaftNode::new(Config::new(3, vec![1, 2, 3]), InitialState::default(), 1).unwrap();
     let ask = |from| Message {
         from,
         to: 3,
@@ -280,7 +282,11 @@ fn election_5_1_stale_term_vote_responses_are_not_counted() {
         term: 1,
         body: MessageBody::RequestVoteResponse { granted: true },
     });
-    assert_eq!(node.role(), Role::Candidate, "a term-1 grant says nothing about term 2");
+    assert_eq!(
+        node.role(),
+        Role::Candidate,
+        "a term-1 grant says nothing about term 2"
+    );
     node.step(Message {
         from: 2,
         to: 1,
@@ -296,11 +302,19 @@ fn prevote_9_6_partitioned_node_does_not_bump_its_term() {
     net.elect(1);
     net.isolate(3);
     net.tick(3, 100);
-    assert_eq!(net.nodes[&3].term(), 1, "pre-votes failed, so no real election");
+    assert_eq!(
+        net.nodes[&3].term(),
+        1,
+        "pre-votes failed, so no real election"
+    );
     assert_eq!(net.nodes[&3].role(), Role::PreCandidate);
     net.heal();
     net.tick_all(5);
-    assert_eq!(net.leaders(), vec![1], "the rejoining node did not depose the leader");
+    assert_eq!(
+        net.leaders(),
+        vec![1],
+        "the rejoining node did not depose the leader"
+    );
     assert_eq!(net.nodes[&1].term(), 1);
     assert_eq!(net.nodes[&3].leader(), Some(1));
 }
@@ -314,7 +328,10 @@ fn check_quorum_9_6_leader_without_majority_steps_down() {
     net.tick(1, 2 * election);
     assert_eq!(net.nodes[&1].role(), Role::Follower);
     assert_eq!(net.nodes[&1].leader(), None);
-    assert!(net.node(1).read_index(1).is_err(), "no reads without leadership");
+    assert!(
+        net.node(1).read_index(1).is_err(),
+        "no reads without leadership"
+    );
 }
 
 #[test]
@@ -331,7 +348,11 @@ fn check_quorum_9_6_leader_stickiness_ignores_votes_while_leader_is_live() {
             last_log_term: 9,
         },
     });
-    assert_eq!(net.nodes[&2].term(), 1, "heard from the leader recently: ignored");
+    assert_eq!(
+        net.nodes[&2].term(),
+        1,
+        "heard from the leader recently: ignored"
+    );
     assert!(!net.nodes[&2].has_ready(), "not even a rejection is sent");
 }
 
@@ -389,7 +410,11 @@ fn replication_5_3_fast_backtracking_takes_few_round_trips() {
         3,
         |_| {},
         |id| {
-            let terms = if id == 2 { &follower_terms } else { &leader_terms };
+            let terms = if id == 2 {
+                &follower_terms
+            } else {
+                &leader_terms
+            };
             InitialState {
                 hard_state: HardState {
                     term: 3,
@@ -403,9 +428,16 @@ fn replication_5_3_fast_backtracking_takes_few_round_trips() {
     net.elect(1);
     assert_eq!(net.leaders(), vec![1]);
     let rejections = net.count_delivered(|m| {
-        m.from == 2 && matches!(m.body, MessageBody::AppendEntriesResponse { success: false, .. })
+        m.from == 2
+            && matches!(
+                m.body,
+                MessageBody::AppendEntriesResponse { success: false, .. }
+            )
     });
-    assert!(rejections <= 2, "{rejections} rejections: one per entry would be 200");
+    assert!(
+        rejections <= 2,
+        "{rejections} rejections: one per entry would be 200"
+    );
     assert_eq!(net.stores[&2].entries(), net.stores[&1].entries());
 }
 
@@ -456,9 +488,17 @@ fn commit_5_4_2_figure_8_previous_term_entry_is_not_committed_by_counting() {
         },
     };
     node.step(ack(2));
-    assert_eq!(node.commit_index(), 0, "entry 2 is from term 2: not committable by counting");
+    assert_eq!(
+        node.commit_index(),
+        0,
+        "entry 2 is from term 2: not committable by counting"
+    );
     node.step(ack(3));
-    assert_eq!(node.commit_index(), 3, "the no-op of term 4 commits, and entry 2 with it");
+    assert_eq!(
+        node.commit_index(),
+        3,
+        "the no-op of term 4 commits, and entry 2 with it"
+    );
 }
 
 #[test]
@@ -473,9 +513,16 @@ fn commit_leader_counts_its_own_entries_only_once_durable() {
     let idx = rd.entries[0].index;
     net.queue.extend(rd.messages);
     net.settle(); // node 2 stores and acknowledges
-    assert!(net.nodes[&1].commit_index() < idx, "1 durable copy out of 3 is not a majority");
+    assert!(
+        net.nodes[&1].commit_index() < idx,
+        "1 durable copy out of 3 is not a majority"
+    );
     net.node(1).advance();
-    assert_eq!(net.nodes[&1].commit_index(), idx, "now the leader's copy counts");
+    assert_eq!(
+        net.nodes[&1].commit_index(),
+        idx,
+        "now the leader's copy counts"
+    );
 }
 
 #[test]
@@ -491,7 +538,13 @@ fn read_index_6_4_needs_a_heartbeat_round() {
     assert!(net.reads[&1].is_empty(), "no majority answered: no read");
     net.heal();
     net.tick(1, 1);
-    assert_eq!(net.reads[&1], vec![ReadState { ctx: 77, index: commit }]);
+    assert_eq!(
+        net.reads[&1],
+        vec![ReadState {
+            ctx: 77,
+            index: commit
+        }]
+    );
 }
 
 #[test]
@@ -513,9 +566,9 @@ fn read_index_6_4_waits_for_the_leaders_noop_to_commit() {
     assert_eq!(net.nodes[&1].role(), Role::Leader);
     net.node(1).read_index(5).unwrap();
     net.settle();
-    let with_ctx = net.count_delivered(|m| {
-        matches!(m.body, MessageBody::AppendEntries { read_ctx, .. } if read_ctx > 0)
-    });
+    let with_ctx = net.count_delivered(
+        |m| matches!(m.body, MessageBody::AppendEntries { read_ctx, .. } if read_ctx > 0),
+    );
     assert_eq!(with_ctx, 0, "no round starts before the no-op commits");
     net.heal();
     net.tick(1, 2);
@@ -531,7 +584,9 @@ fn replication_batching_puts_many_proposals_in_one_append() {
     for k in 0..50 {
         net.node(1).propose(vec![cmd(&format!("a{k}"))]).unwrap();
     }
-    net.node(1).propose((0..50).map(|k| cmd(&format!("b{k}"))).collect()).unwrap();
+    net.node(1)
+        .propose((0..50).map(|k| cmd(&format!("b{k}"))).collect())
+        .unwrap();
     net.settle();
     let appends: Vec<&Message> = net.delivered[..]
         .iter()
@@ -562,10 +617,16 @@ fn replication_inflight_window_bounds_unacknowledged_appends() {
     net.cut.insert((2, 1));
     net.cut.insert((3, 1));
     let before = net.count_delivered(|m| m.from == 1 && m.to == 2 && is_append_with_entries(m));
-    net.node(1).propose((0..40).map(|k| cmd(&format!("{k}"))).collect()).unwrap();
+    net.node(1)
+        .propose((0..40).map(|k| cmd(&format!("{k}"))).collect())
+        .unwrap();
     net.settle();
     let sent = net.count_delivered(|m| m.from == 1 && m.to == 2 && is_append_with_entries(m));
-    assert_eq!(sent - before, 3, "window of 3 messages, no acknowledgements");
+    assert_eq!(
+        sent - before,
+        3,
+        "window of 3 messages, no acknowledgements"
+    );
     net.heal();
     // The acknowledgements were lost: once heartbeat replies show no
     // progress for a while, the leader probes and refills the window.
@@ -609,12 +670,22 @@ fn snapshot_7_lagging_follower_receives_install_snapshot() {
     net.tick(1, 8);
     let snaps = net.count_delivered(|m| matches!(m.body, MessageBody::InstallSnapshot { .. }));
     assert_eq!(snaps, 1);
-    assert_eq!(net.stores[&3].snapshot(), meta, "follower reset its log to the snapshot");
+    assert_eq!(
+        net.stores[&3].snapshot(),
+        meta,
+        "follower reset its log to the snapshot"
+    );
     net.node(1).report_snapshot(3, true);
     net.node(1).propose(vec![cmd("after")]).unwrap();
     net.tick(1, 2);
     assert_eq!(net.stores[&3].last_index(), net.stores[&1].last_index());
-    assert!(net.node(1).compact(SnapshotMeta { index: 999, term: 1 }).is_err());
+    assert!(net
+        .node(1)
+        .compact(SnapshotMeta {
+            index: 999,
+            term: 1
+        })
+        .is_err());
 }
 
 #[test]
@@ -634,7 +705,10 @@ fn restart_hands_out_committed_but_unapplied_entries_again() {
     let rd = node.ready();
     let idx: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
     assert_eq!(idx, vec![2, 3]);
-    assert!(rd.entries.is_empty(), "recovered entries are already durable");
+    assert!(
+        rd.entries.is_empty(),
+        "recovered entries are already durable"
+    );
     node.advance();
     assert_eq!(node.applied_index(), 3);
 }
@@ -710,7 +784,10 @@ fn proposals_and_reads_on_a_follower_name_the_leader() {
         net.node(2).propose(vec![cmd("x")]),
         Err(RaftError::NotLeader { leader: Some(1) })
     );
-    assert_eq!(net.node(3).read_index(1), Err(RaftError::NotLeader { leader: Some(1) }));
+    assert_eq!(
+        net.node(3).read_index(1),
+        Err(RaftError::NotLeader { leader: Some(1) })
+    );
 }
 
 #[test]

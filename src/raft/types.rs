@@ -180,7 +180,8 @@ pub enum MessageBody {
     },
     /// Reply to [`MessageBody::InstallSnapshot`].
     InstallSnapshotResponse {
-        /// Follower's last log index after handling the snapshot.
+        /// An index up to which the follower's log now matches the
+        /// leader's (its commit index after handling the snapshot).
         last_index: u64,
         /// Whether the snapshot was accepted (or was already covered).
         success: bool,
@@ -227,7 +228,13 @@ pub struct ReadState {
 /// 4. Apply `committed_entries` in order to the state machine.
 /// 5. Answer `read_states`: each may be answered once the state machine has
 ///    applied `ReadState::index` — which holds once step 4 is done.
-/// 6. Call `RaftNode::advance` with this Ready's stamp.
+/// 6. Call `RaftNode::advance`.
+///
+/// One Ready at a time: `ready()` again before `advance()` returns an empty
+/// Ready. `messages` never include one addressed to the node itself.
+/// `hard_state` is set when the term or vote changed (which must be durable
+/// before the messages go out), or alongside new entries or a snapshot;
+/// a change of the commit index alone does not cost a flush of its own.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     /// Snapshot to install before anything else (followers only).

@@ -47,6 +47,13 @@ pub async fn status(State(app): State<AppState>, uri: Uri) -> Response {
         "first_log_index": st.first_index,
         "last_log_index": st.last_index,
         "snapshot_index": st.snapshot_index,
+        "snapshot_receiving": node.snapshot_receiving().map(|p| json!({
+            "from": node.name_of(p.from),
+            "index": p.index,
+            "term": p.term,
+            "bytes": p.bytes,
+            "chunks": p.chunks,
+        })),
         "peers": peers,
     }))
     .into_response()

@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::debug;
 
-use crate::node::wire::{self, MessageBatch, SnapshotTransfer};
-use crate::node::RpcReject;
+use crate::node::wire::{self, MessageBatch, SnapshotChunk};
+use crate::node::{ChunkReject, RpcReject};
 
 use super::error::ApiError;
 use super::input::read_body;
@@ -21,8 +21,9 @@ use super::AppState;
 
 /// Largest message batch accepted.
 pub const MAX_BATCH_BODY_BYTES: usize = 256 << 20;
-/// Largest snapshot image accepted in one transfer.
-pub const MAX_SNAPSHOT_BODY_BYTES: usize = 1 << 30;
+/// Largest snapshot chunk accepted (chunks are about 1 MiB; one holding
+/// a maximal item is a little larger).
+pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = 16 << 20;
 
 fn reject(e: RpcReject) -> Response {
     match e {
@@ -52,22 +53,33 @@ pub async fn messages(State(app): State<AppState>, headers: HeaderMap, body: Bod
     }
 }
 
-/// `POST /raft/snapshot`: a whole snapshot image.
+/// `POST /raft/snapshot`: one chunk of a snapshot transfer (see
+/// [`crate::node::wire::SnapshotChunk`]). `204` once the chunk is staged;
+/// 400 for a damaged chunk or image, 409 for a chunk out of sequence or
+/// from another cluster, 503 when the node cannot take a snapshot now.
 pub async fn snapshot(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match read_body(&headers, body, MAX_SNAPSHOT_BODY_BYTES).await {
+    let bytes = match read_body(&headers, body, MAX_SNAPSHOT_CHUNK_BYTES).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let transfer: SnapshotTransfer = match wire::decode(&bytes) {
+    let chunk: SnapshotChunk = match wire::decode(&bytes) {
         Ok(t) => t,
         Err(e) => {
-            return ApiError::bad_request(format!("undecodable snapshot transfer: {e}"))
+            return ApiError::bad_request(format!("undecodable snapshot chunk: {e}"))
                 .into_response()
         }
     };
     drop(bytes);
-    match app.node.deliver_snapshot(transfer).await {
+    match app.node.deliver_snapshot_chunk(chunk).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => reject(e),
+        Err(ChunkReject::Invalid(why)) => {
+            debug!(error = %why, "snapshot chunk rejected");
+            ApiError::bad_request(why).into_response()
+        }
+        Err(ChunkReject::Conflict(why)) => {
+            debug!(error = %why, "snapshot chunk rejected");
+            ApiError::new(StatusCode::CONFLICT, why).into_response()
+        }
+        Err(ChunkReject::Busy(why)) => ApiError::unavailable(why).into_response(),
     }
 }

@@ -72,7 +72,12 @@ impl Checker {
 
     /// Records that `node` is leader of `term`; on the first sighting of a
     /// leader, checks that its log holds every committed entry.
-    pub fn observe_leader(&mut self, node: NodeId, term: u64, core: &RaftNode) -> Result<(), String> {
+    pub fn observe_leader(
+        &mut self,
+        node: NodeId,
+        term: u64,
+        core: &RaftNode,
+    ) -> Result<(), String> {
         match self.leaders.get(&term) {
             Some(&other) if other != node => {
                 return Err(format!(
@@ -105,7 +110,12 @@ impl Checker {
 
     /// Records entries `node` made durable; `prev_term` is the term of the
     /// entry just before the first one (if known).
-    pub fn on_persist(&mut self, node: NodeId, prev_term: Option<u64>, entries: &[Entry]) -> Result<(), String> {
+    pub fn on_persist(
+        &mut self,
+        node: NodeId,
+        prev_term: Option<u64>,
+        entries: &[Entry],
+    ) -> Result<(), String> {
         let mut prev = prev_term;
         for e in entries {
             let d = digest(&e.payload);
@@ -144,7 +154,13 @@ impl Checker {
 
     /// `node`'s commit index moved from `from` to `to`: records the newly
     /// committed entries' terms and checks them against earlier commits.
-    pub fn on_commit(&mut self, node: NodeId, core: &RaftNode, from: u64, to: u64) -> Result<(), String> {
+    pub fn on_commit(
+        &mut self,
+        node: NodeId,
+        core: &RaftNode,
+        from: u64,
+        to: u64,
+    ) -> Result<(), String> {
         let snap = core.snapshot_meta().index;
         for index in (from + 1).max(snap + 1)..=to {
             let Some(term) = core.term_at(index) else {
@@ -277,7 +293,8 @@ mod tests {
     #[test]
     fn log_matching_violation_is_caught() {
         let mut c = Checker::new();
-        c.on_persist(1, Some(0), &[put(1, 1, "a"), put(2, 1, "b")]).unwrap();
+        c.on_persist(1, Some(0), &[put(1, 1, "a"), put(2, 1, "b")])
+            .unwrap();
         c.on_persist(2, Some(0), &[put(1, 1, "a")]).unwrap();
         assert!(c.on_persist(3, Some(1), &[put(2, 1, "c")]).is_err());
     }

@@ -139,7 +139,9 @@ impl Sim {
         let min_index = self.completed_max;
         let id = self.clients[c].id;
         let nid = self.nodes[node].id;
-        self.record(|| format!("client{id} read {key} at n{nid} ctx {ctx} (must see ≥ {min_index})"));
+        self.record(|| {
+            format!("client{id} read {key} at n{nid} ctx {ctx} (must see ≥ {min_index})")
+        });
         let cl = &mut self.clients[c];
         cl.op = Op::Read {
             node,
@@ -187,7 +189,11 @@ impl Sim {
         } else {
             KvCommand::Delete {
                 key,
-                cas: if self.rng.gen_bool(0.5) { None } else { Some(known) },
+                cas: if self.rng.gen_bool(0.5) {
+                    None
+                } else {
+                    Some(known)
+                },
             }
         }
     }
@@ -198,7 +204,9 @@ impl Sim {
         } else {
             self.rng.gen_range(2..=5)
         };
-        let cmds: Vec<Vec<u8>> = (0..count).map(|_| self.random_command(c).encode()).collect();
+        let cmds: Vec<Vec<u8>> = (0..count)
+            .map(|_| self.random_command(c).encode())
+            .collect();
         let core = self.nodes[node].core.as_mut().expect("checked up");
         let out = match core.propose(cmds) {
             Ok(out) => out,
@@ -211,7 +219,10 @@ impl Sim {
         let id = self.clients[c].id;
         let nid = self.nodes[node].id;
         self.record(|| {
-            format!("client{id} propose {count} at n{nid}: {}..={last} term {}", out.first_index, out.term)
+            format!(
+                "client{id} propose {count} at n{nid}: {}..={last} term {}",
+                out.first_index, out.term
+            )
         });
         let cl = &mut self.clients[c];
         cl.op = Op::Write {

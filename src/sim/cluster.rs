@@ -51,6 +51,8 @@ pub(super) enum Event {
     Heal,
     /// Liveness phase: drive the probe write and convergence checks.
     Liveness,
+    /// The network replays an old message (chaos phase).
+    Replay,
 }
 
 struct Scheduled {
@@ -121,6 +123,8 @@ pub struct Sim {
     loss: f64,
     duplicate: f64,
     long_delay: f64,
+    /// Recent election messages (and a sample of the others), for replays.
+    history: Vec<Message>,
     /// Faults still being injected.
     pub(super) chaos: bool,
     pub(super) checker: Checker,
@@ -164,11 +168,18 @@ impl Sim {
             loss: scenario.loss,
             duplicate: scenario.duplicate,
             long_delay: scenario.long_delay,
+            history: Vec::new(),
             chaos: true,
             checker: Checker::new(),
             clients,
             completed_max: 0,
-            trace: Trace::new(trace, std::env::var("TMP_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(super::TRACE_LINES)),
+            trace: Trace::new(
+                trace,
+                std::env::var("TMP_TRACE")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(super::TRACE_LINES),
+            ),
             stats: Stats::default(),
             liveness: None,
             next_ctx: 1,
@@ -216,8 +227,12 @@ impl Sim {
             let at = self.rng.gen_range(1..=2 * self.sc.crash_every_ticks) * TICK;
             self.schedule(at, Event::Crash);
         }
+        if self.sc.replay > 0.0 {
+            self.schedule(TICK, Event::Replay);
+        }
         self.schedule(self.sc.chaos_ticks * TICK, Event::Heal);
-        let end = (self.sc.chaos_ticks + self.sc.liveness_ticks + self.sc.converge_ticks + 10) * TICK;
+        let end =
+            (self.sc.chaos_ticks + self.sc.liveness_ticks + self.sc.converge_ticks + 10) * TICK;
         while !self.done {
             let Some(s) = self.queue.pop() else {
                 return Err("event queue ran dry".into());
@@ -298,6 +313,7 @@ impl Sim {
             }
             Event::Heal => self.heal()?,
             Event::Liveness => self.liveness_step()?,
+            Event::Replay => self.replay()?,
         }
         Ok(())
     }
@@ -420,11 +436,15 @@ impl Sim {
                 .staged
                 .iter()
                 .rposition(|(m, _)| *m == meta)
-                .ok_or_else(|| format!("n{id}: core installs snapshot {meta:?} that was never staged"))?;
+                .ok_or_else(|| {
+                    format!("n{id}: core installs snapshot {meta:?} that was never staged")
+                })?;
             let (_, data) = node.staged.swap_remove(pos);
             node.staged.retain(|(m, _)| m.index > meta.index);
             node.sm.restore(meta, &data).map_err(|e| e.to_string())?;
-            node.log.reset_to_snapshot(meta).map_err(|e| e.to_string())?;
+            node.log
+                .reset_to_snapshot(meta)
+                .map_err(|e| e.to_string())?;
             node.log.set_snapshot_image(meta, data.to_vec());
             self.stats.snapshots_installed += 1;
             self.record(|| format!("n{id} INSTALL snapshot {meta:?}"));
@@ -524,6 +544,25 @@ impl Sim {
     fn send(&mut self, from: usize, m: Message) {
         let to = (m.to - 1) as usize;
         let n = self.nodes.len();
+        if self.sc.replay > 0.0 && self.chaos {
+            // Keep every election message and a sample of the rest.
+            let election = matches!(
+                m.body,
+                MessageBody::RequestVote { .. }
+                    | MessageBody::RequestVoteResponse { .. }
+                    | MessageBody::PreVote { .. }
+                    | MessageBody::PreVoteResponse { .. }
+            );
+            if election || self.rng.gen_bool(0.05) {
+                if self.history.len() >= 64 {
+                    let k = self.rng.gen_range(0..self.history.len());
+                    self.history.swap_remove(k);
+                }
+                if !matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+                    self.history.push(m.clone());
+                }
+            }
+        }
         let mut image = None;
         if let MessageBody::InstallSnapshot { meta } = m.body {
             self.stats.snapshots_sent += 1;
@@ -573,13 +612,23 @@ impl Sim {
             );
         }
         if self.duplicate > 0.0 && self.rng.gen_bool(self.duplicate) {
-            let d2 = self.rng.gen_range(1..=self.sc.max_delay);
+            // A duplicate is often a late retransmission: replayed long
+            // after the original, into a later term.
+            let d2 = if self.rng.gen_bool(0.5) {
+                self.rng.gen_range(1..=self.sc.max_delay)
+            } else {
+                self.rng.gen_range(1..=self.sc.long_delay_ticks * TICK)
+            };
             self.schedule(d2, Event::Deliver(m.clone(), image.clone()));
         }
         self.schedule(delay, Event::Deliver(m, image));
     }
 
-    fn deliver(&mut self, m: Message, image: Option<std::sync::Arc<Vec<u8>>>) -> Result<(), String> {
+    fn deliver(
+        &mut self,
+        m: Message,
+        image: Option<std::sync::Arc<Vec<u8>>>,
+    ) -> Result<(), String> {
         let (from, to) = ((m.from - 1) as usize, (m.to - 1) as usize);
         let n = self.nodes.len();
         if self.blocked[from * n + to] || self.nodes[to].core.is_none() {
@@ -604,6 +653,24 @@ impl Sim {
             self.record(|| format!("n{id} step: {before:?} -> {after:?}"));
         }
         self.pump(to)
+    }
+
+    /// Delivers a copy of an old message (the network may duplicate and
+    /// delay anything, arbitrarily long).
+    fn replay(&mut self) -> Result<(), String> {
+        if !self.chaos {
+            return Ok(());
+        }
+        self.schedule(TICK, Event::Replay);
+        if self.history.is_empty() || !self.rng.gen_bool(self.sc.replay) {
+            return Ok(());
+        }
+        let m = self.history[self.rng.gen_range(0..self.history.len())].clone();
+        if self.trace.enabled() {
+            let s = summarize(&m);
+            self.record(|| format!("REPLAY {s}"));
+        }
+        self.deliver(m, None)
     }
 
     fn change_partition(&mut self) {
@@ -757,9 +824,15 @@ impl Sim {
                         };
                         let core = self.nodes[i].core.as_mut().expect("leader is up");
                         if let Ok(out) = core.propose(vec![cmd.encode()]) {
-                            lv.probe = Some((i, self.nodes[i].incarnation, out.first_index, out.term));
+                            lv.probe =
+                                Some((i, self.nodes[i].incarnation, out.first_index, out.term));
                             let id = self.nodes[i].id;
-                            self.record(|| format!("LIVENESS probe proposed at n{id} index {}", out.first_index));
+                            self.record(|| {
+                                format!(
+                                    "LIVENESS probe proposed at n{id} index {}",
+                                    out.first_index
+                                )
+                            });
                             self.pump(i)?;
                         }
                     }
@@ -780,11 +853,10 @@ impl Sim {
                         .map(|(k, v, i)| (k.to_string(), v.to_string(), i))
                         .collect();
                     for n in &self.nodes {
-                        let mine: Vec<(String, String, u64)> = n
-                            .sm
-                            .items()
-                            .map(|(k, v, i)| (k.to_string(), v.to_string(), i))
-                            .collect();
+                        let mine: Vec<(String, String, u64)> =
+                            n.sm.items()
+                                .map(|(k, v, i)| (k.to_string(), v.to_string(), i))
+                                .collect();
                         if mine != reference {
                             return Err(format!(
                                 "replica n{} converged to a different state than the reference",
@@ -795,7 +867,8 @@ impl Sim {
                     self.record(|| format!("CONVERGED at index {target}"));
                     self.done = true;
                 } else if (self.now - at) / TICK > self.sc.converge_ticks {
-                    let applied: Vec<u64> = self.nodes.iter().map(|n| n.sm.applied_index()).collect();
+                    let applied: Vec<u64> =
+                        self.nodes.iter().map(|n| n.sm.applied_index()).collect();
                     return Err(format!(
                         "liveness: replicas did not converge within {} ticks (applied {applied:?}, \
                          canonical {target})",

@@ -73,6 +73,10 @@ pub struct Scenario {
     pub long_delay: f64,
     /// Longest such hold-up, in ticks.
     pub long_delay_ticks: u64,
+    /// Probability per tick that the network replays an old message
+    /// (election messages are favoured: they are few, and replaying them
+    /// into later terms is what stale-vote bugs need).
+    pub replay: f64,
     /// Largest delay between taking a Ready and finishing its handling
     /// (persist, send, apply), in time units; a crash in between loses it.
     pub persist_delay: u64,
@@ -120,6 +124,7 @@ impl Scenario {
             max_delay: r.gen_range(1..=25),
             long_delay: pick(&mut r, &[0.0, 0.0, 0.01, 0.03]),
             long_delay_ticks: 40,
+            replay: pick(&mut r, &[0.0, 0.0, 0.1, 0.3]),
             persist_delay: pick(&mut r, &[0.0, 3.0, 8.0]) as u64,
             crash_every_ticks: pick(&mut r, &[0.0, 60.0, 25.0]) as u64,
             max_down_ticks: r.gen_range(5..=40),
@@ -153,6 +158,8 @@ impl Scenario {
         self.max_down_ticks = r.gen_range(3..=15);
         self.loss = r.gen_range(0.0..0.05);
         self.long_delay = r.gen_range(0.0..0.08);
+        self.duplicate = r.gen_range(0.0..0.15);
+        self.replay = r.gen_range(0.0..0.5);
         // Without PreVote, failed candidates run real elections back to
         // back, and late votes from the previous term meet the next one.
         self.pre_vote = r.gen_bool(0.5);
@@ -237,8 +244,16 @@ pub struct SimFailure {
 
 impl std::fmt::Display for SimFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "simulation failed for seed {}: {}", self.seed, self.error)?;
-        writeln!(f, "replay with: RAFTKV_SIM_SEED={} cargo test --test simulation", self.seed)?;
+        writeln!(
+            f,
+            "simulation failed for seed {}: {}",
+            self.seed, self.error
+        )?;
+        writeln!(
+            f,
+            "replay with: RAFTKV_SIM_SEED={} cargo test --test simulation",
+            self.seed
+        )?;
         writeln!(f, "scenario: {:?}", self.scenario)?;
         writeln!(f, "last {} events:", self.trace.len())?;
         for line in &self.trace {

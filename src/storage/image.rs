@@ -14,6 +14,11 @@
 //! caught as surely as a flipped bit. Items come in strictly increasing key
 //! order, and `End` carries the item count, so a truncated image never
 //! passes for a complete one.
+//!
+//! For streaming, [`ImageWriter::take_output`] hands out the bytes encoded so
+//! far (a chunk), and [`ImageDecoder`] takes bytes in pieces of any size and
+//! yields items as soon as their frame is complete; an [`ImageTrailer`]
+//! (total length and crc32 of the whole image) closes a transfer.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +29,21 @@ use crate::raft::SnapshotMeta;
 
 /// Version of the image layout, stored in its header.
 pub const IMAGE_FORMAT: u32 = 1;
+
+/// Largest frame a decoder accepts: far above the largest item (1 KiB key,
+/// 1 MiB value), low enough that a damaged length field cannot make a
+/// receiver buffer gigabytes before noticing.
+pub const MAX_FRAME_BYTES: usize = 8 << 20;
+
+/// What closes a streamed image: its total length and the crc32 of all its
+/// bytes, checked by the receiver on top of every frame's own checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageTrailer {
+    /// Length of the whole image in bytes.
+    pub total_len: u64,
+    /// crc32 of the whole image.
+    pub crc32: u32,
+}
 
 const TREE: &str = "snapshot image";
 
@@ -114,7 +134,23 @@ impl ImageWriter {
         Ok(())
     }
 
-    /// Closes the image and returns its bytes.
+    /// Bytes encoded and not yet taken.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Items pushed so far.
+    pub fn items(&self) -> u64 {
+        self.items
+    }
+
+    /// Takes the bytes encoded so far (always whole frames), for streaming
+    /// the image in chunks.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Closes the image and returns its bytes (those not taken yet).
     pub fn finish(mut self) -> Result<Vec<u8>, StorageError> {
         let items = self.items;
         self.push_frame(&FrameRef::End { items })?;
@@ -223,6 +259,173 @@ impl<'a> ImageReader<'a> {
     }
 }
 
+/// Decodes an image that arrives in pieces of any size (chunks need not
+/// end on frame boundaries), verifying every frame, the key order, the end
+/// marker's item count and that nothing follows it. Memory use is bounded
+/// by one frame.
+#[derive(Debug, Default)]
+pub struct ImageDecoder {
+    /// Bytes of an incomplete frame carried over from the previous piece.
+    partial: Vec<u8>,
+    seq: u64,
+    items: u64,
+    meta: Option<SnapshotMeta>,
+    last_key: Option<String>,
+    done: bool,
+    bytes: u64,
+}
+
+impl ImageDecoder {
+    /// A decoder expecting the image's header first.
+    pub fn new() -> Self {
+        ImageDecoder::default()
+    }
+
+    /// The snapshot the image describes, once its header was decoded.
+    pub fn meta(&self) -> Option<SnapshotMeta> {
+        self.meta
+    }
+
+    /// Items decoded so far.
+    pub fn items(&self) -> u64 {
+        self.items
+    }
+
+    /// Bytes fed so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// True once the end marker was decoded and verified.
+    pub fn is_complete(&self) -> bool {
+        self.done
+    }
+
+    /// Feeds the next piece of the image; `on_item` gets every item whose
+    /// frame completes in it, in order.
+    pub fn push(
+        &mut self,
+        piece: &[u8],
+        mut on_item: impl FnMut(KvItem) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.bytes += piece.len() as u64;
+        if self.done {
+            if piece.is_empty() {
+                return Ok(());
+            }
+            return Err(frame_err(
+                self.seq,
+                format!("{} bytes after the end marker", piece.len()),
+            ));
+        }
+        let mut data: &[u8] = piece;
+        let carried;
+        if !self.partial.is_empty() {
+            let mut joined = std::mem::take(&mut self.partial);
+            joined.extend_from_slice(piece);
+            carried = joined;
+            data = &carried;
+        }
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            if self.done {
+                return Err(frame_err(
+                    self.seq,
+                    format!("{} bytes after the end marker", rest.len()),
+                ));
+            }
+            if rest.len() < 4 {
+                break;
+            }
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len > MAX_FRAME_BYTES {
+                return Err(frame_err(
+                    self.seq,
+                    format!("frame length {len} exceeds the limit of {MAX_FRAME_BYTES} bytes"),
+                ));
+            }
+            let Some(body) = rest.get(4..4 + len) else {
+                break;
+            };
+            let seq = self.seq;
+            let frame: Frame = record::decode(&seq.to_be_bytes(), body)
+                .map_err(|e: RecordError| frame_err(seq, e.0))?;
+            self.seq += 1;
+            pos += 4 + len;
+            match (frame, self.meta.is_some()) {
+                (
+                    Frame::Header {
+                        format,
+                        index,
+                        term,
+                    },
+                    false,
+                ) => {
+                    if format != IMAGE_FORMAT {
+                        return Err(frame_err(
+                            seq,
+                            format!("unknown image format {format} (expected {IMAGE_FORMAT})"),
+                        ));
+                    }
+                    self.meta = Some(SnapshotMeta { index, term });
+                }
+                (_, false) => return Err(frame_err(seq, "image does not start with a header")),
+                (Frame::Header { .. }, true) => {
+                    return Err(frame_err(seq, "second header inside the image"))
+                }
+                (Frame::Item { key, value, index }, true) => {
+                    if let Some(prev) = &self.last_key {
+                        if *prev >= key {
+                            return Err(frame_err(
+                                seq,
+                                "keys are not in strictly increasing order",
+                            ));
+                        }
+                    }
+                    self.last_key = Some(key.clone());
+                    self.items += 1;
+                    on_item(KvItem { key, value, index })?;
+                }
+                (Frame::End { items }, true) => {
+                    if items != self.items {
+                        return Err(frame_err(
+                            seq,
+                            format!(
+                                "end marker counts {items} items, image holds {}",
+                                self.items
+                            ),
+                        ));
+                    }
+                    self.done = true;
+                }
+            }
+        }
+        if pos < data.len() {
+            if self.done {
+                return Err(frame_err(
+                    self.seq,
+                    format!("{} bytes after the end marker", data.len() - pos),
+                ));
+            }
+            self.partial = data[pos..].to_vec();
+        }
+        Ok(())
+    }
+
+    /// Checks that the whole image was fed: returns its snapshot and item
+    /// count.
+    pub fn finish(&self) -> Result<(SnapshotMeta, u64), StorageError> {
+        match self.meta {
+            Some(meta) if self.done => Ok((meta, self.items)),
+            _ => Err(frame_err(
+                self.seq,
+                "image ends before its end marker (truncated)",
+            )),
+        }
+    }
+}
+
 /// Builds a whole image from items sorted by key.
 pub fn encode_image<'k>(
     meta: SnapshotMeta,
@@ -310,5 +513,71 @@ mod tests {
         let img = encode_image(meta(), [("b", "1", 1), ("a", "2", 2)]).unwrap();
         let err = decode_image(&img).unwrap_err().to_string();
         assert!(err.contains("increasing"), "{err}");
+    }
+
+    /// Feeds `img` to a decoder in pieces of `step` bytes.
+    fn decode_in_pieces(img: &[u8], step: usize) -> Result<(SnapshotMeta, Vec<KvItem>), StorageError> {
+        let mut d = ImageDecoder::new();
+        let mut items = Vec::new();
+        for piece in img.chunks(step.max(1)) {
+            d.push(piece, |it| {
+                items.push(it);
+                Ok(())
+            })?;
+        }
+        let (meta, n) = d.finish()?;
+        assert_eq!(n, items.len() as u64);
+        Ok((meta, items))
+    }
+
+    #[test]
+    fn decoder_accepts_any_piece_size() {
+        let img = image();
+        let whole = decode_image(&img).unwrap();
+        for step in [1, 2, 3, 5, 7, 16, 64, img.len()] {
+            let (m, items) = decode_in_pieces(&img, step).unwrap();
+            assert_eq!(m, whole.0);
+            assert_eq!(items, whole.1, "step {step}");
+        }
+    }
+
+    #[test]
+    fn decoder_rejects_truncation_flips_and_trailing_bytes() {
+        let img = image();
+        for cut in 0..img.len() {
+            assert!(
+                decode_in_pieces(&img[..cut], 3).is_err(),
+                "truncation at {cut} accepted"
+            );
+        }
+        for i in 0..img.len() {
+            let mut bad = img.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_in_pieces(&bad, 5).is_err(), "flip at {i} accepted");
+        }
+        let mut long = img.clone();
+        long.push(7);
+        let err = decode_in_pieces(&long, 4).unwrap_err().to_string();
+        assert!(err.contains("after the end marker"), "{err}");
+    }
+
+    #[test]
+    fn decoder_refuses_a_huge_frame_length_at_once() {
+        let mut d = ImageDecoder::new();
+        let err = d.push(&u32::MAX.to_le_bytes(), |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    }
+
+    #[test]
+    fn taken_output_concatenates_to_the_whole_image() {
+        let mut w = ImageWriter::new(meta()).unwrap();
+        let mut streamed = w.take_output();
+        for (k, v, i) in [("a", "1", 5), ("b", "", 7), ("c/d", "xyz", 42)] {
+            w.push(k, v, i).unwrap();
+            streamed.extend(w.take_output());
+        }
+        assert_eq!(w.items(), 3);
+        streamed.extend(w.finish().unwrap());
+        assert_eq!(streamed, image());
     }
 }

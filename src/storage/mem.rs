@@ -97,7 +97,11 @@ impl LogStore for MemLogStore {
         })
     }
 
-    fn save(&mut self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+    fn save(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
         if let Some(first) = entries.first() {
             if first.index <= self.snapshot.index || first.index > self.last_index() + 1 {
                 return Err(StorageError::Inconsistent(format!(
@@ -370,24 +374,40 @@ mod tests {
     #[test]
     fn save_truncates_conflicting_suffix() {
         let mut s = MemLogStore::new();
-        s.save(None, &[cmd(1, "a", "1"), cmd(2, "a", "2"), cmd(3, "a", "3")])
-            .unwrap();
+        s.save(
+            None,
+            &[cmd(1, "a", "1"), cmd(2, "a", "2"), cmd(3, "a", "3")],
+        )
+        .unwrap();
         let mut replacement = cmd(2, "b", "x");
         replacement.term = 2;
-        s.save(Some(&HardState { term: 2, vote: 1, commit: 1 }), &[replacement])
-            .unwrap();
+        s.save(
+            Some(&HardState {
+                term: 2,
+                vote: 1,
+                commit: 1,
+            }),
+            &[replacement],
+        )
+        .unwrap();
         let got = s.load().unwrap();
         assert_eq!(got.entries.len(), 2);
         assert_eq!(got.entries[1].term, 2);
         assert_eq!(got.hard_state.term, 2);
-        assert!(s.save(None, &[cmd(9, "a", "1")]).is_err(), "a gap is refused");
+        assert!(
+            s.save(None, &[cmd(9, "a", "1")]).is_err(),
+            "a gap is refused"
+        );
     }
 
     #[test]
     fn compaction_keeps_the_tail() {
         let mut s = MemLogStore::new();
-        s.save(None, &[cmd(1, "a", "1"), cmd(2, "a", "2"), cmd(3, "a", "3")])
-            .unwrap();
+        s.save(
+            None,
+            &[cmd(1, "a", "1"), cmd(2, "a", "2"), cmd(3, "a", "3")],
+        )
+        .unwrap();
         s.compact(SnapshotMeta { index: 2, term: 1 }).unwrap();
         assert_eq!(s.term_at(2), Some(1));
         assert_eq!(s.term_at(1), None);
@@ -426,7 +446,10 @@ mod tests {
         assert_eq!(page.len(), 2);
         assert!(more);
         let (page, more) = sm.scan("p", Some("p2"), 2).unwrap();
-        assert_eq!(page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["p3"]);
+        assert_eq!(
+            page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["p3"]
+        );
         assert!(!more);
     }
 }

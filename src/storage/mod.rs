@@ -23,7 +23,7 @@ pub mod mem;
 pub mod record;
 pub mod sled_store;
 
-pub use sled_store::SledStore;
+pub use sled_store::{ImageChunk, SledStore, SnapshotSession, StagedImage, StagingWriter};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

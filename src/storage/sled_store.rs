@@ -9,8 +9,9 @@
 //! | `raft_log`   | nine `0xFF` bytes           | durable-write sequence number (see [`watermark`]) |
 //! | `hard_state` | `hard_state`                | [`HardState`]                  |
 //! | `snapshot`   | `meta`                      | [`SnapshotMeta`] of the latest snapshot (the log starts after it) |
-//! | `kv`         | the user key's bytes        | mod index + value              |
-//! | `kv`         | `0xFF "applied"`            | applied index + its term       |
+//! | `snapshot`   | `active_kv`                 | which of `kv` / `kv_alt` is the state machine (absent = `kv`) |
+//! | `kv`, `kv_alt` | the user key's bytes      | mod index + value              |
+//! | `kv`, `kv_alt` | `0xFF "applied"`          | applied index + its term       |
 //! | `identity`   | `identity`                  | [`Identity`]: node id, cluster id, format version |
 //!
 //! Every record is checksummed and verified on every read; a failure is
@@ -19,9 +20,24 @@
 //! so that sled silently dropping the tail of its log (which is what it does
 //! with a damaged file) is caught at open — see [`watermark`].
 //!
-//! The snapshot *data* is the `kv` tree itself: [`StateMachine::snapshot`]
-//! serialises it on demand as an [`image`](super::image) at the applied
-//! index, so no second copy of the state is kept.
+//! # Snapshots (see [`snapshot`] for the details)
+//!
+//! The durable snapshot of a node *is* its active key-value tree, whose
+//! applied index is stored in the tree itself: compaction only has to make
+//! the tree durable and then drop the log prefix ([`LogStore::compact`]
+//! syncs before it deletes anything), and a restart is the tree plus the
+//! log tail. Of the two key-value trees, one is the state machine and the
+//! other the *staging* area for an image received from a leader:
+//!
+//! * [`SledStore::begin_snapshot`] starts a consistent image of the state
+//!   at the applied index without stopping `apply` (a copy-on-write undo
+//!   map keeps the pre-images of the keys changed meanwhile), streamed in
+//!   checksummed chunks by [`SnapshotSession::chunks`];
+//! * [`SledStore::stage_snapshot`] writes an incoming image, chunk by
+//!   chunk, into the inactive tree — never the live one;
+//! * [`SledStore::install_staged`] switches atomically: one transaction
+//!   flips `active_kv`, records the snapshot metadata and empties the log;
+//!   the old tree is cleared in the background afterwards.
 //!
 //! # Atomicity
 //!
@@ -39,7 +55,9 @@
 //!   with `perf`), invisible next to the flush it precedes.
 //! * [`LogStore::compact`] and [`LogStore::reset_to_snapshot`]: the
 //!   snapshot meta and the deletion of log entries are one transaction over
-//!   `raft_log` and `snapshot`, then a flush.
+//!   `raft_log` and `snapshot`, then a flush. [`SledStore::install_staged`]
+//!   adds the `active_kv` flip to the same transaction; the staged tree
+//!   (with its applied index) was made durable before it.
 //! * [`StateMachine::apply`]: all key changes of the batch **and** the
 //!   applied index are one `sled::Batch` on the `kv` tree (the applied index
 //!   lives in the same tree under a key that no user key can have: `0xFF` is
@@ -88,10 +106,12 @@
 pub mod durability;
 mod kv;
 mod log;
+pub mod snapshot;
 pub mod watermark;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Weak;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sled::transaction::TransactionError;
@@ -99,9 +119,10 @@ use sled::{Batch, Tree};
 
 pub use self::durability::{sled_config, CACHE_CAPACITY, FLUSH_EVERY_MS, SEGMENT_SIZE};
 use self::durability::{Durability, SyncError};
+pub use self::snapshot::{ImageChunk, ImageChunks, SessionItems, SnapshotSession};
+pub use self::snapshot::{StagedImage, StagingWriter, IMAGE_CHUNK_BYTES, MAX_UNDO_BYTES};
 use self::watermark::Watermark;
 use super::identity::Identity;
-use super::image::{ImageReader, ImageWriter};
 use super::record;
 use super::{LogStore, RecoveredLog, StateMachine, StorageError};
 use crate::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
@@ -112,8 +133,13 @@ pub const LOG_TREE: &str = "raft_log";
 pub const HARD_STATE_TREE: &str = "hard_state";
 /// Name of the snapshot metadata tree.
 pub const SNAPSHOT_TREE: &str = "snapshot";
-/// Name of the key-value state machine tree.
+/// Name of the first key-value tree (the state machine of a new store).
 pub const KV_TREE: &str = "kv";
+/// Name of the second key-value tree: the staging area for an incoming
+/// snapshot while `kv` is active, and the other way round.
+pub const KV_ALT_TREE: &str = "kv_alt";
+/// The two key-value trees, by slot number (the value of `active_kv`).
+pub const KV_TREES: [&str; 2] = [KV_TREE, KV_ALT_TREE];
 /// Name of the identity tree.
 pub const IDENTITY_TREE: &str = "identity";
 
@@ -121,12 +147,15 @@ pub const IDENTITY_TREE: &str = "identity";
 pub const HARD_STATE_KEY: &[u8] = b"hard_state";
 /// Key of the snapshot metadata record in [`SNAPSHOT_TREE`].
 pub const SNAPSHOT_META_KEY: &[u8] = b"meta";
+/// Key of the active key-value tree's slot (a `u8`, index into
+/// [`KV_TREES`]) in [`SNAPSHOT_TREE`].
+pub const ACTIVE_KV_KEY: &[u8] = b"active_kv";
 /// Key of the identity record in [`IDENTITY_TREE`].
 pub const IDENTITY_KEY: &[u8] = b"identity";
 /// Key of the durable-write sequence number in [`LOG_TREE`] (see
 /// [`watermark`]): nine `0xFF` bytes, after every 8-byte entry key.
 pub const SEQ_KEY: &[u8] = &[0xFF; 9];
-/// Key of the applied-index record in [`KV_TREE`]: starts with `0xFF`,
+/// Key of the applied-index record in a key-value tree: starts with `0xFF`,
 /// which no UTF-8 key can contain, and sorts after every user key.
 pub const APPLIED_KEY: &[u8] = b"\xffapplied";
 
@@ -168,13 +197,33 @@ struct LogState {
     seq: u64,
 }
 
+/// The two key-value trees and which one is the state machine.
+struct KvSlots {
+    trees: [Tree; 2],
+    active: usize,
+}
+
+impl KvSlots {
+    fn active(&self) -> &Tree {
+        &self.trees[self.active]
+    }
+    fn active_name(&self) -> &'static str {
+        KV_TREES[self.active]
+    }
+    fn inactive(&self) -> usize {
+        1 - self.active
+    }
+}
+
 struct Inner {
     path: PathBuf,
     db: sled::Db,
     log: Tree,
     hard: Tree,
     snap: Tree,
-    kv: Tree,
+    /// Readers hold the read lock for the length of one `get`/`scan`, so a
+    /// snapshot install (write lock) never pulls a tree from under them.
+    kv: RwLock<KvSlots>,
     durability: Durability,
     watermark: Watermark,
     /// Serialises log writers; holds the log bookkeeping.
@@ -185,9 +234,15 @@ struct Inner {
     /// Applied index and its term (written under `apply_lock`).
     applied_index: AtomicU64,
     applied_term: AtomicU64,
-    /// `apply`/`restore` hold it for writing, `snapshot` for reading, so
-    /// an image never mixes two applied indexes.
+    /// `apply` and installs hold it for writing, `begin_snapshot` for
+    /// reading, so a snapshot session starts exactly at an applied index.
     apply_lock: RwLock<()>,
+    /// Snapshot sessions whose undo maps `apply` must feed.
+    sessions: Mutex<Vec<Arc<snapshot::SessionShared>>>,
+    /// Ownership of the inactive key-value tree (staging, clearing).
+    staging: snapshot::StagingState,
+    /// Weak self-reference, for the background clearing thread.
+    this: Weak<Inner>,
     /// Set by the first failed write or sync: after a failed fsync the
     /// page cache and the disk may disagree (and retrying an fsync can
     /// report success for data that was dropped), and the in-memory
@@ -223,6 +278,14 @@ fn write_lock(l: &RwLock<()>) -> RwLockWriteGuard<'_, ()> {
 
 fn read_lock(l: &RwLock<()>) -> RwLockReadGuard<'_, ()> {
     l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -278,7 +341,7 @@ impl SledStore {
         let log = open_tree(LOG_TREE)?;
         let hard = open_tree(HARD_STATE_TREE)?;
         let snap = open_tree(SNAPSHOT_TREE)?;
-        let kv = open_tree(KV_TREE)?;
+        let kv_trees = [open_tree(KV_TREE)?, open_tree(KV_ALT_TREE)?];
         let ident = open_tree(IDENTITY_TREE)?;
         let durability = Durability::new(dir).map_err(|e| io("cannot open sled files in", e))?;
         let has_identity = ident
@@ -302,13 +365,17 @@ impl SledStore {
             }
         };
 
-        let inner = Inner {
+        let active = snapshot::read_active_slot(dir, &snap)?;
+        let inner = Arc::new_cyclic(|this| Inner {
             path: dir.to_path_buf(),
             db,
             log,
             hard,
             snap,
-            kv,
+            kv: RwLock::new(KvSlots {
+                trees: kv_trees,
+                active,
+            }),
             durability,
             watermark,
             log_state: Mutex::new(LogState {
@@ -321,8 +388,11 @@ impl SledStore {
             applied_index: AtomicU64::new(0),
             applied_term: AtomicU64::new(0),
             apply_lock: RwLock::new(()),
+            sessions: Mutex::new(Vec::new()),
+            staging: snapshot::StagingState::default(),
+            this: this.clone(),
             failed: Mutex::new(None),
-        };
+        });
         // Rollback check first: a store whose sled file lost its tail may
         // look empty, and must not be re-initialised as a fresh one.
         let sled_seq = inner.read_seq()?;
@@ -333,9 +403,9 @@ impl SledStore {
         }
         inner.check_identity(identity, &ident)?;
         inner.verify_and_cache(sled_seq)?;
-        Ok(SledStore {
-            inner: Arc::new(inner),
-        })
+        // Leftovers of an interrupted install or an old state machine.
+        inner.clear_inactive_later_if_needed()?;
+        Ok(SledStore { inner })
     }
 
     /// The data dir.
@@ -437,16 +507,16 @@ impl SledStore {
         self.inner.watermark.sync()
     }
 
-    /// Installs a snapshot received from the leader: [`StateMachine::restore`]
-    /// then [`LogStore::reset_to_snapshot`], each durable. A crash between
-    /// the two is finished by the next [`LogStore::load`].
+    /// Installs a whole snapshot image received from the leader: stages it
+    /// ([`SledStore::stage_snapshot`]) and switches to it with the log
+    /// reset ([`SledStore::install_staged`]), atomically.
     pub fn install_snapshot(
         &mut self,
         meta: SnapshotMeta,
         data: &[u8],
     ) -> Result<(), StorageError> {
-        self.restore(meta, data)?;
-        self.reset_to_snapshot(meta)
+        let staged = self.stage_whole_image(meta, data)?;
+        self.install_staged(staged)
     }
 
     /// The raw sled database, for tests and diagnostics (writing through it
@@ -588,9 +658,12 @@ impl Inner {
                 want.check(&stored, &path)
             }
             None => {
-                let empty = [&self.log, &self.hard, &self.snap, &self.kv]
-                    .iter()
+                let kv = read(&self.kv);
+                let empty = [&self.log, &self.hard, &self.snap]
+                    .into_iter()
+                    .chain(kv.trees.iter())
                     .all(|t| t.is_empty());
+                drop(kv);
                 if !empty {
                     return Err(StorageError::Corruption {
                         tree: IDENTITY_TREE.into(),

@@ -270,7 +270,12 @@ pick_ports() {
 }
 
 dump_logs() {
-    [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null || return 0
+    [ -n "$DOCKERD_PID" ] || return 0
+    if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        log "---- dockerd log (last 30 lines) ----"
+        tail -n 30 "$WORK/dockerd.log" 2>/dev/null | sed 's/^/  | /'
+        return 0
+    fi
     log ""
     log "---- container logs (last 40 lines each) ----"
     compose logs --no-color --tail 40 2>&1 | sed 's/^/  | /'
@@ -300,6 +305,8 @@ cleanup() {
     printf '\n---- cleanup ----\n'
     local t0 leftovers=0
     t0=$(now)
+    # An apt-get interrupted before it could remove its policy-rc.d.
+    [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
     [ "$FAILED" -gt 0 ] && dump_logs
     if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
         compose down --volumes --remove-orphans --timeout 10 >"$WORK/down.log" 2>&1 \
@@ -367,6 +374,7 @@ cleanup() {
     exit 1
 }
 NETWORK_IF=""
+made_policy=""
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
@@ -392,7 +400,6 @@ if [ ${#need[@]} -gt 0 ]; then
     # The packages' maintainer scripts would start a system dockerd; this
     # run starts its own, so tell invoke-rc.d not to (unless a policy is
     # already in place).
-    made_policy=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
         made_policy=1
@@ -404,7 +411,7 @@ if [ ${#need[@]} -gt 0 ]; then
             --no-install-recommends "${need[@]}"
     apt_rc=$?
     rm -f /tmp/raftkv-docker-apt-$RUN_ID.log
-    [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
+    [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d && made_policy=""
     [ "$apt_rc" -eq 0 ] || fatal "apt-get install ${need[*]} failed"
 fi
 # The docker CLI of the docker.io package matches its daemon; another one

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
-use sled::Batch;
 
 use super::*;
 use crate::kv::{decide, ApplyResult, Effect, KvCommand, KvItem};
@@ -24,27 +23,29 @@ struct KvRecord {
 }
 
 impl Inner {
-    pub(super) fn read_applied(&self) -> Result<SnapshotMeta, StorageError> {
-        match self
-            .kv
-            .get(APPLIED_KEY)
-            .map_err(|e| self.sled_err(KV_TREE, &describe_key(KV_TREE, APPLIED_KEY), e))?
-        {
-            None => Ok(SnapshotMeta::default()),
-            Some(b) => record::decode(APPLIED_KEY, &b)
-                .map_err(|e| e.into_storage(KV_TREE, describe_key(KV_TREE, APPLIED_KEY))),
-        }
+    /// The active key-value tree and its name. Callers that must not see
+    /// an install switch trees under them hold the apply lock (writers) or
+    /// use [`Inner::kv`] directly (readers).
+    pub(super) fn active_kv(&self) -> (Tree, &'static str) {
+        let slots = read(&self.kv);
+        (slots.active().clone(), slots.active_name())
     }
 
-    /// Verifies every record of the `kv` tree.
+    pub(super) fn read_applied(&self) -> Result<SnapshotMeta, StorageError> {
+        let (tree, name) = self.active_kv();
+        read_applied_in(self, &tree, name)
+    }
+
+    /// Verifies every record of the active key-value tree.
     pub(super) fn verify_kv(&self) -> Result<(), StorageError> {
-        for kv in self.kv.iter() {
-            let (k, v) = kv.map_err(|e| self.sled_err(KV_TREE, "scan", e))?;
+        let (tree, name) = self.active_kv();
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(|e| self.sled_err(name, "scan", e))?;
             if k.first() == Some(&0xFF) {
                 if &*k != APPLIED_KEY {
                     return Err(StorageError::Corruption {
-                        tree: KV_TREE.into(),
-                        key: describe_key(KV_TREE, &k),
+                        tree: name.into(),
+                        key: describe_key(name, &k),
                         reason: "unknown reserved key".into(),
                     });
                 }
@@ -52,30 +53,78 @@ impl Inner {
             }
             if std::str::from_utf8(&k).is_err() {
                 return Err(StorageError::Corruption {
-                    tree: KV_TREE.into(),
-                    key: describe_key(KV_TREE, &k),
+                    tree: name.into(),
+                    key: describe_key(name, &k),
                     reason: "key is not UTF-8".into(),
                 });
             }
             record::decode::<KvRecord>(&k, &v)
-                .map_err(|e| e.into_storage(KV_TREE, describe_key(KV_TREE, &k)))?;
+                .map_err(|e| e.into_storage(name, describe_key(name, &k)))?;
         }
         Ok(())
     }
+}
 
-    /// The mod index of `key` (None = absent), verifying its record.
-    pub(super) fn current_mod_index(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
-        match self
-            .kv
-            .get(key)
-            .map_err(|e| self.sled_err(KV_TREE, &describe_key(KV_TREE, key), e))?
-        {
-            None => Ok(None),
-            Some(b) => record::decode_leading_u64(key, &b)
-                .map(Some)
-                .map_err(|e| e.into_storage(KV_TREE, describe_key(KV_TREE, key))),
-        }
+/// The applied index recorded in `tree` (default when none).
+pub(super) fn read_applied_in(
+    inner: &Inner,
+    tree: &Tree,
+    name: &str,
+) -> Result<SnapshotMeta, StorageError> {
+    match tree
+        .get(APPLIED_KEY)
+        .map_err(|e| inner.sled_err(name, &describe_key(name, APPLIED_KEY), e))?
+    {
+        None => Ok(SnapshotMeta::default()),
+        Some(b) => record::decode(APPLIED_KEY, &b)
+            .map_err(|e| e.into_storage(name, describe_key(name, APPLIED_KEY))),
     }
+}
+
+/// The mod index of `key` in `tree` (None = absent), verifying its record.
+fn current_mod_index(
+    inner: &Inner,
+    tree: &Tree,
+    name: &str,
+    key: &[u8],
+) -> Result<Option<u64>, StorageError> {
+    match tree
+        .get(key)
+        .map_err(|e| inner.sled_err(name, &describe_key(name, key), e))?
+    {
+        None => Ok(None),
+        Some(b) => record::decode_leading_u64(key, &b)
+            .map(Some)
+            .map_err(|e| e.into_storage(name, describe_key(name, key))),
+    }
+}
+
+/// Encodes a user key's record (mod index + value) into `buf`.
+pub(super) fn encode_kv_record(
+    key: &[u8],
+    index: u64,
+    value: &str,
+    buf: &mut Vec<u8>,
+) -> Result<(), StorageError> {
+    record::encode_into(key, &KvRecordRef { index, value }, buf).map_err(|e| StorageError::Io(e.0))
+}
+
+/// Verifies and decodes a user key's record from `tree` into an item.
+pub(super) fn decode_kv_item(name: &str, key: &[u8], bytes: &[u8]) -> Result<KvItem, StorageError> {
+    let desc = || describe_key(name, key);
+    let k = std::str::from_utf8(key)
+        .map_err(|_| StorageError::Corruption {
+            tree: name.into(),
+            key: desc(),
+            reason: "key is not UTF-8".into(),
+        })?
+        .to_string();
+    let r: KvRecord = record::decode(key, bytes).map_err(|e| e.into_storage(name, desc()))?;
+    Ok(KvItem {
+        key: k,
+        value: r.value,
+        index: r.index,
+    })
 }
 
 impl StateMachine for SledStore {
@@ -86,6 +135,15 @@ impl StateMachine for SledStore {
     fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, StorageError> {
         let inner = &*self.inner;
         let _g = write_lock(&inner.apply_lock);
+        // Stable while the apply lock is held: installs take it too.
+        let (tree, name) = inner.active_kv();
+        // Snapshot sessions in progress: each modified key's pre-image goes
+        // into their undo maps before the batch reaches sled.
+        let sessions: Vec<Arc<snapshot::SessionShared>> = lock(&inner.sessions)
+            .iter()
+            .filter(|s| !s.is_aborted())
+            .cloned()
+            .collect();
         let mut applied = inner.applied_meta();
         let mut results = Vec::with_capacity(entries.len());
         let mut batch = Batch::default();
@@ -120,20 +178,15 @@ impl StateMachine for SledStore {
             let key = cmd.key();
             let current = match pending.get(key) {
                 Some(c) => *c,
-                None => inner.current_mod_index(key.as_bytes())?,
+                None => current_mod_index(inner, &tree, name, key.as_bytes())?,
             };
             let (effect, result) = decide(&cmd, e.index, current);
+            if !matches!(effect, Effect::None) && !sessions.is_empty() {
+                snapshot::record_pre_images(inner, &sessions, &tree, name, key.as_bytes())?;
+            }
             match effect {
                 Effect::Set { value, index } => {
-                    record::encode_into(
-                        key.as_bytes(),
-                        &KvRecordRef {
-                            index,
-                            value: &value,
-                        },
-                        &mut buf,
-                    )
-                    .map_err(|err| StorageError::Io(err.0))?;
+                    encode_kv_record(key.as_bytes(), index, &value, &mut buf)?;
                     inner.durability.note_record(buf.len());
                     batch.insert(key.as_bytes(), buf.as_slice());
                     pending.insert(key.to_string(), Some(index));
@@ -151,10 +204,9 @@ impl StateMachine for SledStore {
                 .map_err(|e| StorageError::Io(e.0))?;
             batch.insert(APPLIED_KEY, buf.as_slice());
             inner.healthy()?;
-            let written = inner
-                .kv
+            let written = tree
                 .apply_batch(batch)
-                .map_err(|e| inner.sled_err(KV_TREE, "apply batch", e));
+                .map_err(|e| inner.sled_err(name, "apply batch", e));
             inner.fail(written)?;
             inner.applied_term.store(applied.term, Ordering::Release);
             inner.applied_index.store(applied.index, Ordering::Release);
@@ -168,15 +220,17 @@ impl StateMachine for SledStore {
         if k.first() == Some(&0xFF) {
             return Ok(None);
         }
-        match inner
-            .kv
+        let slots = read(&inner.kv);
+        let name = slots.active_name();
+        match slots
+            .active()
             .get(k)
-            .map_err(|e| inner.sled_err(KV_TREE, &describe_key(KV_TREE, k), e))?
+            .map_err(|e| inner.sled_err(name, &describe_key(name, k), e))?
         {
             None => Ok(None),
             Some(b) => {
                 let r: KvRecord = record::decode(k, &b)
-                    .map_err(|e| e.into_storage(KV_TREE, describe_key(KV_TREE, k)))?;
+                    .map_err(|e| e.into_storage(name, describe_key(name, k)))?;
                 Ok(Some((r.value, r.index)))
             }
         }
@@ -194,100 +248,43 @@ impl StateMachine for SledStore {
             Some(a) if a >= prefix => Bound::Excluded(a.as_bytes().to_vec()),
             _ => Bound::Included(prefix.as_bytes().to_vec()),
         };
+        let slots = read(&inner.kv);
+        let name = slots.active_name();
         let mut items = Vec::new();
-        for kv in inner.kv.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            let (k, v) = kv.map_err(|e| inner.sled_err(KV_TREE, "scan", e))?;
+        for kv in slots
+            .active()
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            let (k, v) = kv.map_err(|e| inner.sled_err(name, "scan", e))?;
             if !k.starts_with(prefix.as_bytes()) || k.first() == Some(&0xFF) {
                 break;
             }
             if items.len() == limit {
                 return Ok((items, true));
             }
-            let desc = || describe_key(KV_TREE, &k);
-            let key = std::str::from_utf8(&k)
-                .map_err(|_| StorageError::Corruption {
-                    tree: KV_TREE.into(),
-                    key: desc(),
-                    reason: "key is not UTF-8".into(),
-                })?
-                .to_string();
-            let r: KvRecord =
-                record::decode(&k, &v).map_err(|e| e.into_storage(KV_TREE, desc()))?;
-            items.push(KvItem {
-                key,
-                value: r.value,
-                index: r.index,
-            });
+            items.push(decode_kv_item(name, &k, &v)?);
         }
         Ok((items, false))
     }
 
+    /// The whole image in memory, built by a [`SnapshotSession`] (so it
+    /// does not block `apply` either). The node streams images instead.
     fn snapshot(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
-        let inner = &*self.inner;
-        let _g = read_lock(&inner.apply_lock);
-        let meta = inner.applied_meta();
-        let mut w = ImageWriter::new(meta)?;
-        for kv in inner.kv.iter() {
-            let (k, v) = kv.map_err(|e| inner.sled_err(KV_TREE, "snapshot scan", e))?;
-            if k.first() == Some(&0xFF) {
-                break;
-            }
-            let desc = || describe_key(KV_TREE, &k);
-            let key = std::str::from_utf8(&k).map_err(|_| StorageError::Corruption {
-                tree: KV_TREE.into(),
-                key: desc(),
-                reason: "key is not UTF-8".into(),
-            })?;
-            let r: KvRecord =
-                record::decode(&k, &v).map_err(|e| e.into_storage(KV_TREE, desc()))?;
-            w.push(key, &r.value, r.index)?;
+        let session = self.begin_snapshot()?;
+        let meta = session.meta();
+        let mut image = Vec::new();
+        for chunk in session.chunks(IMAGE_CHUNK_BYTES) {
+            image.extend_from_slice(&chunk?.data);
         }
-        Ok((meta, w.finish()?))
+        Ok((meta, image))
     }
 
+    /// Stages the image in the inactive tree, then makes that tree the
+    /// state machine (one durable pointer flip). The log is not touched:
+    /// see [`SledStore::install_snapshot`] for the atomic install with the
+    /// log reset.
     fn restore(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let inner = &*self.inner;
-        let (mut reader, image_meta) = ImageReader::new(data)?;
-        if image_meta != meta {
-            return Err(StorageError::Inconsistent(format!(
-                "snapshot image is of index {} term {}, expected index {} term {}",
-                image_meta.index, image_meta.term, meta.index, meta.term
-            )));
-        }
-        // Build the complete new content first (verifying the whole image),
-        // then switch in one batch: remove every current key, insert the
-        // image's keys and the new applied index.
-        let mut batch = Batch::default();
-        let _g = write_lock(&inner.apply_lock);
-        for k in inner.kv.iter().keys() {
-            let k = k.map_err(|e| inner.sled_err(KV_TREE, "scan", e))?;
-            batch.remove(k);
-        }
-        let mut buf = Vec::with_capacity(128);
-        while let Some(item) = reader.next_item()? {
-            record::encode_into(
-                item.key.as_bytes(),
-                &KvRecordRef {
-                    index: item.index,
-                    value: &item.value,
-                },
-                &mut buf,
-            )
-            .map_err(|e| StorageError::Io(e.0))?;
-            inner.durability.note_record(buf.len());
-            batch.insert(item.key.as_bytes(), buf.as_slice());
-        }
-        record::encode_into(APPLIED_KEY, &meta, &mut buf).map_err(|e| StorageError::Io(e.0))?;
-        batch.insert(APPLIED_KEY, buf.as_slice());
-        inner.healthy()?;
-        let written = inner
-            .kv
-            .apply_batch(batch)
-            .map_err(|e| inner.sled_err(KV_TREE, "restore batch", e));
-        inner.fail(written)?;
-        inner.sync()?;
-        inner.applied_term.store(meta.term, Ordering::Release);
-        inner.applied_index.store(meta.index, Ordering::Release);
-        Ok(())
+        let staged = self.stage_whole_image(meta, data)?;
+        self.switch_state_machine(staged)
     }
 }

@@ -298,6 +298,12 @@ impl LogStore for SledStore {
                 }
             }
         }
+        // The key-value tree is the snapshot: make it durable at the
+        // applied index (≥ meta.index) before any entry it covers can go.
+        // (sled recovers a prefix of its writes, so the deletion below
+        // could not survive without the applies before it anyway; the
+        // explicit sync makes the rule independent of that.)
+        inner.sync()?;
         let range = (st.snapshot.index + 1, meta.index.min(st.last_index));
         let new_last = st.last_index.max(meta.index);
         inner.replace_log_prefix(&mut st, meta, range, new_last)
