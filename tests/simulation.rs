@@ -123,24 +123,3 @@ fn failure_report_names_the_seed_and_the_events() {
     );
     assert!(f.to_string().contains("RAFTKV_SIM_SEED=3"));
 }
-
-#[test]
-#[ignore]
-fn tmp_first_failure() {
-    let n: u64 = std::env::var("TMP_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
-    let mut fails = 0;
-    let mut first = None;
-    for seed in 0..n {
-        if let Err(f) = run_seed(seed) {
-            fails += 1;
-            if first.is_none() {
-                first = Some(seed);
-                println!("FIRST seed {seed}: {}", f.error);
-            }
-        }
-    }
-    println!("MUTATION first={first:?} failures={fails}/{n}");
-}

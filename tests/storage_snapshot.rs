@@ -206,7 +206,11 @@ fn session_sees_keys_deleted_ahead_of_the_scan_and_not_keys_created_later() {
     let mut later = Vec::new();
     let mut index = 401;
     for i in 1..=400u64 {
-        later.push(cmd_entry(index, 1, del_cmd(&format!("k{:04}", i * 2), None)));
+        later.push(cmd_entry(
+            index,
+            1,
+            del_cmd(&format!("k{:04}", i * 2), None),
+        ));
         index += 1;
         later.push(put(index, 1, &format!("k{:04}", i * 2 + 1), "new"));
         index += 1;
@@ -233,7 +237,10 @@ fn check_chunks(chunks: &[ImageChunk]) -> Vec<u8> {
         assert_eq!(c.seq as usize, k);
         assert_eq!(c.offset, image.len() as u64);
         assert_eq!(c.crc32, crc32fast::hash(&c.data));
-        assert!(c.data.len() <= IMAGE_CHUNK_BYTES + (64 << 10), "chunk too big");
+        assert!(
+            c.data.len() <= IMAGE_CHUNK_BYTES + (64 << 10),
+            "chunk too big"
+        );
         assert_eq!(c.trailer.is_some(), k + 1 == chunks.len());
         image.extend_from_slice(&c.data);
     }
@@ -288,7 +295,11 @@ fn streamed_image_is_staged_and_installed_atomically() {
         let (x, y) = c.data.split_at(c.data.len() / 3);
         staging.write(x).unwrap();
         staging.write(y).unwrap();
-        assert_eq!(all_items(&b), old_items, "the live state changed while staging");
+        assert_eq!(
+            all_items(&b),
+            old_items,
+            "the live state changed while staging"
+        );
     }
     assert_eq!(staging.meta(), Some(meta));
     let staged = staging
@@ -607,7 +618,12 @@ fn crash_during_staging_or_install_leaves_a_usable_state() {
     let (mut kills, mut mid_staging, mut mid_install, mut landed) = (0, 0, 0, 0);
     while Instant::now() < deadline && kills < 200 {
         let child = Command::new(&exe)
-            .args(["--exact", "snapshot_crash_child", "--nocapture", "--ignored"])
+            .args([
+                "--exact",
+                "snapshot_crash_child",
+                "--nocapture",
+                "--ignored",
+            ])
             .env(DIR_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -624,7 +640,12 @@ fn crash_during_staging_or_install_leaves_a_usable_state() {
             }
         });
         let ready_by = Instant::now() + Duration::from_secs(10);
-        while !lines.lock().unwrap().iter().any(|l| l.starts_with("@READY")) {
+        while !lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("@READY"))
+        {
             assert!(Instant::now() < ready_by, "child never became ready");
             if let Some(status) = child.0.try_wait().unwrap() {
                 let mut err = String::new();
@@ -640,7 +661,27 @@ fn crash_during_staging_or_install_leaves_a_usable_state() {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_micros(rng.gen_range(0..150_000)));
+        // Kill at a random moment, or right after the child announced an
+        // install or a staging (to hit the narrow windows often).
+        let target = match rng.gen_range(0..3) {
+            0 => None,
+            1 => Some("@INSTALL"),
+            _ => Some("@STAGING"),
+        };
+        if let Some(tag) = target {
+            let seen = lines.lock().unwrap().len();
+            let wait_until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < wait_until
+                && !lines.lock().unwrap()[seen..]
+                    .iter()
+                    .any(|l| l.starts_with(tag))
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            std::thread::sleep(Duration::from_micros(rng.gen_range(0..3_000)));
+        } else {
+            std::thread::sleep(Duration::from_micros(rng.gen_range(0..150_000)));
+        }
         child.0.kill().unwrap();
         let _ = child.0.wait();
         reader.join().unwrap();
@@ -692,7 +733,10 @@ fn crash_during_staging_or_install_leaves_a_usable_state() {
         if k > 0 {
             let (meta, items) = state(k);
             assert_eq!(applied, meta);
-            assert_eq!(rec.snapshot, meta, "snapshot meta and state machine disagree");
+            assert_eq!(
+                rec.snapshot, meta,
+                "snapshot meta and state machine disagree"
+            );
             let got = all_items(&store);
             let want: Vec<KvItem> = items
                 .into_iter()
@@ -716,4 +760,5 @@ fn crash_during_staging_or_install_leaves_a_usable_state() {
     assert!(kills >= 5, "too few iterations");
     assert!(installed >= 2, "the child hardly ever completed an install");
     assert!(mid_staging > 0, "never killed while staging");
+    assert!(mid_install > 0, "never killed while installing");
 }

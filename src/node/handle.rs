@@ -465,7 +465,11 @@ impl NodeHandle {
                 "snapshot message does not match its envelope".into(),
             ));
         }
-        self.shared.snapshots.handle(c, &self.shared.inbound).await
+        let from_name = self.name_of(c.header.from);
+        self.shared
+            .snapshots
+            .handle(c, &from_name, &self.shared.inbound)
+            .await
     }
 
     /// The snapshot transfer being received, if any.
@@ -537,6 +541,17 @@ pub(crate) mod testing {
 
     /// Builds a handle for `membership` driven by a fake loop in `mode`.
     pub fn fake_node(membership: Membership, mode: Mode, timeout: Duration) -> Fake {
+        fake_node_staging(membership, mode, timeout, None)
+    }
+
+    /// Like [`fake_node`], staging incoming snapshots into `store` (the
+    /// fake loop drops them once staged).
+    pub fn fake_node_staging(
+        membership: Membership,
+        mode: Mode,
+        timeout: Duration,
+        store: Option<crate::storage::SledStore>,
+    ) -> Fake {
         let (ptx, mut prx) = mpsc::channel::<Proposal>(64);
         let (rtx, mut rrx) = mpsc::channel::<ReadRequest>(64);
         let (itx, mut irx) = mpsc::channel::<Inbound>(64);
@@ -569,7 +584,7 @@ pub(crate) mod testing {
                 request_timeout: timeout,
                 leader_wait: timeout,
                 stopping: AtomicBool::new(false),
-                snapshots: SnapshotReceiver::new(None),
+                snapshots: SnapshotReceiver::new(store),
             }),
         };
         let r = reader.clone();

@@ -33,8 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::kv::ApplyResult;
 use crate::raft::{
-    Entry, Message, MessageBody, NodeId, RaftError, RaftNode, ReadState, Ready, Role,
-    SnapshotMeta,
+    Entry, Message, MessageBody, NodeId, RaftError, RaftNode, ReadState, Ready, Role, SnapshotMeta,
 };
 use crate::storage::{LogStore, SledStore, StagedImage, StateMachine, StorageError};
 
@@ -95,6 +94,10 @@ pub(crate) struct RaftLoop {
     /// Work that must wait until after `advance`.
     unreachable: Vec<NodeId>,
     snapshot_index: u64,
+    /// Snapshots being streamed, by receiver: the log is kept from their
+    /// index on (within limits), so the receiver can continue from the log
+    /// once it has installed the image.
+    snapshots_in_flight: HashMap<NodeId, SnapshotMeta>,
     last_role: Role,
     last_leader: Option<NodeId>,
     last_term: u64,
@@ -135,6 +138,7 @@ impl RaftLoop {
             next_read_ctx: 1,
             staged_snapshots: Vec::new(),
             unreachable: Vec::new(),
+            snapshots_in_flight: HashMap::new(),
         }
     }
 
@@ -239,9 +243,8 @@ impl RaftLoop {
             }
             Inbound::Unreachable(peer) => self.node.report_unreachable(peer),
             Inbound::SnapshotSent { peer, success } => {
-                if success {
-                    info!(peer = %self.name(peer), "snapshot delivered");
-                }
+                // The transfer task logged the outcome.
+                self.snapshots_in_flight.remove(&peer);
                 self.node.report_snapshot(peer, success);
             }
         }
@@ -338,11 +341,7 @@ impl RaftLoop {
     }
 
     fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        let Some(i) = self
-            .staged_snapshots
-            .iter()
-            .position(|s| s.meta() == meta)
-        else {
+        let Some(i) = self.staged_snapshots.iter().position(|s| s.meta() == meta) else {
             return Err(StorageError::Inconsistent(format!(
                 "the core asked to install snapshot {}/{} but no matching image was staged",
                 meta.index, meta.term
@@ -395,7 +394,11 @@ impl RaftLoop {
     /// (committed, ≥ the core's snapshot, and cheap to take: no image is
     /// kept around). The follower's InstallSnapshotResponse reports the
     /// index it really reached, so the core learns the truth.
-    fn send_snapshot(&mut self, message: Message, wanted: SnapshotMeta) -> Result<(), StorageError> {
+    fn send_snapshot(
+        &mut self,
+        message: Message,
+        wanted: SnapshotMeta,
+    ) -> Result<(), StorageError> {
         let peer = message.to;
         if self.transport.snapshot_in_progress(peer) {
             // Its outcome reaches the core through `report_snapshot`.
@@ -417,7 +420,9 @@ impl RaftLoop {
             body: MessageBody::InstallSnapshot { meta },
             ..message
         };
-        self.transport.send_snapshot(message, session);
+        if self.transport.send_snapshot(message, session) {
+            self.snapshots_in_flight.insert(peer, meta);
+        }
         Ok(())
     }
 
@@ -495,7 +500,14 @@ impl RaftLoop {
                 return Ok(());
             }
         }
-        let meta = self.store.applied();
+        let mut meta = self.store.applied();
+        // Keep the entries a follower receiving a snapshot will need next,
+        // unless that transfer has fallen hopelessly behind.
+        for sent in self.snapshots_in_flight.values() {
+            if sent.index < meta.index && meta.index < sent.index + 8 * threshold {
+                meta = *sent;
+            }
+        }
         if meta.index <= self.snapshot_index {
             return Ok(());
         }

@@ -220,6 +220,7 @@ impl SnapshotReceiver {
     pub(crate) async fn handle(
         &self,
         chunk: SnapshotChunk,
+        from_name: &str,
         inbound: &mpsc::Sender<Inbound>,
     ) -> Result<(), ChunkReject> {
         let MessageBody::InstallSnapshot { meta } = chunk.message.body else {
@@ -258,7 +259,7 @@ impl SnapshotReceiver {
                 .map_err(blocking_failed)?
                 .map_err(|e| ChunkReject::Busy(format!("cannot stage the snapshot: {e}")))?;
             info!(
-                from = from,
+                from = %from_name,
                 index = meta.index,
                 term = meta.term,
                 "receiving snapshot"
@@ -347,6 +348,7 @@ impl SnapshotReceiver {
             )));
         }
         info!(
+            from = %from_name,
             index = meta.index,
             term = meta.term,
             bytes = staged.bytes(),

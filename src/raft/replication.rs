@@ -36,7 +36,7 @@ impl RaftNode {
         matches.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matches[self.quorum() - 1];
         self.scratch = matches;
-        if candidate <= self.log.commit {
+        if candidate <= self.log.commit || self.log.term_at(candidate) != Some(self.term) {
             return false;
         }
         self.log.commit_to(candidate);

@@ -403,9 +403,9 @@ fn replication_5_3_conflicting_follower_suffix_is_truncated() {
 fn replication_5_3_fast_backtracking_takes_few_round_trips() {
     // The follower holds 200 entries of a term the leader never saw.
     let mut leader_terms = vec![1];
-    leader_terms.extend(std::iter::repeat(3).take(100));
+    leader_terms.extend(std::iter::repeat_n(3, 100));
     let mut follower_terms = vec![1];
-    follower_terms.extend(std::iter::repeat(2).take(200));
+    follower_terms.extend(std::iter::repeat_n(2, 200));
     let mut net = Net::with(
         3,
         |_| {},

@@ -425,6 +425,151 @@ async fn rpc_envelopes_are_checked() {
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
 }
 
+/// One chunk of a transfer from n2 to n1.
+fn chunk(cluster: &str, transfer_id: u64, c: &crate::storage::ImageChunk) -> Vec<u8> {
+    let from = crate::node::membership::id_of("n2");
+    let to = crate::node::membership::id_of("n1");
+    wire::encode(&wire::SnapshotChunk {
+        header: RpcHeader {
+            version: WIRE_VERSION,
+            cluster_id: cluster.into(),
+            from,
+            to,
+            from_name: "n2".into(),
+            from_addr: "127.0.0.1:2".into(),
+        },
+        message: Message {
+            from,
+            to,
+            term: 3,
+            body: MessageBody::InstallSnapshot {
+                meta: crate::raft::SnapshotMeta { index: 40, term: 2 },
+            },
+        },
+        transfer_id,
+        seq: c.seq,
+        offset: c.offset,
+        crc32: c.crc32,
+        trailer: c.trailer,
+        data: c.data.clone(),
+    })
+}
+
+/// An image of 40 keys at index 40, term 2, in small chunks.
+fn image_chunks() -> (tempfile::TempDir, Vec<crate::storage::ImageChunk>) {
+    use crate::storage::{LogStore, StateMachine};
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = crate::storage::SledStore::open(dir.path(), "n2", "c").unwrap();
+    let entries: Vec<crate::raft::Entry> = (1..=40)
+        .map(|i| crate::raft::Entry {
+            index: i,
+            term: 2,
+            payload: crate::raft::EntryPayload::Command(
+                crate::kv::KvCommand::Put {
+                    key: format!("k{i:03}"),
+                    value: "v".repeat(200),
+                    cas: None,
+                }
+                .encode(),
+            ),
+        })
+        .collect();
+    let hs = crate::raft::HardState {
+        term: 2,
+        vote: 0,
+        commit: 40,
+    };
+    src.save(Some(&hs), &entries).unwrap();
+    src.apply(&entries).unwrap();
+    let chunks: Vec<_> = src
+        .begin_snapshot()
+        .unwrap()
+        .chunks(2048)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(chunks.len() >= 4);
+    (dir, chunks)
+}
+
+#[tokio::test]
+async fn snapshot_chunks_are_checked_and_staged_in_order() {
+    let (_src_dir, chunks) = image_chunks();
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::storage::SledStore::open(dir.path(), "n1", "c").unwrap();
+    let f = crate::node::handle::testing::fake_node_staging(
+        membership("n1", 1, &[("n2", 2), ("n3", 3)]),
+        Mode::Follower(crate::node::membership::id_of("n2")),
+        Duration::from_secs(2),
+        Some(store),
+    );
+    let cluster = f.handle.membership().cluster_id.clone();
+    let app = router(AppState::new(f.handle.clone()));
+    let post = |body: Vec<u8>| {
+        let app = app.clone();
+        async move { call(&app, "POST", "/raft/snapshot", body).await }
+    };
+
+    let (s, _, v) = post(b"garbage".to_vec()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _, v) = post(chunk("other", 1, &chunks[0])).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // A chunk that is not the start of a transfer.
+    let (s, _, v) = post(chunk(&cluster, 1, &chunks[1])).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // Damaged in transit.
+    let mut bad = chunks[0].clone();
+    bad.data[3] ^= 1;
+    let (s, _, v) = post(chunk(&cluster, 1, &bad)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("crc32"), "{v}");
+
+    // A transfer: start, skip a chunk (refused), continue in order.
+    let (s, _, v) = post(chunk(&cluster, 7, &chunks[0])).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let receiving = f.handle.snapshot_receiving().expect("transfer in progress");
+    assert_eq!(receiving.index, 40);
+    assert_eq!(receiving.bytes, chunks[0].data.len() as u64);
+    let (s, _, v) = call(&app, "GET", "/cluster/status", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["snapshot_receiving"]["index"], 40, "{v}");
+    assert_eq!(v["snapshot_receiving"]["from"], "n2", "{v}");
+    let (s, _, v) = post(chunk(&cluster, 7, &chunks[2])).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // Another transfer's chunk does not mix in.
+    let (s, _, v) = post(chunk(&cluster, 8, &chunks[1])).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    for c in &chunks[1..] {
+        let (s, _, v) = post(chunk(&cluster, 7, c)).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "chunk {}: {v}", c.seq);
+    }
+    assert!(f.handle.snapshot_receiving().is_none());
+    let (_, _, v) = call(&app, "GET", "/cluster/status", Body::empty()).await;
+    assert!(v["snapshot_receiving"].is_null(), "{v}");
+
+    // A complete transfer whose trailer does not match is refused.
+    let mut last = chunks.last().unwrap().clone();
+    if let Some(t) = &mut last.trailer {
+        t.crc32 ^= 1;
+    }
+    for c in &chunks[..chunks.len() - 1] {
+        let (s, _, v) = post(chunk(&cluster, 9, c)).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    }
+    let (s, _, v) = post(chunk(&cluster, 9, &last)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("crc32"), "{v}");
+}
+
+#[tokio::test]
+async fn a_node_without_a_store_refuses_snapshots_with_503() {
+    let (_src_dir, chunks) = image_chunks();
+    let f = leader_fake(Mode::Leader);
+    let cluster = f.handle.membership().cluster_id.clone();
+    let app = router(AppState::new(f.handle.clone()));
+    let (s, _, v) = call(&app, "POST", "/raft/snapshot", chunk(&cluster, 1, &chunks[0])).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+}
+
 /// Serves `app` on a loopback listener.
 async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
     tokio::spawn(async move {

@@ -38,6 +38,9 @@ pub fn digest(payload: &EntryPayload) -> u64 {
     }
 }
 
+/// Changes of one key: `(index, value after that index)`, in index order.
+type KeyHistory = Vec<(u64, Option<(String, u64)>)>;
+
 /// What is known about one committed index.
 #[derive(Clone, Copy, Debug, Default)]
 struct CommittedSlot {
@@ -61,7 +64,7 @@ pub struct Checker {
     /// The reference state machine, fed the canonical sequence.
     reference: MemStateMachine,
     /// Key → `(index, value after that index)` for every change.
-    key_history: HashMap<String, Vec<(u64, Option<(String, u64)>)>>,
+    key_history: HashMap<String, KeyHistory>,
 }
 
 impl Checker {

@@ -2,10 +2,11 @@
 //! reads against random nodes, with the read check.
 //!
 //! A write *completes* when the node it was proposed to applies the entry
-//! at the returned index with the returned term. A read started after a
-//! write completed must observe it: its ReadIndex must be at least the
-//! write's index, and the value it reads must be exactly the reference
-//! state at the index the node has applied when it answers.
+//! at the returned index with the returned term. A read must observe every
+//! write that completed before it began (in fact every entry any replica
+//! had applied by then): its ReadIndex must be at least that index, and
+//! the value it reads must be exactly the reference state at the index the
+//! node has applied when it answers.
 
 use rand::Rng;
 
@@ -36,7 +37,7 @@ enum Op {
         incarnation: u64,
         ctx: u64,
         key: String,
-        /// Highest completed write index when the read started.
+        /// Highest index applied anywhere when the read started.
         min_index: u64,
     },
 }
@@ -120,10 +121,14 @@ impl Sim {
 
     fn redirected(&mut self, c: usize, e: RaftError) {
         self.stats.redirects += 1;
-        if let RaftError::NotLeader { leader: Some(l) } = e {
+        // Follow a leader hint at once; without one an election is probably
+        // under way, so back off a little.
+        let d = if let RaftError::NotLeader { leader: Some(l) } = e {
             self.clients[c].hint = Some((l - 1) as usize);
-        }
-        let d = self.rng.gen_range(1..=TICK);
+            self.rng.gen_range(1..=TICK / 2)
+        } else {
+            self.rng.gen_range(TICK..=3 * TICK)
+        };
         self.client_idle(c, d);
     }
 
@@ -136,7 +141,13 @@ impl Sim {
             self.redirected(c, e);
             return Ok(());
         }
-        let min_index = self.completed_max;
+        // Stronger than "every write acknowledged before the read began":
+        // every entry any replica had applied. Still sound for ReadIndex:
+        // the leader that made it committed has a commit index at least that
+        // high, any later leader's no-op commits after it, and an earlier
+        // (deposed) leader cannot get a majority to confirm a round that
+        // starts after the newer leader was elected.
+        let min_index = self.checker.applied_len().max(self.completed_max);
         let id = self.clients[c].id;
         let nid = self.nodes[node].id;
         self.record(|| {
@@ -317,8 +328,8 @@ impl Sim {
         }
         if rs.index < min_index {
             return Err(format!(
-                "stale read: n{nid} served ctx {} at read index {} but a write at index {min_index} \
-                 had completed before the read began",
+                "stale read: n{nid} served ctx {} at read index {} but index {min_index} had been \
+                 applied (and a write there may have completed) before the read began",
                 rs.ctx, rs.index
             ));
         }

@@ -173,13 +173,7 @@ impl Sim {
             checker: Checker::new(),
             clients,
             completed_max: 0,
-            trace: Trace::new(
-                trace,
-                std::env::var("TMP_TRACE")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(super::TRACE_LINES),
-            ),
+            trace: Trace::new(trace, super::trace_lines()),
             stats: Stats::default(),
             liveness: None,
             next_ctx: 1,
@@ -739,8 +733,14 @@ impl Sim {
                 .collect();
             self.record(|| format!("PARTITION kind={kind} cut=[{}]", cuts.join(" ")));
         }
-        let next = self.rng.gen_range(1..=2 * self.sc.partition_every_ticks) * TICK;
-        self.schedule(next, Event::Partition);
+        // Mostly short-lived layouts, sometimes one that lasts long enough
+        // for the other side to elect a leader and move on.
+        let next = if self.rng.gen_bool(0.25) {
+            self.rng.gen_range(15..=50)
+        } else {
+            self.rng.gen_range(1..=2 * self.sc.partition_every_ticks)
+        };
+        self.schedule(next * TICK, Event::Partition);
     }
 
     // ----- phases -----

@@ -23,7 +23,8 @@
 //! with tracing on and reported with its seed, scenario and the last events
 //! ([`SimFailure`]). The `RAFTKV_SIM_SEEDS=N` and `RAFTKV_SIM_SEED=S`
 //! environment variables choose how many seeds run, or which single seed
-//! replays ([`seeds_from_env`]).
+//! replays ([`seeds_from_env`]); `RAFTKV_SIM_TRACE=N` keeps the last `N`
+//! events of a failing run instead of 400.
 //!
 //! [`RaftNode`]: crate::raft::RaftNode
 
@@ -135,8 +136,8 @@ impl Scenario {
             think_ticks: r.gen_range(0..=3),
             read_ratio: pick(&mut r, &[0.2, 0.4]),
             chaos_ticks: 120,
-            liveness_ticks: 150,
-            converge_ticks: 200,
+            liveness_ticks: 300,
+            converge_ticks: 300,
         };
         if r.gen_bool(0.35) {
             sc.make_churn(&mut r);
@@ -163,6 +164,10 @@ impl Scenario {
         // Without PreVote, failed candidates run real elections back to
         // back, and late votes from the previous term meet the next one.
         self.pre_vote = r.gen_bool(0.5);
+        // A deposed leader that does not notice (no CheckQuorum) keeps
+        // taking reads: ReadIndex must still refuse to serve them.
+        self.check_quorum = r.gen_bool(0.6);
+        self.read_ratio = 0.5;
         self.think_ticks = 0;
         self.clients = 4;
         self.chaos_ticks = 200;
@@ -263,17 +268,22 @@ impl std::fmt::Display for SimFailure {
     }
 }
 
-/// Lines of trace kept for a failure report.
-pub(crate) const TRACE_LINES: usize = 400;
+/// Lines of trace kept for a failure report: `RAFTKV_SIM_TRACE=N`, else 400.
+fn trace_lines() -> usize {
+    std::env::var("RAFTKV_SIM_TRACE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(400)
+}
 
 /// Runs one seed's scenario. On failure the run is repeated with tracing
 /// on, and the failure carries the trace.
-pub fn run_seed(seed: u64) -> Result<Stats, SimFailure> {
+pub fn run_seed(seed: u64) -> Result<Stats, Box<SimFailure>> {
     run_scenario(seed, Scenario::from_seed(seed))
 }
 
 /// Runs `scenario` with `seed` (see [`run_seed`]).
-pub fn run_scenario(seed: u64, scenario: Scenario) -> Result<Stats, SimFailure> {
+pub fn run_scenario(seed: u64, scenario: Scenario) -> Result<Stats, Box<SimFailure>> {
     match Sim::new(seed, scenario.clone(), false).run() {
         Ok(stats) => Ok(stats),
         Err(first) => {
@@ -283,12 +293,12 @@ pub fn run_scenario(seed: u64, scenario: Scenario) -> Result<Stats, SimFailure> 
                 Err(e) => e,
                 Ok(_) => format!("{first} (did NOT reproduce with tracing on: nondeterminism!)"),
             };
-            Err(SimFailure {
+            Err(Box::new(SimFailure {
                 seed,
                 scenario,
                 error,
                 trace: sim.trace_lines(),
-            })
+            }))
         }
     }
 }

@@ -516,7 +516,10 @@ mod tests {
     }
 
     /// Feeds `img` to a decoder in pieces of `step` bytes.
-    fn decode_in_pieces(img: &[u8], step: usize) -> Result<(SnapshotMeta, Vec<KvItem>), StorageError> {
+    fn decode_in_pieces(
+        img: &[u8],
+        step: usize,
+    ) -> Result<(SnapshotMeta, Vec<KvItem>), StorageError> {
         let mut d = ImageDecoder::new();
         let mut items = Vec::new();
         for piece in img.chunks(step.max(1)) {

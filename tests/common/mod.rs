@@ -404,3 +404,42 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Every item of `GET base/kv` (all pages), as `(key, value, index)`;
+/// `stale` reads the node's own state machine.
+pub async fn list_all(
+    client: &reqwest::Client,
+    base: &str,
+    stale: bool,
+) -> Result<Vec<(String, String, u64)>, String> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/kv?prefix=&limit=1000");
+        if let Some(a) = &after {
+            url.push_str("&after=");
+            url.push_str(&encode_key(a));
+        }
+        if stale {
+            url.push_str("&consistency=stale");
+        }
+        let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("list answered {status}: {v}"));
+        }
+        let items = v["items"].as_array().ok_or("no items")?;
+        for it in items {
+            out.push((
+                it["key"].as_str().ok_or("key")?.to_string(),
+                it["value"].as_str().ok_or("value")?.to_string(),
+                it["index"].as_u64().ok_or("index")?,
+            ));
+        }
+        if v["more"] != Value::Bool(true) {
+            return Ok(out);
+        }
+        after = out.last().map(|i| i.0.clone());
+    }
+}
