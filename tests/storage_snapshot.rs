@@ -517,7 +517,7 @@ fn state(k: u64) -> (SnapshotMeta, Vec<(String, String, u64)>) {
         term: k,
     };
     let items = (0..KEYS_PER_STATE)
-        .filter(|i| (i + k) % 7 != 0)
+        .filter(|i| !(i + k).is_multiple_of(7))
         .map(|i| {
             let key = format!("s{:05}", i * 3 + k % 3);
             let mut value = format!("state{k}-{i}-");

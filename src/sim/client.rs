@@ -12,7 +12,7 @@ use rand::Rng;
 
 use super::cluster::{Event, Sim};
 use super::TICK;
-use crate::kv::{ApplyResult, KvCommand};
+use crate::kv::KvCommand;
 use crate::raft::{Entry, RaftError, ReadState};
 use crate::storage::StateMachine;
 
@@ -264,12 +264,7 @@ impl Sim {
     }
 
     /// Node `node` applied `entries`: completes writes waiting there.
-    pub(super) fn on_applied(
-        &mut self,
-        node: usize,
-        entries: &[Entry],
-        _results: &[ApplyResult],
-    ) -> Result<(), String> {
+    pub(super) fn on_applied(&mut self, node: usize, entries: &[Entry]) -> Result<(), String> {
         let (first, last_applied) = (entries[0].index, entries[entries.len() - 1].index);
         let inc = self.nodes[node].incarnation;
         for c in 0..self.clients.len() {

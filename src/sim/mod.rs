@@ -31,6 +31,7 @@
 pub mod checker;
 mod client;
 mod cluster;
+mod network;
 pub mod trace;
 
 use rand::rngs::SmallRng;

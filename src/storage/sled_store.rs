@@ -59,32 +59,37 @@
 //!   adds the `active_kv` flip to the same transaction; the staged tree
 //!   (with its applied index) was made durable before it.
 //! * [`StateMachine::apply`]: all key changes of the batch **and** the
-//!   applied index are one `sled::Batch` on the `kv` tree (the applied index
+//!   applied index are one `sled::Batch` on the active key-value tree (the
+//!   applied index
 //!   lives in the same tree under a key that no user key can have: `0xFF` is
 //!   never a byte of UTF-8). Entries ≤ the applied index are skipped, so a
 //!   re-apply after a crash is harmless.
 //!
 //! # Durability
 //!
-//! `save`, `compact`, `reset_to_snapshot` and `restore` return only after an
-//! `fdatasync` (see [`durability`] for why `sled::Db::flush` alone is not
-//! durable). `apply` does **not** flush: the entries it applies are already
+//! `save`, `compact`, `reset_to_snapshot`, `restore`, `install_staged` and
+//! [`StagingWriter::finish`] return only after an `fdatasync` (see
+//! [`durability`] for why `sled::Db::flush` alone is not durable). `apply` does **not** flush: the entries it applies are already
 //! durable in the log, the data and the applied index move together, and
 //! sled recovers a prefix of its write history — so a crash can only roll
 //! the state machine back to an earlier applied index, and the node then
 //! re-applies the same entries from its log. The one operation that would
 //! break this, deleting log entries the state machine might lose, is
-//! `compact`, and its flush is database-wide: it makes every earlier apply
-//! durable before the deletion can be. ("Prefix": sled replays its log in
+//! `compact`, and it syncs the database (every earlier apply) *before* it
+//! deletes anything, then again after. ("Prefix": sled replays its log in
 //! order up to the first torn or damaged message; the [`watermark`] check
 //! makes sure that prefix contains every acknowledged write.)
 //!
 //! # Recovery
 //!
-//! [`SledStore::open`] verifies every record of every tree (a damaged store
-//! never opens) and the watermark; [`LogStore::load`] re-reads and checks
-//! the log, refuses a state machine behind the snapshot, and finishes a
-//! snapshot install interrupted between `restore` and `reset_to_snapshot`.
+//! [`SledStore::open`] verifies every record of every tree but the inactive
+//! key-value tree (a damaged store never opens; the inactive tree holds no
+//! state, only leftovers of a staging, which are cleared in the background)
+//! and the watermark; [`LogStore::load`] re-reads and checks the log,
+//! refuses a state machine behind the snapshot, and finishes a snapshot
+//! install interrupted between `restore` and `reset_to_snapshot` (the
+//! two-step path of the [`StateMachine`] trait; `install_staged` is one
+//! step).
 //! One process at a time: sled locks the `db` file, and `open` waits up to
 //! two seconds for it before reporting the data dir as in use.
 //!
