@@ -1,6 +1,21 @@
 //! RaftKV: a strongly consistent distributed key-value store built on Raft.
 //!
-//! (Module map: filled in as the modules land.)
+//! One binary runs a node daemon, a CLI client and a load tool. The crate is
+//! layered so that the consensus logic can be tested without any I/O:
+//!
+//! | module | role |
+//! |---|---|
+//! | [`raft`] | the pure consensus core: ticks, messages and proposals in, a [`raft::Ready`] of work out |
+//! | [`kv`] | the key-value commands and the single function that decides what each does |
+//! | [`storage`] | durable log, hard state and KV state machine on sled (checksummed), plus an in-memory twin |
+//! | [`sim`] | deterministic, seeded simulation of whole clusters over the real core |
+//! | [`node`] | the runtime that drives the core with a clock, the disk and the network |
+//! | [`server`] | axum routes: the client API of the contract and the `/raft/*` RPCs |
+//! | [`client`] | HTTP client with leader discovery and retry, used by the CLI and bench |
+//! | [`cli`] | the `raftkv` command line |
+//! | [`bench`] | `raftkv bench`: load generator for RaftKV and etcd |
+//!
+//! See `ARCHITECTURE.md` for the rules that keep data safe and the life of a write.
 
 #![warn(missing_docs)]
 

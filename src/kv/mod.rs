@@ -181,7 +181,10 @@ mod tests {
 
     #[test]
     fn cas_zero_means_absent() {
-        assert_eq!(decide(&put(Some(0)), 5, None).1, ApplyResult::Written { index: 5 });
+        assert_eq!(
+            decide(&put(Some(0)), 5, None).1,
+            ApplyResult::Written { index: 5 }
+        );
         assert_eq!(
             decide(&put(Some(0)), 5, Some(2)).1,
             ApplyResult::CasMismatch { current: 2 }

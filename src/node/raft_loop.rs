@@ -500,14 +500,16 @@ impl RaftLoop {
                 return Ok(());
             }
         }
-        let mut meta = self.store.applied();
+        let applied = self.store.applied();
         // Keep the entries a follower receiving a snapshot will need next,
         // unless that transfer has fallen hopelessly behind.
-        for sent in self.snapshots_in_flight.values() {
-            if sent.index < meta.index && meta.index < sent.index + 8 * threshold {
-                meta = *sent;
-            }
-        }
+        let meta = self
+            .snapshots_in_flight
+            .values()
+            .filter(|sent| sent.index < applied.index && applied.index < sent.index + 8 * threshold)
+            .min_by_key(|sent| sent.index)
+            .copied()
+            .unwrap_or(applied);
         if meta.index <= self.snapshot_index {
             return Ok(());
         }

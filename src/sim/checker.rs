@@ -8,9 +8,10 @@
 //!   before it. Two nodes persisting the same `(index, term)` must agree on
 //!   both, which by induction makes their logs identical up to that index.
 //! * **Committed entries are never lost / leader completeness**: every
-//!   index any node ever counted as committed is recorded with its term;
-//!   commit indexes never agree on different terms, and every new leader's
-//!   log must hold every recorded committed entry.
+//!   index any node ever counted as committed is recorded with its term
+//!   (and the term it was committed in); commit indexes never agree on
+//!   different terms, and every new leader's log must hold every entry
+//!   committed in an earlier term.
 //! * **State machine safety**: the first application of each index
 //!   anywhere fixes its payload; every other application must match. A
 //!   reference state machine applies that canonical sequence, and reads and
@@ -48,6 +49,10 @@ struct CommittedSlot {
     term: u64,
     /// Payload digest, once some node applied it (0 = not applied yet).
     digest: u64,
+    /// Lowest current term of a node seen counting the entry as committed
+    /// (0 = not seen). Never below the term of the leader that committed
+    /// it, so every leader of a later term must hold the entry.
+    commit_term: u64,
 }
 
 /// The run-wide record of what happened, and the checks on it.
@@ -94,7 +99,11 @@ impl Checker {
         let snap = core.snapshot_meta().index;
         for (k, slot) in self.committed.iter().enumerate() {
             let index = k as u64 + 1;
-            if index <= snap || slot.term == 0 {
+            // Leader completeness (§5.4) binds leaders of *later* terms
+            // only: a leader of an older term can still be elected late (a
+            // replayed vote) without the entries committed after its term.
+            if index <= snap || slot.term == 0 || slot.commit_term == 0 || slot.commit_term >= term
+            {
                 continue;
             }
             match core.term_at(index) {
@@ -165,6 +174,7 @@ impl Checker {
         to: u64,
     ) -> Result<(), String> {
         let snap = core.snapshot_meta().index;
+        let observed_in = core.term();
         for index in (from + 1).max(snap + 1)..=to {
             let Some(term) = core.term_at(index) else {
                 return Err(format!(
@@ -173,6 +183,9 @@ impl Checker {
                 ));
             };
             let slot = self.slot(index);
+            if slot.commit_term == 0 || observed_in < slot.commit_term {
+                slot.commit_term = observed_in;
+            }
             if slot.term == 0 {
                 slot.term = term;
             } else if slot.term != term {
