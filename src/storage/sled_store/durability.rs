@@ -71,7 +71,7 @@ pub const CACHE_CAPACITY: u64 = 128 << 20;
 /// turning it off (`None`) would make the files grow forever. One second
 /// keeps space reclaimed without competing with the explicit flushes too
 /// often.
-pub const FLUSH_EVERY_MS: u64 = 1000;
+pub const FLUSH_EVERY_MS: u64 = 250;
 
 /// The sled configuration of a node's data dir, set explicitly rather than
 /// relying on sled's defaults (see the constants for why each value).
