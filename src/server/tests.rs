@@ -566,7 +566,13 @@ async fn a_node_without_a_store_refuses_snapshots_with_503() {
     let f = leader_fake(Mode::Leader);
     let cluster = f.handle.membership().cluster_id.clone();
     let app = router(AppState::new(f.handle.clone()));
-    let (s, _, v) = call(&app, "POST", "/raft/snapshot", chunk(&cluster, 1, &chunks[0])).await;
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/raft/snapshot",
+        chunk(&cluster, 1, &chunks[0]),
+    )
+    .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
 }
 
