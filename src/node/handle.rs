@@ -465,6 +465,15 @@ impl NodeHandle {
                 "snapshot message does not match its envelope".into(),
             ));
         }
+        // A deposed leader's transfer: not worth staging (the core would
+        // ignore its message anyway).
+        let term = self.status().term;
+        if c.message.term < term {
+            return Err(ChunkReject::Conflict(format!(
+                "snapshot from term {}, this node is at term {term}",
+                c.message.term
+            )));
+        }
         let from_name = self.name_of(c.header.from);
         self.shared
             .snapshots

@@ -425,8 +425,17 @@ async fn rpc_envelopes_are_checked() {
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
 }
 
-/// One chunk of a transfer from n2 to n1.
+/// One chunk of a transfer from n2 to n1 in term 3.
 fn chunk(cluster: &str, transfer_id: u64, c: &crate::storage::ImageChunk) -> Vec<u8> {
+    chunk_in_term(cluster, transfer_id, c, 3)
+}
+
+fn chunk_in_term(
+    cluster: &str,
+    transfer_id: u64,
+    c: &crate::storage::ImageChunk,
+    term: u64,
+) -> Vec<u8> {
     let from = crate::node::membership::id_of("n2");
     let to = crate::node::membership::id_of("n1");
     wire::encode(&wire::SnapshotChunk {
@@ -441,7 +450,7 @@ fn chunk(cluster: &str, transfer_id: u64, c: &crate::storage::ImageChunk) -> Vec
         message: Message {
             from,
             to,
-            term: 3,
+            term,
             body: MessageBody::InstallSnapshot {
                 meta: crate::raft::SnapshotMeta { index: 40, term: 2 },
             },
@@ -513,6 +522,10 @@ async fn snapshot_chunks_are_checked_and_staged_in_order() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, _, v) = post(chunk("other", 1, &chunks[0])).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // From a leader of an older term than this node's (1).
+    let (s, _, v) = post(chunk_in_term(&cluster, 1, &chunks[0], 0)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("term"), "{v}");
     // A chunk that is not the start of a transfer.
     let (s, _, v) = post(chunk(&cluster, 1, &chunks[1])).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");

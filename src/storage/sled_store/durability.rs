@@ -67,11 +67,16 @@ pub const CACHE_CAPACITY: u64 = 128 << 20;
 
 /// Interval of sled's background flusher thread. Durability never depends
 /// on it (every acknowledged write is flushed explicitly), but the same
-/// thread is the only caller of sled's segment garbage collection, so
-/// turning it off (`None`) would make the files grow forever. One second
-/// keeps space reclaimed without competing with the explicit flushes too
-/// often.
-pub const FLUSH_EVERY_MS: u64 = 250;
+/// thread is the only caller of sled's segment garbage collection
+/// (`attempt_gc`, which relocates the live pages of segments that are at
+/// most half live, for up to half of each interval), so turning it off
+/// (`None`) would make the files grow forever, and a long interval lets
+/// garbage pile up under a sustained write load: overwriting 20 000 keys
+/// of 1 KiB (20.8 MB live, log compacted every 10 000 entries) at ~7 500
+/// writes/s, the `db` file levelled off at 220–330 MB with 1000 ms or
+/// 250 ms, at 90–135 MB with 100 ms and 55–110 MB with 50 ms. 100 ms costs
+/// ten wake-ups (and a no-op `fsync` when idle) per second.
+pub const FLUSH_EVERY_MS: u64 = 100;
 
 /// The sled configuration of a node's data dir, set explicitly rather than
 /// relying on sled's defaults (see the constants for why each value).
