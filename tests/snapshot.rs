@@ -265,12 +265,10 @@ async fn wiped_follower_catches_up_from_an_empty_data_dir() {
     assert_eq!(wait_same_listing(&c, leader, f, FORM).await, 270);
 }
 
-/// The same under a leader that stays in office: needs the consensus core
-/// to lower a peer's match index when the peer reports a log shorter than
-/// it (today such rejections are ignored in replicate state, and probing
-/// never goes below `match_index + 1`).
+/// The same under a leader that stays in office: the leader still holds the
+/// wiped peer's old match index, and must lower it when the peer reports a
+/// log shorter than that, then fall back to InstallSnapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the core to handle a follower whose log regressed (see the doc comment)"]
 async fn wiped_follower_catches_up_under_the_same_leader() {
     let mut c = Cluster::start(3, &opts());
     let leader = c.wait_for_leader(FORM).await;

@@ -312,6 +312,19 @@ impl RaftNode {
             if pr.state == ProgressState::Snapshot {
                 return;
             }
+            if conflict_term == 0 && match_index < pr.match_index {
+                // The peer's log ends before entries it once acknowledged:
+                // it lost its storage (a wiped data dir restarted under the
+                // same id). Forget the old match and probe from its real end;
+                // the send path falls back to InstallSnapshot when that lies
+                // in our compacted prefix. A stale, reordered reply can take
+                // this path too; that only costs a resend, because commit
+                // never moves backwards and the next ack restores the match.
+                pr.match_index = match_index;
+                pr.become_probe(match_index + 1);
+                pr.dirty = true;
+                return;
+            }
             if pr.state == ProgressState::Replicate && conflict_term == 0 {
                 // "My log is too short" while streaming: an earlier append
                 // of the pipeline is late (reordered) or lost. Rewinding now

@@ -818,3 +818,41 @@ fn replication_snapshot_reply_frees_the_inflight_window() {
     assert_eq!(after, before + 1, "the new entry goes out at once");
     assert_eq!(net.stores[&2].last_index(), last + 1);
 }
+
+#[test]
+fn replication_follower_whose_log_went_backwards_is_caught_up_by_the_same_leader() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    for k in 0..10 {
+        net.node(1).propose(vec![cmd(&format!("{k}"))]).unwrap();
+    }
+    net.settle();
+    let applied = net.nodes[&1].applied_index();
+    assert_eq!(net.stores[&3].last_index(), net.stores[&1].last_index());
+    let term = net.nodes[&1].term_at(applied).unwrap();
+    net.node(1)
+        .compact(SnapshotMeta {
+            index: applied,
+            term,
+        })
+        .unwrap();
+    // Node 3 loses its storage and comes back empty under the same id,
+    // while node 1 stays leader with node 3's old match index on record.
+    let cfg = Config::new(3, vec![1, 2, 3]);
+    net.nodes
+        .insert(3, RaftNode::new(cfg, InitialState::default(), 99).unwrap());
+    net.stores.insert(3, MemLogStore::new());
+    net.node(1).propose(vec![cmd("after wipe")]).unwrap();
+    net.settle();
+    net.tick(1, 4);
+    assert_eq!(net.leaders(), vec![1], "no election was needed");
+    let snaps =
+        net.count_delivered(|m| m.to == 3 && matches!(m.body, MessageBody::InstallSnapshot { .. }));
+    assert_eq!(
+        snaps, 1,
+        "the leader fell back to a snapshot for the wiped peer"
+    );
+    net.node(1).report_snapshot(3, true);
+    net.tick(1, 2);
+    assert_eq!(net.stores[&3].last_index(), net.stores[&1].last_index());
+}
