@@ -38,6 +38,7 @@
 //!     on client read:  node.read_index(ctx)
 //!     while node.has_ready() {
 //!         let rd = node.ready();
+//!         send rd.early_messages (a leader's appends: may overlap the fsync)
 //!         install rd.snapshot; persist rd.hard_state + rd.entries (fsync)
 //!         send rd.messages
 //!         apply rd.committed_entries; answer rd.read_states

@@ -433,6 +433,11 @@ impl RaftNode {
         };
         let hs = self.hard_state();
         let prev = self.prev_hard_state;
+        // The term and vote a leader's appends carry are durable already
+        // (they were persisted before it campaigned) unless this very Ready
+        // changes them; only then may its appends skip ahead of the fsync.
+        let appends_early =
+            self.role == Role::Leader && hs.term == prev.term && hs.vote == prev.vote;
         // A commit-only change is not worth a flush of its own: the commit
         // index is a restart hint, so it rides along with the next write.
         if hs.term != prev.term
@@ -443,6 +448,14 @@ impl RaftNode {
             self.prev_hard_state = hs;
         }
         rd.messages = std::mem::take(&mut self.msgs);
+        if appends_early {
+            let (early, rest): (Vec<Message>, Vec<Message>) = rd
+                .messages
+                .into_iter()
+                .partition(|m| matches!(m.body, MessageBody::AppendEntries { .. }));
+            rd.early_messages = early;
+            rd.messages = rest;
+        }
         rd.committed_entries = self
             .log
             .take_committed(self.cfg.max_entries_per_msg, self.cfg.max_bytes_per_msg);

@@ -82,9 +82,14 @@ impl Net {
         while self.nodes[&id].has_ready() {
             let rd = self.node(id).ready();
             assert!(
-                rd.messages.iter().all(|m| m.from == id && m.to != id),
+                rd.messages
+                    .iter()
+                    .chain(&rd.early_messages)
+                    .all(|m| m.from == id && m.to != id),
                 "a Ready never carries messages to the node itself"
             );
+            // Early messages go out before persisting (as a runtime may).
+            self.queue.extend(rd.early_messages);
             let store = self.stores.get_mut(&id).unwrap();
             if let Some(meta) = rd.snapshot {
                 store.reset_to_snapshot(meta).unwrap();
@@ -115,6 +120,25 @@ impl Net {
             }
             self.delivered.push(m.clone());
             self.node(m.to).step(m);
+        }
+        panic!("network did not settle");
+    }
+
+    /// Delivers queued messages, pumping only the nodes other than the
+    /// first leader-to-be (node 1), whose Readys the test drives by hand.
+    fn settle_messages_only(&mut self) {
+        for _ in 0..10_000 {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|&i| i != 1).collect();
+            for id in ids {
+                self.pump(id);
+            }
+            let Some(m) = self.queue.pop_front() else {
+                return;
+            };
+            if !self.cut.contains(&(m.from, m.to)) {
+                self.delivered.push(m.clone());
+                self.node(m.to).step(m);
+            }
         }
         panic!("network did not settle");
     }
@@ -511,7 +535,11 @@ fn commit_leader_counts_its_own_entries_only_once_durable() {
     let rd = net.node(1).ready();
     assert_eq!(rd.entries.len(), 1);
     let idx = rd.entries[0].index;
-    net.queue.extend(rd.messages);
+    assert!(
+        rd.messages.is_empty() && rd.early_messages.iter().all(is_append_with_entries),
+        "the leader's appends may go out before its own fsync"
+    );
+    net.queue.extend(rd.early_messages);
     net.settle(); // node 2 stores and acknowledges
     assert!(
         net.nodes[&1].commit_index() < idx,
@@ -855,4 +883,43 @@ fn replication_follower_whose_log_went_backwards_is_caught_up_by_the_same_leader
     net.node(1).report_snapshot(3, true);
     net.tick(1, 2);
     assert_eq!(net.stores[&3].last_index(), net.stores[&1].last_index());
+}
+
+#[test]
+fn ready_apply_before_persist_only_for_entries_durable_earlier() {
+    let rd = |committed: &[u64], entries: &[u64]| Ready {
+        committed_entries: committed.iter().map(|&i| ent(i, 1)).collect(),
+        entries: entries.iter().map(|&i| ent(i, 1)).collect(),
+        ..Ready::default()
+    };
+    assert!(rd(&[4, 5], &[]).can_apply_before_persist());
+    assert!(rd(&[4, 5], &[6, 7]).can_apply_before_persist());
+    assert!(
+        !rd(&[4, 5, 6], &[6, 7]).can_apply_before_persist(),
+        "entry 6 is not durable yet"
+    );
+    assert!(!rd(&[], &[6]).can_apply_before_persist());
+    let mut with_snapshot = rd(&[4], &[]);
+    with_snapshot.snapshot = Some(SnapshotMeta { index: 3, term: 1 });
+    assert!(!with_snapshot.can_apply_before_persist());
+
+    // In a live cluster: once the followers acknowledge, the leader's next
+    // Ready carries the committed entry together with a new batch to persist.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.node(1).propose(vec![cmd("a")]).unwrap();
+    let rd1 = net.node(1).ready();
+    net.stores
+        .get_mut(&1)
+        .unwrap()
+        .save(rd1.hard_state.as_ref(), &rd1.entries)
+        .unwrap();
+    net.queue.extend(rd1.early_messages);
+    net.node(1).advance();
+    net.settle_messages_only();
+    net.node(1).propose(vec![cmd("b")]).unwrap();
+    let rd2 = net.node(1).ready();
+    assert_eq!(rd2.committed_entries.len(), 1);
+    assert_eq!(rd2.entries.len(), 1);
+    assert!(rd2.can_apply_before_persist());
 }

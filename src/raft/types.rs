@@ -219,6 +219,13 @@ pub struct ReadState {
 /// Everything one step of the core asks the runtime to do, in this order
 /// (the etcd-raft "Ready" contract):
 ///
+/// 0. `early_messages` may be sent right away, before (or while) the rest
+///    is persisted: they are a leader's AppendEntries, which a leader may
+///    send in parallel with writing the same entries to its own disk
+///    (Raft thesis §10.2.1). That is safe because the leader counts its own
+///    copy toward commit only after `advance` (so only once durable), and
+///    the term and vote they carry were made durable before the node became
+///    leader. Sending them later, with `messages`, is also correct.
 /// 1. If `snapshot` is set, install it (state machine and log switch to it
 ///    atomically).
 /// 2. Persist `entries` (delete every stored entry with index ≥
@@ -229,6 +236,12 @@ pub struct ReadState {
 /// 5. Answer `read_states`: each may be answered once the state machine has
 ///    applied `ReadState::index` — which holds once step 4 is done.
 /// 6. Call `RaftNode::advance`.
+///
+/// Steps 4 and 5 may also run before step 2 when
+/// [`Ready::can_apply_before_persist`] holds: every committed entry was then
+/// made durable by an earlier Ready, so nothing applied depends on this
+/// Ready's writes. A leader uses this to answer the writes that just
+/// committed without waiting for the fsync of the next batch.
 ///
 /// One Ready at a time: `ready()` again before `advance()` returns an empty
 /// Ready. `messages` never include one addressed to the node itself.
@@ -243,6 +256,9 @@ pub struct Ready {
     pub hard_state: Option<HardState>,
     /// Entries to persist (may overwrite a conflicting suffix).
     pub entries: Vec<Entry>,
+    /// A leader's AppendEntries, which may be sent before `entries` and
+    /// `hard_state` are durable (see step 0 above).
+    pub early_messages: Vec<Message>,
     /// Messages to send once the above is durable.
     pub messages: Vec<Message>,
     /// Entries now committed, to apply in order.
@@ -252,11 +268,27 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// True when `committed_entries` may be applied (and `read_states`
+    /// answered) before `entries` and `hard_state` are persisted: no
+    /// snapshot is pending, and every committed entry lies below the first
+    /// entry to persist, so an earlier Ready already made it durable here.
+    pub fn can_apply_before_persist(&self) -> bool {
+        if self.snapshot.is_some() {
+            return false;
+        }
+        match (self.committed_entries.last(), self.entries.first()) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(c), Some(e)) => c.index < e.index,
+        }
+    }
+
     /// True when there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none()
             && self.hard_state.is_none()
             && self.entries.is_empty()
+            && self.early_messages.is_empty()
             && self.messages.is_empty()
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()

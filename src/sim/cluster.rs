@@ -1,9 +1,10 @@
 //! The simulated cluster: nodes, network, faults, and the event loop.
 //!
 //! Each node runs the same Ready protocol a real runtime does
-//! ([`crate::raft::Ready`]): take a Ready, persist it (after a random
-//! delay, during which the node keeps stepping messages), send, apply,
-//! answer reads, `advance`. A crash in the middle drops the Ready.
+//! ([`crate::raft::Ready`]): take a Ready, send its early messages (a
+//! leader's appends), persist it (after a random delay, during which the
+//! node keeps stepping messages), send the rest, apply, answer reads,
+//! `advance`. A crash in the middle drops the rest of the Ready.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -16,7 +17,9 @@ use super::checker::Checker;
 use super::client::Client;
 use super::trace::Trace;
 use super::{Scenario, Stats, TICK};
-use crate::raft::{Config, InitialState, Message, NodeId, RaftNode, Ready, Role, SnapshotMeta};
+use crate::raft::{
+    Config, Entry, InitialState, Message, NodeId, RaftNode, ReadState, Ready, Role, SnapshotMeta,
+};
 use crate::storage::mem::{MemLogStore, MemStateMachine};
 use crate::storage::{LogStore, StateMachine};
 
@@ -401,7 +404,22 @@ impl Sim {
             if node.busy.is_some() || !core.has_ready() {
                 return Ok(());
             }
-            let rd = core.ready();
+            let mut rd = core.ready();
+            // A leader's appends leave before its own persist completes,
+            // as the real runtime sends them; a crash during the delay
+            // below then loses the leader's copy but not the followers'.
+            let early = std::mem::take(&mut rd.early_messages);
+            for m in early {
+                self.send(i, m);
+            }
+            // Committed entries that are durable here already may be
+            // applied before this Ready's persist, as the runtime does.
+            if rd.can_apply_before_persist() {
+                let committed = std::mem::take(&mut rd.committed_entries);
+                let reads = std::mem::take(&mut rd.read_states);
+                self.apply_and_answer(i, &committed, reads)?;
+            }
+            let node = &mut self.nodes[i];
             let delay = if self.sc.persist_delay == 0 {
                 0
             } else {
@@ -475,26 +493,8 @@ impl Sim {
         for m in rd.messages {
             self.send(i, m);
         }
-        // 4. Apply.
-        if !rd.committed_entries.is_empty() {
-            let node = &mut self.nodes[i];
-            node.sm
-                .apply(&rd.committed_entries)
-                .map_err(|e| format!("n{id}: apply: {e}"))?;
-            self.checker.on_apply(id, &rd.committed_entries)?;
-            if self.trace.enabled() {
-                let (a, b) = (
-                    rd.committed_entries[0].index,
-                    rd.committed_entries[rd.committed_entries.len() - 1].index,
-                );
-                self.record(|| format!("n{id} apply {a}..={b}"));
-            }
-            self.on_applied(i, &rd.committed_entries)?;
-        }
-        // 5. Reads.
-        for rs in rd.read_states {
-            self.on_read_state(i, rs)?;
-        }
+        // 4–5. Apply, answer reads (unless done before the persist).
+        self.apply_and_answer(i, &rd.committed_entries, rd.read_states)?;
         // 6. Advance.
         let node = &mut self.nodes[i];
         let Some(core) = node.core.as_mut() else {
@@ -505,6 +505,32 @@ impl Sim {
             self.nodes[i].sm.flush();
         }
         self.maybe_compact(i)
+    }
+
+    /// Steps 4 and 5 of a Ready: apply `committed`, then answer `reads`.
+    fn apply_and_answer(
+        &mut self,
+        i: usize,
+        committed: &[Entry],
+        reads: Vec<ReadState>,
+    ) -> Result<(), String> {
+        let id = self.nodes[i].id;
+        if !committed.is_empty() {
+            let node = &mut self.nodes[i];
+            node.sm
+                .apply(committed)
+                .map_err(|e| format!("n{id}: apply: {e}"))?;
+            self.checker.on_apply(id, committed)?;
+            if self.trace.enabled() {
+                let (a, b) = (committed[0].index, committed[committed.len() - 1].index);
+                self.record(|| format!("n{id} apply {a}..={b}"));
+            }
+            self.on_applied(i, committed)?;
+        }
+        for rs in reads {
+            self.on_read_state(i, rs)?;
+        }
+        Ok(())
     }
 
     /// Snapshot + compaction every `snapshot_threshold` applied entries.
