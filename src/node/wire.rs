@@ -66,7 +66,9 @@ pub struct SnapshotChunk {
     pub crc32: u32,
     /// On the last chunk: length and crc32 of the whole image.
     pub trailer: Option<ImageTrailer>,
-    /// The bytes of the image (whole frames).
+    /// The bytes of the image (whole frames), encoded as one byte string
+    /// (same layout as a byte sequence, far cheaper for a 1 MiB chunk).
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

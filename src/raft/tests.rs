@@ -923,3 +923,22 @@ fn ready_apply_before_persist_only_for_entries_durable_earlier() {
     assert_eq!(rd2.entries.len(), 1);
     assert!(rd2.can_apply_before_persist());
 }
+
+#[test]
+fn entry_payload_encodes_as_a_byte_string_with_the_same_layout_as_a_byte_sequence() {
+    // `serde_bytes` must not change the bincode layout of stored records
+    // and RPCs: a length prefix, then the bytes.
+    #[derive(serde::Serialize)]
+    enum Plain {
+        #[allow(dead_code)]
+        Noop,
+        Command(Vec<u8>),
+    }
+    let cfg = bincode::config::standard();
+    let bytes: Vec<u8> = (0..=255u8).chain(0..40).collect();
+    let fast = bincode::serde::encode_to_vec(EntryPayload::Command(bytes.clone()), cfg).unwrap();
+    let plain = bincode::serde::encode_to_vec(Plain::Command(bytes.clone()), cfg).unwrap();
+    assert_eq!(fast, plain);
+    let (back, _): (EntryPayload, usize) = bincode::serde::decode_from_slice(&plain, cfg).unwrap();
+    assert_eq!(back, EntryPayload::Command(bytes));
+}
