@@ -460,3 +460,233 @@ fn huge_length_prefixes_in_a_command_decode_to_noop() {
     assert_eq!(s.apply(&[e]).unwrap(), vec![ApplyResult::Noop]);
     assert_eq!(s.applied_index(), 1);
 }
+
+// ---- The log layout: one record per saved batch (`raft_log` keyed by the
+// ---- batch's first index). Every scenario is checked again after a reopen.
+
+/// First indexes of the batch records in the log tree (the durable-write
+/// sequence number, nine bytes, is not a batch).
+fn batch_keys(s: &SledStore) -> Vec<u64> {
+    use raftkv::storage::sled_store::{LOG_TREE, SEQ_KEY};
+    let log = s.raw_db().open_tree(LOG_TREE).unwrap();
+    log.range(..SEQ_KEY)
+        .map(|kv| {
+            let (k, _) = kv.unwrap();
+            u64::from_be_bytes(k.as_ref().try_into().expect("8-byte log key"))
+        })
+        .collect()
+}
+
+/// Checks every way of reading the log against `want` (the whole expected
+/// log after `snapshot`): load, `term` of every index, and `entries` for
+/// every range within and across batches.
+fn check_log(s: &SledStore, snapshot: SnapshotMeta, want: &[Entry]) {
+    let rec = s.load().unwrap();
+    assert_eq!(rec.snapshot, snapshot);
+    assert_eq!(rec.entries, want);
+    let last = snapshot.index + want.len() as u64;
+    assert_eq!(s.last_index(), last);
+    assert_eq!(s.first_index(), snapshot.index + 1);
+    assert_eq!(s.term(snapshot.index).unwrap(), Some(snapshot.term));
+    assert_eq!(s.term(last + 1).unwrap(), None);
+    for (i, e) in want.iter().enumerate() {
+        assert_eq!(
+            s.term(e.index).unwrap(),
+            Some(e.term),
+            "term of {}",
+            e.index
+        );
+        for hi in e.index + 1..=last + 2 {
+            let expect = &want[i..want.len().min(i + (hi - e.index) as usize)];
+            assert_eq!(
+                s.entries(e.index, hi, usize::MAX).unwrap(),
+                expect,
+                "entries [{}, {hi})",
+                e.index
+            );
+        }
+    }
+    if snapshot.index > 0 {
+        assert!(matches!(
+            s.entries(snapshot.index, last + 1, usize::MAX),
+            Err(StorageError::Compacted(_))
+        ));
+        assert!(matches!(
+            s.term(snapshot.index - 1),
+            Err(StorageError::Compacted(_))
+        ));
+    }
+}
+
+#[test]
+fn each_save_is_one_record_and_reads_cross_batch_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut want = Vec::new();
+    {
+        let mut s = open(dir.path());
+        for (lo, hi, term) in [(1, 3, 1), (4, 8, 1), (9, 9, 2), (10, 16, 3)] {
+            let e = puts(lo, hi, term, 30);
+            s.save(Some(&hs(term, 1, 0)), &e).unwrap();
+            want.extend(e);
+        }
+        assert_eq!(batch_keys(&s), vec![1, 4, 9, 10]);
+        check_log(&s, SnapshotMeta::default(), &want);
+        // The byte limit works across batches too.
+        let three = want[2].approx_size() + want[3].approx_size() + want[4].approx_size();
+        assert_eq!(s.entries(3, 17, three).unwrap(), want[2..5].to_vec());
+    }
+    let s = open(dir.path());
+    assert_eq!(batch_keys(&s), vec![1, 4, 9, 10]);
+    check_log(&s, SnapshotMeta::default(), &want);
+}
+
+#[test]
+fn suffix_overwrite_mid_batch_cuts_that_batch_and_drops_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut want: Vec<Entry> = Vec::new();
+    {
+        let mut s = open(dir.path());
+        for lo in [1, 6, 11] {
+            let e = puts(lo, lo + 4, 1, 20);
+            s.save(Some(&hs(1, 1, 0)), &e).unwrap();
+            want.extend(e);
+        }
+        assert_eq!(batch_keys(&s), vec![1, 6, 11]);
+
+        // Mid-batch: 8..=9 of term 2 replace 8..=15.
+        let new = puts(8, 9, 2, 20);
+        s.save(Some(&hs(2, 0, 3)), &new).unwrap();
+        want.truncate(7);
+        want.extend(new);
+        assert_eq!(batch_keys(&s), vec![1, 6, 8]);
+        check_log(&s, SnapshotMeta::default(), &want);
+    }
+    let mut s = open(dir.path());
+    check_log(&s, SnapshotMeta::default(), &want);
+
+    // At a batch's first index, longer than what it replaces, no hard state.
+    let new = puts(6, 12, 3, 20);
+    s.save(None, &new).unwrap();
+    want.truncate(5);
+    want.extend(new);
+    assert_eq!(batch_keys(&s), vec![1, 6]);
+    check_log(&s, SnapshotMeta::default(), &want);
+
+    // Inside the first batch, replacing every later batch.
+    let new = puts(2, 2, 4, 20);
+    s.save(Some(&hs(4, 0, 1)), &new).unwrap();
+    want.truncate(1);
+    want.extend(new);
+    assert_eq!(batch_keys(&s), vec![1, 2]);
+    check_log(&s, SnapshotMeta::default(), &want);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(batch_keys(&s), vec![1, 2]);
+    check_log(&s, SnapshotMeta::default(), &want);
+}
+
+#[test]
+fn compaction_mid_batch_keeps_the_tail_of_that_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<Entry> = Vec::new();
+    let snap = SnapshotMeta { index: 15, term: 2 };
+    {
+        let mut s = open(dir.path());
+        for (lo, term) in [(1, 1), (11, 2), (21, 2)] {
+            let e = puts(lo, lo + 9, term, 20);
+            s.save(Some(&hs(term, 1, lo + 9)), &e).unwrap();
+            all.extend(e);
+        }
+        s.apply(&all[..25]).unwrap();
+        s.compact(snap).unwrap();
+        // Batch 1 is gone, batch 11 now starts after the snapshot.
+        assert_eq!(batch_keys(&s), vec![16, 21]);
+        check_log(&s, snap, &all[15..]);
+    }
+    let mut s = open(dir.path());
+    assert_eq!(batch_keys(&s), vec![16, 21]);
+    check_log(&s, snap, &all[15..]);
+
+    // Exactly at a batch's end: that batch goes whole.
+    let snap = SnapshotMeta { index: 20, term: 2 };
+    s.compact(snap).unwrap();
+    assert_eq!(batch_keys(&s), vec![21]);
+    check_log(&s, snap, &all[20..]);
+    // Appending after a compaction, then compacting into the new batch.
+    let more = puts(31, 34, 2, 20);
+    s.save(Some(&hs(2, 1, 34)), &more).unwrap();
+    all.extend(more);
+    s.apply(&all[25..]).unwrap();
+    let snap = SnapshotMeta { index: 32, term: 2 };
+    s.compact(snap).unwrap();
+    assert_eq!(batch_keys(&s), vec![33]);
+    check_log(&s, snap, &all[32..]);
+    drop(s);
+    let mut s = open(dir.path());
+    check_log(&s, snap, &all[32..]);
+
+    // A snapshot install clears every batch.
+    let (meta, image) = s.snapshot().unwrap();
+    s.restore(meta, &image).unwrap();
+    s.reset_to_snapshot(meta).unwrap();
+    assert!(batch_keys(&s).is_empty());
+    check_log(&s, meta, &[]);
+    drop(s);
+    let s = open(dir.path());
+    assert!(batch_keys(&s).is_empty());
+    check_log(&s, meta, &[]);
+}
+
+#[test]
+fn a_large_save_is_split_into_bounded_records_written_together() {
+    use raftkv::storage::sled_store::{LOG_TREE, SEQ_KEY};
+    let dir = tempfile::tempdir().unwrap();
+    let entries = puts(1, 3000, 1, 100);
+    {
+        let mut s = open(dir.path());
+        s.save(Some(&hs(1, 1, 0)), &entries).unwrap();
+        let keys = batch_keys(&s);
+        assert!(keys.len() > 3, "{keys:?}");
+        let log = s.raw_db().open_tree(LOG_TREE).unwrap();
+        for kv in log.range(..SEQ_KEY) {
+            let (k, v) = kv.unwrap();
+            assert!(v.len() <= 64 << 10, "record {k:?} is {} bytes", v.len());
+        }
+        // Overwrite from the middle of a middle record.
+        let cut = (keys[1] + keys[2]) / 2;
+        let new = puts(cut, cut + 2, 2, 100);
+        s.save(Some(&hs(2, 1, 0)), &new).unwrap();
+        assert_eq!(s.last_index(), cut + 2);
+        assert_eq!(batch_keys(&s), vec![keys[0], keys[1], cut]);
+        assert_eq!(s.term(cut - 1).unwrap(), Some(1));
+        assert_eq!(s.term(cut).unwrap(), Some(2));
+        assert_eq!(s.entries(cut - 1, cut + 1, usize::MAX).unwrap()[1], new[0]);
+    }
+    let s = open(dir.path());
+    let rec = s.load().unwrap();
+    assert_eq!(rec.entries.len() as u64, s.last_index());
+    assert_eq!(rec.entries[..10], entries[..10]);
+}
+
+#[test]
+fn a_data_dir_of_the_per_entry_log_format_is_refused() {
+    use raftkv::storage::identity::Identity;
+    use raftkv::storage::record;
+    use raftkv::storage::sled_store::{IDENTITY_KEY, IDENTITY_TREE};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        let mut old = Identity::current(NODE, CLUSTER);
+        old.format_version = 1;
+        let t = s.raw_db().open_tree(IDENTITY_TREE).unwrap();
+        t.insert(IDENTITY_KEY, record::encode(IDENTITY_KEY, &old).unwrap())
+            .unwrap();
+        s.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path(), NODE, CLUSTER).unwrap_err();
+    assert!(
+        matches!(err, StorageError::IdentityMismatch { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("format version 1"), "{err}");
+}

@@ -17,20 +17,28 @@ use storage_common::*;
 const N: u64 = 400;
 const SNAP: u64 = 100;
 
-/// A store with N entries, all applied, compacted up to SNAP, cleanly closed.
+/// Entries per save in [`build_store`]: the log tree then holds one batch
+/// record per 50 entries, keyed 1, 51, 101, … (101, 151, …, 351 after the
+/// compaction).
+const SAVE: u64 = 50;
+
+/// A store with N entries (saved SAVE at a time), all applied, compacted
+/// up to SNAP, cleanly closed.
 fn build_store(dir: &Path) {
     let mut s = open(dir);
-    let entries = puts(1, N, 1, 100);
-    s.save(
-        Some(&HardState {
-            term: 1,
-            vote: 1,
-            commit: N,
-        }),
-        &entries,
-    )
-    .unwrap();
-    s.apply(&entries).unwrap();
+    for lo in (1..=N).step_by(SAVE as usize) {
+        let entries = puts(lo, lo + SAVE - 1, 1, 100);
+        s.save(
+            Some(&HardState {
+                term: 1,
+                vote: 1,
+                commit: lo + SAVE - 1,
+            }),
+            &entries,
+        )
+        .unwrap();
+        s.apply(&entries).unwrap();
+    }
     s.compact(SnapshotMeta {
         index: SNAP,
         term: 1,
@@ -110,8 +118,12 @@ fn damaged_records_through_sled_are_named_on_open() {
     let base = tempfile::tempdir().unwrap();
     build_store(base.path());
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (LOG_TREE, log_key(250).to_vec(), "index 250"),
-        (LOG_TREE, log_key(N).to_vec(), "index 400"),
+        (LOG_TREE, log_key(251).to_vec(), "batch at index 251"),
+        (
+            LOG_TREE,
+            log_key(N - SAVE + 1).to_vec(),
+            "batch at index 351",
+        ),
         (HARD_STATE_TREE, HARD_STATE_KEY.to_vec(), "hard_state"),
         (SNAPSHOT_TREE, SNAPSHOT_META_KEY.to_vec(), "meta"),
         (KV_TREE, b"k123".to_vec(), "k123"),
@@ -136,11 +148,11 @@ fn a_record_moved_under_another_key_is_detected() {
     {
         let s = open(dir.path());
         let log = s.raw_db().open_tree(LOG_TREE).unwrap();
-        let other = log.get(log_key(300)).unwrap().unwrap();
-        log.insert(log_key(301), other).unwrap();
+        let other = log.get(log_key(301)).unwrap().unwrap();
+        log.insert(log_key(351), other).unwrap();
         s.flush().unwrap();
     }
-    expect_corruption(dir.path(), LOG_TREE, "index 301");
+    expect_corruption(dir.path(), LOG_TREE, "index 351");
 }
 
 #[test]
@@ -152,13 +164,13 @@ fn a_hole_in_the_log_is_inconsistent() {
         s.raw_db()
             .open_tree(LOG_TREE)
             .unwrap()
-            .remove(log_key(200))
+            .remove(log_key(201))
             .unwrap();
         s.flush().unwrap();
     }
     let err = SledStore::open(dir.path(), NODE, CLUSTER).unwrap_err();
     assert!(matches!(err, StorageError::Inconsistent(_)), "{err}");
-    assert!(err.to_string().contains("200"), "{err}");
+    assert!(err.to_string().contains("201"), "{err}");
 }
 
 #[test]
@@ -179,11 +191,11 @@ fn damage_found_while_running_is_a_typed_error() {
     assert!(s.scan("k", None, 1000).is_err());
     assert!(s.snapshot().is_err());
     let log = s.raw_db().open_tree(LOG_TREE).unwrap();
-    let mut v = log.get(log_key(150)).unwrap().unwrap().to_vec();
+    let mut v = log.get(log_key(151)).unwrap().unwrap().to_vec();
     v[6] ^= 1;
-    log.insert(log_key(150), v).unwrap();
+    log.insert(log_key(151), v).unwrap();
     let err = s.entries(140, 160, usize::MAX).unwrap_err();
-    assert!(err.to_string().contains("index 150"), "{err}");
+    assert!(err.to_string().contains("index 151"), "{err}");
 }
 
 /// Every flipped byte of sled's `db` file must either be detected (a typed
@@ -330,11 +342,11 @@ fn child_process_refuses_a_damaged_store() {
     // A damaged record: exit ≠ 0, message names tree and key.
     let rec = tempfile::tempdir().unwrap();
     copy_dir(healthy.path(), rec.path());
-    damage_through_sled(rec.path(), LOG_TREE, &log_key(222), 7);
+    damage_through_sled(rec.path(), LOG_TREE, &log_key(201), 7);
     let (code, stderr) = run_child(rec.path());
     assert_eq!(code, Some(3), "{stderr}");
     assert!(
-        stderr.contains("raft_log") && stderr.contains("index 222"),
+        stderr.contains("raft_log") && stderr.contains("index 201"),
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -355,4 +367,53 @@ fn child_process_refuses_a_damaged_store() {
     let (code, stderr) = run_child(other.path());
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("node-9"), "{stderr}");
+}
+
+/// Writes `entries` as a correctly checksummed batch record under
+/// `log_key(key)`, closing the store.
+fn plant_batch(dir: &Path, key: u64, entries: &[raftkv::raft::Entry]) {
+    let s = open(dir);
+    let rec = raftkv::storage::record::encode(&log_key(key), entries).unwrap();
+    let log = s.raw_db().open_tree(LOG_TREE).unwrap();
+    log.insert(log_key(key), rec).unwrap();
+    s.flush().unwrap();
+}
+
+#[test]
+fn a_batch_not_starting_at_its_key_or_not_contiguous_is_corruption() {
+    let base = tempfile::tempdir().unwrap();
+    build_store(base.path());
+
+    // Checksum right, but the batch under 201 starts at 202.
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), work.path());
+    plant_batch(work.path(), 201, &puts(202, 250, 1, 100));
+    expect_corruption(work.path(), LOG_TREE, "batch at index 201");
+    let err = SledStore::open(work.path(), NODE, CLUSTER).unwrap_err();
+    assert!(err.to_string().contains("holds entry 202"), "{err}");
+
+    // Checksum right, but entry 230 is missing inside the batch.
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), work.path());
+    let mut gap = puts(201, 250, 1, 100);
+    gap.remove(29);
+    plant_batch(work.path(), 201, &gap);
+    expect_corruption(work.path(), LOG_TREE, "batch at index 201");
+
+    // An empty batch.
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), work.path());
+    plant_batch(work.path(), 201, &[]);
+    expect_corruption(work.path(), LOG_TREE, "batch at index 201");
+
+    // Overlapping batches (each one valid on its own) are a broken log.
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), work.path());
+    plant_batch(work.path(), 201, &puts(201, 260, 1, 100));
+    let err = SledStore::open(work.path(), NODE, CLUSTER).unwrap_err();
+    assert!(matches!(err, StorageError::Inconsistent(_)), "{err}");
+    assert!(err.to_string().contains("251"), "{err}");
+
+    // The untouched store still opens whole.
+    open_and_check_all(base.path()).unwrap();
 }

@@ -69,6 +69,20 @@ pub struct StartArgs {
     #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = crate::node::DEFAULT_REQUEST_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
+
+    /// sled's page cache, in MiB. The node's resident memory is a multiple
+    /// of it (sled undercounts what its cache holds); lower it to bound
+    /// memory, raise it when the hot data set does not fit.
+    #[arg(long, env = "RAFTKV_CACHE_MB", default_value_t = crate::node::DEFAULT_CACHE_MB,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub cache_mb: u64,
+
+    /// Start serving before every key-value record has been verified, and
+    /// verify them in the background (the node stops if one is damaged).
+    /// Restart then costs O(log tail) instead of O(data); off by default,
+    /// because a node should never serve on damaged state.
+    #[arg(long, env = "RAFTKV_KV_CHECK_IN_BACKGROUND")]
+    pub kv_check_in_background: bool,
 }
 
 const START_EXAMPLES: &str = "\
@@ -132,6 +146,8 @@ impl StartArgs {
             election_timeout_ms: self.election_timeout_ms,
             snapshot_threshold: self.snapshot_threshold,
             request_timeout_ms: self.request_timeout_ms,
+            cache_mb: self.cache_mb,
+            kv_check_in_background: self.kv_check_in_background,
         })
     }
 }
@@ -327,6 +343,25 @@ mod tests {
             .to_node_config()
             .unwrap_err()
             .contains("--heartbeat-ms"));
+    }
+
+    #[test]
+    fn cache_mb_sets_the_store_cache_and_rejects_zero() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["raftkv", "start", "--node-id", "n"];
+            argv.extend_from_slice(extra);
+            crate::cli::Cli::try_parse_from(argv)
+        };
+        let config = |cli: crate::cli::Cli| {
+            let crate::cli::Command::Start(args) = cli.command else {
+                panic!("parsed {:?}", cli.command)
+            };
+            args.to_node_config().unwrap()
+        };
+        assert_eq!(config(parse(&[]).unwrap()).cache_mb, 64);
+        assert_eq!(config(parse(&["--cache-mb", "32"]).unwrap()).cache_mb, 32);
+        assert_eq!(parse(&["--cache-mb", "0"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["--cache-mb", "lots"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]

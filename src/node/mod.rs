@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::raft::{Config, InitialState, RaftError, RaftNode};
+use crate::storage::sled_store::{KvCheck, KvCheckStatus, StoreOptions};
 use crate::storage::{LogStore, SledStore, StateMachine, StorageError};
 
 pub use handle::{KvReader, NodeHandle, NodeStatus, ReadError, RpcReject, WriteError};
@@ -81,6 +82,17 @@ pub struct NodeConfig {
     pub snapshot_threshold: u64,
     /// How long a client request may wait for commit before a 503.
     pub request_timeout_ms: u64,
+    /// sled's page cache, in MiB (`--cache-mb`). The node's resident
+    /// memory is a multiple of it (see
+    /// [`crate::storage::sled_store::CACHE_CAPACITY`]).
+    pub cache_mb: u64,
+    /// Verify the key-value tree in the background instead of before
+    /// serving ([`KvCheck::Background`]): restart in O(log tail) instead of
+    /// O(data), at the price of serving (never a damaged record, since every
+    /// read verifies its own) before a damaged cold record is found. Off by
+    /// default: the contract says a node never starts serving on damaged
+    /// state.
+    pub kv_check_in_background: bool,
 }
 
 /// Default `--port`.
@@ -94,6 +106,8 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 10_000;
 /// Default request timeout.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
+/// Default `--cache-mb`: the store's default sled cache.
+pub const DEFAULT_CACHE_MB: u64 = crate::storage::sled_store::CACHE_CAPACITY >> 20;
 
 impl NodeConfig {
     /// A one-node configuration with every default: `127.0.0.1:8001`, data
@@ -112,6 +126,8 @@ impl NodeConfig {
             election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
             snapshot_threshold: DEFAULT_SNAPSHOT_THRESHOLD,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            cache_mb: DEFAULT_CACHE_MB,
+            kv_check_in_background: false,
         }
     }
 }
@@ -220,10 +236,22 @@ pub async fn run(
             addr: format!("{}:{}", config.host, config.port),
             problem,
         })?;
-    let store = SledStore::open(
+    // By default every key-value record is verified before serving (the
+    // contract: never serve on damaged state). With the opt-in background
+    // check, `serve` stops the node if that check finds a damaged record.
+    let options = StoreOptions {
+        cache_bytes: config.cache_mb.saturating_mul(1 << 20),
+        kv_check: if config.kv_check_in_background {
+            KvCheck::Background
+        } else {
+            KvCheck::AtOpen
+        },
+    };
+    let store = SledStore::open_with(
         &config.data_dir,
         &membership.self_name,
         &membership.cluster_id,
+        options,
     )
     .map_err(|e| data_dir_error(&config.data_dir, e))?;
     let reader: Arc<dyn KvReader> = Arc::new(store.clone());
@@ -231,6 +259,32 @@ pub async fn run(
         config, membership, timing, listener, store, reader, shutdown,
     )
     .await
+}
+
+/// Resolves only if the background check of the key-value tree finds a
+/// damaged record (the store already refuses writes then): the node stops
+/// with that error, as when the Raft loop meets a damaged record. Polls
+/// the store's status every 100 ms and stops polling once the check passed.
+async fn kv_check_failure(store: SledStore, data_dir: String) -> NodeError {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        match store.kv_check_status() {
+            KvCheckStatus::Running => {}
+            KvCheckStatus::Passed => {
+                drop(store);
+                return std::future::pending().await;
+            }
+            failed @ KvCheckStatus::Failed(_) => {
+                return NodeError::DataDir {
+                    path: data_dir,
+                    problem: failed
+                        .error()
+                        .unwrap_or_else(|| StorageError::Io("key-value check failed".into())),
+                }
+            }
+        }
+    }
 }
 
 /// Adds the data dir to storage errors that do not name it already.
@@ -270,6 +324,7 @@ pub(crate) async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let data_dir = config.data_dir.display().to_string();
+    let kv_check = kv_check_failure(store.clone(), data_dir.clone());
     let recovered = store.load().map_err(|problem| NodeError::DataDir {
         path: data_dir.clone(),
         problem,
@@ -435,6 +490,7 @@ pub(crate) async fn serve(
             Ok(Err(e)) => Err(NodeError::Storage(e)),
             Err(_) => Err(NodeError::Fatal("the raft loop panicked".into())),
         }),
+        e = kv_check => Some(Err(e)),
         r = &mut serve_task => Some(match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(NodeError::Io(e)),

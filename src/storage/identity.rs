@@ -11,7 +11,11 @@ use super::StorageError;
 
 /// Version of the on-disk layout (trees, keys, record format). Bump it on
 /// any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// * 1: one `raft_log` record per entry.
+/// * 2: one `raft_log` record per saved batch of entries (keyed by its
+///   first index). A version-1 dir is refused, not migrated.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The identity record of a data dir.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

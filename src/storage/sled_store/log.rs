@@ -1,14 +1,179 @@
 //! The Raft-log half of [`SledStore`]: reading the log, hard state and
 //! snapshot metadata, and [`LogStore`].
+//!
+//! # Log layout: one record per saved batch
+//!
+//! The `raft_log` tree holds *batches*: key = big-endian index of the
+//! batch's first entry ([`log_key`]), value = one checksummed record
+//! ([`record`]) of the entries, contiguous, in order. A [`LogStore::save`]
+//! writes its entries as one batch (split into records of at most
+//! [`MAX_BATCH_BYTES`] when a save is larger, e.g. a follower catching up,
+//! so that reading one entry never decodes more than that), so a save costs
+//! one sled insert instead of one per entry. Invariants, checked at open:
+//!
+//! * every batch is non-empty, its first entry's index is its key and its
+//!   entries are contiguous (else [`StorageError::Corruption`] naming the
+//!   batch's key);
+//! * batches follow each other without gap or overlap, the first starting
+//!   at `snapshot.index + 1` (else [`StorageError::Inconsistent`]);
+//! * no batch key is ≤ the snapshot index: compaction rewrites a batch that
+//!   straddles the snapshot index under the key `snapshot.index + 1`,
+//!   keeping only the entries after it (so readers never skip anything, and
+//!   clearing the log = deleting every key in `(snapshot, last]`).
+//!
+//! [`SEQ_KEY`] shares the tree: nine bytes sort after every 8-byte key, so
+//! every log scan stops before it.
 
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
 use sled::transaction::Transactional;
-use sled::Batch;
+use sled::{Batch, IVec};
 
 use super::*;
 
+/// Largest record a save writes (by [`Entry::approx_size`]); a bigger save
+/// is split into several records, all in the same atomic sled write. Bounds
+/// what one point read (`term`, a replication read at an arbitrary index)
+/// decodes; an ordinary leader save (hundreds of small commands) is one
+/// record.
+/// It stays below [`durability::BLOB_SAFE_RECORD`] with room for the
+/// encoding's per-entry overhead, so ordinary saves never make sled write a
+/// blob file.
+pub(super) const MAX_BATCH_BYTES: usize = 48 * 1024;
+
+/// How a batch key is named in errors.
+fn batch_desc(key: &[u8]) -> String {
+    if key.len() == 8 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(key);
+        format!("batch at index {}", u64::from_be_bytes(b))
+    } else {
+        describe_key(LOG_TREE, key)
+    }
+}
+
+fn corrupt(key: &[u8], reason: String) -> StorageError {
+    StorageError::Corruption {
+        tree: LOG_TREE.into(),
+        key: batch_desc(key),
+        reason,
+    }
+}
+
+/// The entries of one batch record, verified (checksum, key) up front and
+/// decoded one by one: a reader that needs a few entries of a batch stops
+/// early. Each entry is checked to be at its place (first = the key,
+/// contiguous); the end of the payload is checked when the last entry has
+/// been read.
+struct BatchEntries<'a> {
+    key: &'a [u8],
+    payload: &'a [u8],
+    next_index: u64,
+    left: u64,
+}
+
+impl<'a> BatchEntries<'a> {
+    fn new(key: &'a [u8], bytes: &'a [u8]) -> Result<Self, StorageError> {
+        let first = match <[u8; 8]>::try_from(key) {
+            Ok(b) => u64::from_be_bytes(b),
+            Err(_) => return Err(corrupt(key, format!("log key of {} bytes", key.len()))),
+        };
+        let payload = record::verify(key, bytes).map_err(|e| corrupt(key, e.0))?;
+        let (len, used): (u64, usize) =
+            bincode::serde::decode_from_slice(payload, bincode::config::standard())
+                .map_err(|e| corrupt(key, format!("checksum ok but no entry count: {e}")))?;
+        if len == 0 {
+            return Err(corrupt(key, "empty batch".into()));
+        }
+        Ok(BatchEntries {
+            key,
+            payload: &payload[used..],
+            next_index: first,
+            left: len,
+        })
+    }
+
+    /// Index of the batch's first entry (its key).
+    fn first_index(key: &[u8]) -> u64 {
+        <[u8; 8]>::try_from(key).map_or(0, u64::from_be_bytes)
+    }
+
+    fn next_entry(&mut self) -> Result<Option<Entry>, StorageError> {
+        if self.left == 0 {
+            if !self.payload.is_empty() {
+                return Err(corrupt(
+                    self.key,
+                    format!("payload has {} trailing bytes", self.payload.len()),
+                ));
+            }
+            return Ok(None);
+        }
+        let (e, used): (Entry, usize) =
+            bincode::serde::decode_from_slice(self.payload, bincode::config::standard()).map_err(
+                |e| {
+                    corrupt(
+                        self.key,
+                        format!("checksum ok but entry does not decode: {e}"),
+                    )
+                },
+            )?;
+        if e.index != self.next_index {
+            return Err(corrupt(
+                self.key,
+                format!(
+                    "holds entry {} where entry {} belongs (batch entries must start at the \
+                     key and be contiguous)",
+                    e.index, self.next_index
+                ),
+            ));
+        }
+        self.payload = &self.payload[used..];
+        self.left -= 1;
+        self.next_index += 1;
+        Ok(Some(e))
+    }
+
+    /// Every remaining entry, verified to the end of the record.
+    fn rest(mut self) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::with_capacity(self.left.min(4096) as usize);
+        while let Some(e) = self.next_entry()? {
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
 impl Inner {
+    /// Adds `entries` (contiguous) to `batch` as records of at most
+    /// [`MAX_BATCH_BYTES`], reusing `buf`.
+    fn push_batches(
+        &self,
+        batch: &mut Batch,
+        entries: &[Entry],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let mut rest = entries;
+        while let Some(first) = rest.first() {
+            let mut size = 0;
+            let n = rest
+                .iter()
+                .position(|e| {
+                    size += e.approx_size();
+                    size > MAX_BATCH_BYTES
+                })
+                .unwrap_or(rest.len())
+                .max(1);
+            let (chunk, tail) = rest.split_at(n);
+            let key = log_key(first.index);
+            record::encode_into(&key, chunk, buf).map_err(|err| StorageError::Io(err.0))?;
+            self.durability.note_record(buf.len());
+            batch.insert(&key, buf.as_slice());
+            rest = tail;
+        }
+        Ok(())
+    }
+
     pub(super) fn read_hard_state(&self) -> Result<HardState, StorageError> {
         match self
             .hard
@@ -33,87 +198,155 @@ impl Inner {
         }
     }
 
-    pub(super) fn decode_entry(&self, key: &[u8], bytes: &[u8]) -> Result<Entry, StorageError> {
-        let desc = || describe_key(LOG_TREE, key);
-        let e: Entry = record::decode(key, bytes).map_err(|e| e.into_storage(LOG_TREE, desc()))?;
-        if key.len() != 8 || log_key(e.index) != key {
-            return Err(StorageError::Corruption {
-                tree: LOG_TREE.into(),
-                key: desc(),
-                reason: format!("holds entry {}", e.index),
-            });
-        }
-        Ok(e)
+    /// The batch holding `index`, if any: the one with the greatest key
+    /// ≤ `index` (it may end before `index`).
+    fn batch_at(&self, index: u64) -> Result<Option<(IVec, IVec)>, StorageError> {
+        self.log
+            .range(..=log_key(index))
+            .next_back()
+            .transpose()
+            .map_err(|e| self.sled_err(LOG_TREE, &format!("index {index}"), e))
     }
 
     pub(super) fn read_entry(&self, index: u64) -> Result<Option<Entry>, StorageError> {
-        let key = log_key(index);
-        match self
-            .log
-            .get(key)
-            .map_err(|e| self.sled_err(LOG_TREE, &format!("index {index}"), e))?
-        {
-            None => Ok(None),
-            Some(b) => self.decode_entry(&key, &b).map(Some),
+        let Some((k, v)) = self.batch_at(index)? else {
+            return Ok(None);
+        };
+        let mut batch = BatchEntries::new(&k, &v)?;
+        while let Some(e) = batch.next_entry()? {
+            if e.index == index {
+                return Ok(Some(e));
+            }
         }
+        Ok(None)
+    }
+
+    /// Entries `[lo, hi)`, stopping once their total
+    /// [`Entry::approx_size`] reaches `max_bytes` (see
+    /// [`SledStore::entries`], which checks `lo` against the snapshot).
+    pub(super) fn read_entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::with_capacity(hi.saturating_sub(lo).min(1024) as usize);
+        if lo >= hi {
+            return Ok(out);
+        }
+        let head = self.batch_at(lo)?;
+        let from = match &head {
+            Some((k, _)) => Bound::Excluded(k.clone()),
+            None => Bound::Included(IVec::from(&log_key(lo))),
+        };
+        let tail = self
+            .log
+            .range::<IVec, _>((from, Bound::Excluded(IVec::from(&log_key(hi)))));
+        let mut size = 0usize;
+        let mut expected = lo;
+        for kv in head.map(Ok).into_iter().chain(tail) {
+            let (k, v) = kv.map_err(|e| self.sled_err(LOG_TREE, "range", e))?;
+            let first = BatchEntries::first_index(&k);
+            if first > expected {
+                // A concurrent compaction removed the head, or a hole.
+                if expected == lo {
+                    return Err(StorageError::Compacted(lo));
+                }
+                return Err(StorageError::Inconsistent(format!(
+                    "log entry {expected} missing (next stored is {first})"
+                )));
+            }
+            let mut batch = BatchEntries::new(&k, &v)?;
+            while let Some(e) = batch.next_entry()? {
+                // Entries before `expected`: the head batch's entries before
+                // `lo`, or (only with a concurrent suffix overwrite on a
+                // follower) an overlap between an old and a new batch.
+                if e.index < expected {
+                    continue;
+                }
+                if e.index >= hi {
+                    return Ok(out);
+                }
+                expected += 1;
+                size += e.approx_size();
+                out.push(e);
+                if size >= max_bytes {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Reads the whole log after `snapshot`, verifying every record and
     /// contiguity.
     pub(super) fn read_log(&self, snapshot: SnapshotMeta) -> Result<Vec<Entry>, StorageError> {
-        let mut entries = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         for kv in self.log.range(..SEQ_KEY) {
             let (k, v) = kv.map_err(|e| self.sled_err(LOG_TREE, "scan", e))?;
-            let e = self.decode_entry(&k, &v)?;
+            let batch = BatchEntries::new(&k, &v)?.rest()?;
             let expected = snapshot.index + 1 + entries.len() as u64;
-            if e.index != expected {
+            if batch[0].index != expected {
                 return Err(StorageError::Inconsistent(format!(
-                    "{}: log tree `{LOG_TREE}` has entry {} where entry {expected} was expected \
-                     (snapshot index {})",
+                    "{}: log tree `{LOG_TREE}` has a batch starting at entry {} where entry \
+                     {expected} was expected (snapshot index {})",
                     self.path.display(),
-                    e.index,
+                    batch[0].index,
                     snapshot.index
                 )));
             }
-            if let Some(prev) = entries.last() {
-                let prev: &Entry = prev;
-                if e.term < prev.term {
+            for e in batch {
+                let (prev_term, what) = match entries.last() {
+                    Some(p) => (p.term, format!("the term {} of entry {}", p.term, p.index)),
+                    None => (
+                        snapshot.term,
+                        format!("the snapshot term {}", snapshot.term),
+                    ),
+                };
+                if e.term < prev_term {
                     return Err(StorageError::Inconsistent(format!(
-                        "{}: log entry {} has term {} below the term {} of entry {}",
+                        "{}: log entry {} has term {} below {what}",
                         self.path.display(),
                         e.index,
                         e.term,
-                        prev.term,
-                        prev.index
                     )));
                 }
-            } else if e.term < snapshot.term {
-                return Err(StorageError::Inconsistent(format!(
-                    "{}: log entry {} has term {} below the snapshot term {}",
-                    self.path.display(),
-                    e.index,
-                    e.term,
-                    snapshot.term
-                )));
+                entries.push(e);
             }
-            entries.push(e);
         }
         Ok(entries)
     }
 
-    /// Deletes log entries `[from, to]` and writes `meta` as the snapshot,
-    /// in one transaction, then syncs; the log then ends at `new_last`.
+    /// Deletes every log entry ≤ `drop_to` and writes `meta` as the
+    /// snapshot, in one transaction, then syncs; the log then ends at
+    /// `new_last`. Batches entirely ≤ `drop_to` are deleted; a batch
+    /// straddling `drop_to` is rewritten under `drop_to + 1` with its later
+    /// entries (one record decoded and re-encoded, at most
+    /// [`MAX_BATCH_BYTES`]).
     pub(super) fn replace_log_prefix(
         &self,
         st: &mut LogState,
         meta: SnapshotMeta,
-        (from, to): (u64, u64),
+        drop_to: u64,
         new_last: u64,
     ) -> Result<(), StorageError> {
         self.healthy()?;
         let mut batch = Batch::default();
-        for i in from..=to {
-            batch.remove(&log_key(i));
+        let mut straddling = None;
+        for kv in self.log.range(..=log_key(drop_to)) {
+            let (k, v) = kv.map_err(|e| self.sled_err(LOG_TREE, "scan", e))?;
+            batch.remove(k.clone());
+            straddling = Some((k, v));
+        }
+        if let Some((k, v)) = straddling {
+            let mut kept = Vec::new();
+            let mut entries = BatchEntries::new(&k, &v)?;
+            while let Some(e) = entries.next_entry()? {
+                if e.index > drop_to {
+                    kept.push(e);
+                }
+            }
+            self.push_batches(&mut batch, &kept, &mut Vec::new())?;
         }
         let seq = self.push_seq(st, &mut batch)?;
         let meta_rec =
@@ -132,6 +365,38 @@ impl Inner {
         st.last_index = new_last;
         self.snapshot_index.store(meta.index, Ordering::Release);
         self.last_index.store(new_last, Ordering::Release);
+        Ok(())
+    }
+
+    /// Adds to `batch` the deletion of every stored entry ≥ `from`: the
+    /// batch holding `from` is cut to its entries before `from` (or deleted
+    /// when it starts at `from`), every later batch is deleted.
+    fn push_truncate_from(&self, from: u64, batch: &mut Batch) -> Result<(), StorageError> {
+        if let Some((k, v)) = self.batch_at(from)? {
+            let first = BatchEntries::first_index(&k);
+            if first < from {
+                let mut kept = Vec::new();
+                let mut entries = BatchEntries::new(&k, &v)?;
+                while let Some(e) = entries.next_entry()? {
+                    if e.index >= from {
+                        break;
+                    }
+                    kept.push(e);
+                }
+                // Same key: `kept` starts at the batch's first entry.
+                self.push_batches(batch, &kept, &mut Vec::new())?;
+            } else {
+                batch.remove(k);
+            }
+        }
+        let later = (
+            Bound::Excluded(IVec::from(&log_key(from))),
+            Bound::Excluded(IVec::from(SEQ_KEY)),
+        );
+        for kv in self.log.range::<IVec, _>(later) {
+            let (k, _) = kv.map_err(|e| self.sled_err(LOG_TREE, "scan", e))?;
+            batch.remove(k);
+        }
         Ok(())
     }
 }
@@ -179,8 +444,8 @@ impl LogStore for SledStore {
                         "finishing an interrupted snapshot install: resetting the log to the \
                          state machine's snapshot"
                     );
-                    let range = (st.snapshot.index + 1, st.last_index);
-                    inner.replace_log_prefix(&mut st, applied, range, applied.index)?;
+                    let drop_to = st.last_index.max(applied.index);
+                    inner.replace_log_prefix(&mut st, applied, drop_to, applied.index)?;
                     snapshot = applied;
                     entries.clear();
                 }
@@ -236,18 +501,12 @@ impl LogStore for SledStore {
                 }
             }
             new_last = first.index + entries.len() as u64 - 1;
-            // The new entries overwrite their own keys; only the part of the
-            // old suffix beyond them needs explicit deletion.
-            for i in new_last + 1..=st.last_index {
-                batch.remove(&log_key(i));
+            if first.index <= st.last_index {
+                // Overwriting a suffix: it goes in the same atomic write.
+                inner.push_truncate_from(first.index, &mut batch)?;
             }
-            let mut buf = Vec::with_capacity(128);
-            for e in entries {
-                let key = log_key(e.index);
-                record::encode_into(&key, e, &mut buf).map_err(|err| StorageError::Io(err.0))?;
-                inner.durability.note_record(buf.len());
-                batch.insert(&key, buf.as_slice());
-            }
+            let mut buf = Vec::with_capacity(128 * entries.len().min(1024));
+            inner.push_batches(&mut batch, entries, &mut buf)?;
         }
         inner.healthy()?;
         let written = match hard_state {
@@ -304,15 +563,15 @@ impl LogStore for SledStore {
         // could not survive without the applies before it anyway; the
         // explicit sync makes the rule independent of that.)
         inner.sync()?;
-        let range = (st.snapshot.index + 1, meta.index.min(st.last_index));
+        let drop_to = meta.index.min(st.last_index);
         let new_last = st.last_index.max(meta.index);
-        inner.replace_log_prefix(&mut st, meta, range, new_last)
+        inner.replace_log_prefix(&mut st, meta, drop_to, new_last)
     }
 
     fn reset_to_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
         let inner = &*self.inner;
         let mut st = lock(&inner.log_state);
-        let range = (st.snapshot.index + 1, st.last_index);
-        inner.replace_log_prefix(&mut st, meta, range, meta.index)
+        let drop_to = st.last_index.max(meta.index);
+        inner.replace_log_prefix(&mut st, meta, drop_to, meta.index)
     }
 }

@@ -62,8 +62,8 @@ use sled::{Batch, IVec, Tree};
 
 use super::kv::{decode_kv_item, encode_kv_record};
 use super::{
-    describe_key, lock, log_key, read, read_lock, write, write_lock, Inner, SledStore,
-    ACTIVE_KV_KEY, APPLIED_KEY, KV_TREES, SNAPSHOT_META_KEY, SNAPSHOT_TREE,
+    describe_key, lock, read, read_lock, write, write_lock, Inner, SledStore, ACTIVE_KV_KEY,
+    APPLIED_KEY, KV_TREES, LOG_TREE, SEQ_KEY, SNAPSHOT_META_KEY, SNAPSHOT_TREE,
 };
 use crate::kv::KvItem;
 use crate::raft::SnapshotMeta;
@@ -856,8 +856,10 @@ impl SledStore {
         inner.healthy()?;
         check_still_inactive(inner, staged.slot)?;
         let mut batch = Batch::default();
-        for i in st.snapshot.index + 1..=st.last_index {
-            batch.remove(&log_key(i));
+        // One key per stored batch of entries (see `log.rs`), not per entry.
+        for kv in inner.log.range(..SEQ_KEY) {
+            let (k, _) = kv.map_err(|e| inner.sled_err(LOG_TREE, "scan", e))?;
+            batch.remove(k);
         }
         let seq = inner.push_seq(&st, &mut batch)?;
         let meta_rec =
