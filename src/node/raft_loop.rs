@@ -542,6 +542,7 @@ impl RaftLoop {
     }
 
     fn compact_to(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         LogStore::compact(&mut self.store, meta)?;
         if let Err(e) = self.node.compact(meta) {
             warn!(error = %e, "core refused compaction");
@@ -551,6 +552,7 @@ impl RaftLoop {
         info!(
             index = meta.index,
             term = meta.term,
+            ms = started.elapsed().as_millis() as u64,
             "snapshot taken, log compacted"
         );
         Ok(())

@@ -117,6 +117,7 @@ mod log;
 pub mod snapshot;
 pub mod watermark;
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Weak;
@@ -842,20 +843,76 @@ impl Inner {
     }
 }
 
+/// A key between `a` and `b` (a ≤ b), to split a walk of the keys in two:
+/// both read as big-endian numbers of the longer one's length, averaged.
+/// Any key would be correct (the halves are `< mid` and `≥ mid`); the
+/// average only balances them when keys are spread evenly.
+fn midpoint_key(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let len = a.len().max(b.len()).max(1);
+    let digit = |k: &[u8], i: usize| u16::from(k.get(i).copied().unwrap_or(0));
+    // Sum, then halve, digit by digit from the most significant.
+    let mut sum = vec![0u16; len + 1];
+    let mut carry = 0u16;
+    for i in (0..len).rev() {
+        let t = digit(a, i) + digit(b, i) + carry;
+        sum[i + 1] = t & 0xFF;
+        carry = t >> 8;
+    }
+    sum[0] = carry;
+    let mut mid = Vec::with_capacity(len);
+    let mut rem = 0u16;
+    for (i, d) in sum.iter().enumerate() {
+        let cur = (rem << 8) | d;
+        if i > 0 {
+            mid.push((cur / 2) as u8);
+        }
+        rem = cur % 2;
+    }
+    mid
+}
+
 /// Records verified per step of the background key-value check: one step
 /// holds the store (and sled's iterator) for a few milliseconds, then lets
 /// go, so the walk ends promptly when the last handle drops.
 const KV_CHECK_CHUNK: usize = 4096;
 
 impl Inner {
-    /// Verifies every record of the active key-value tree (chunk by chunk).
+    /// Verifies every record of the active key-value tree (chunk by chunk),
+    /// in two halves on two threads: the walk is bound by sled's iteration
+    /// (about 1.4 µs a record), and at 1M keys one thread took 1.4–1.8 s.
     fn verify_active_kv(&self) -> Result<(), StorageError> {
         let (tree, name) = self.active_kv();
-        let mut after: Option<sled::IVec> = None;
-        while let Some(last) = self.verify_kv(&tree, name, after.as_deref(), KV_CHECK_CHUNK)? {
-            after = Some(last);
+        // The last user key: reserved keys (the applied index) start with
+        // 0xFF and sort after every user key.
+        let last_user = tree.range::<&[u8], _>(..&[0xFFu8][..]).next_back();
+        let mid = match (tree.first(), last_user) {
+            (Ok(Some((a, _))), Some(Ok((b, _)))) if a < b => Some(midpoint_key(&a, &b)),
+            _ => None,
+        };
+        let walk = |start: Bound<&[u8]>, until: Option<&[u8]>| -> Result<(), StorageError> {
+            let mut next = self.verify_kv_range(&tree, name, start, until, KV_CHECK_CHUNK)?;
+            while let Some(last) = next {
+                next = self.verify_kv_range(
+                    &tree,
+                    name,
+                    Bound::Excluded(&last),
+                    until,
+                    KV_CHECK_CHUNK,
+                )?;
+            }
+            Ok(())
+        };
+        match mid {
+            None => walk(Bound::Unbounded, None),
+            Some(mid) => std::thread::scope(|scope| {
+                let upper = scope.spawn(|| walk(Bound::Included(&mid), None));
+                let lower = walk(Bound::Unbounded, Some(&mid));
+                let upper = upper
+                    .join()
+                    .unwrap_or_else(|_| Err(StorageError::Io("key-value check panicked".into())));
+                lower.and(upper)
+            }),
         }
-        Ok(())
     }
 
     /// Starts the background walk of [`KvCheck::Background`] (on this
@@ -930,6 +987,26 @@ impl Drop for Inner {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn midpoint_key_lies_between_its_ends() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"a", b"c"),
+            (b"k000001", b"k999999"),
+            (b"a", b"azzzz"),
+            (b"\x00", b"\xfe\xff"),
+            (b"same", b"same"),
+        ];
+        for &(a, b) in cases {
+            let m = super::midpoint_key(a, b);
+            assert!(a <= m.as_slice(), "{a:?} <= {m:?}");
+            let b_padded = [b, &vec![0u8; m.len().saturating_sub(b.len())][..]].concat();
+            assert!(m <= b_padded, "{m:?} <= {b:?}");
+        }
+        assert_eq!(super::midpoint_key(b"a", b"c"), b"b".to_vec());
+        assert_eq!(super::midpoint_key(b"k0", b"k2"), b"k1".to_vec());
+    }
+
     use super::*;
     use crate::kv::KvCommand;
 

@@ -1,6 +1,7 @@
 //! The state-machine half of [`SledStore`]: the `kv` tree and
 //! [`StateMachine`].
 
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
@@ -50,13 +51,24 @@ impl Inner {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Option<sled::IVec>, StorageError> {
-        use std::ops::Bound;
-        let start = match after {
-            Some(a) => Bound::Excluded(a.to_vec()),
-            None => Bound::Unbounded,
-        };
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.verify_kv_range(tree, name, start, None, limit)
+    }
+
+    /// [`Self::verify_kv`] from `start`, for the keys before `until` (to
+    /// the end when `None`).
+    pub(super) fn verify_kv_range(
+        &self,
+        tree: &Tree,
+        name: &str,
+        start: Bound<&[u8]>,
+        until: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Option<sled::IVec>, StorageError> {
+        let start = start.map(<[u8]>::to_vec);
+        let end = until.map_or(Bound::Unbounded, |u| Bound::Excluded(u.to_vec()));
         let mut checked = 0usize;
-        for kv in tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        for kv in tree.range::<Vec<u8>, _>((start, end)) {
             let (k, v) = kv.map_err(|e| self.sled_err(name, "scan", e))?;
             if k.first() == Some(&0xFF) {
                 if &*k != APPLIED_KEY {
