@@ -50,9 +50,9 @@
 //!   because with two batches a crash between them could keep a new commit
 //!   index over an old, conflicting log suffix; and rather than one tree with
 //!   two key spaces, because the contract asks for separate trees and the
-//!   transaction costs only one extra in-memory lookup per written key —
-//!   about 8 % more CPU than a plain batch for a 256-entry save (measured
-//!   with `perf`), invisible next to the flush it precedes.
+//!   transaction costs one extra in-memory lookup per written key — and a
+//!   save writes one key per batch of entries (see `log.rs`), so that is
+//!   invisible next to the flush it precedes.
 //! * [`LogStore::compact`] and [`LogStore::reset_to_snapshot`]: the
 //!   snapshot meta and the deletion of log entries are one transaction over
 //!   `raft_log` and `snapshot`, then a flush. [`SledStore::install_staged`]
