@@ -68,7 +68,7 @@ if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server etcd-client >/dev/null
 fi
-etcd_version="$(etcd --version 2>/dev/null | head -n1 | sed 's/^etcd Version: //')"
+etcd_version="$(etcd --version 2>/dev/null | sed -n 1p | sed 's/^etcd Version: //')"
 
 # --- raftkv -----------------------------------------------------------------
 if [[ -z "${RAFTKV_BIN:-}" ]]; then

@@ -77,7 +77,7 @@ if [[ "$ETCD" == 1 ]] && { ! command -v etcd >/dev/null || ! command -v etcdctl 
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server etcd-client >/dev/null
 fi
 etcd_version=""
-[[ "$ETCD" == 1 ]] && etcd_version="$(etcd --version 2>/dev/null | head -n1 | sed 's/^etcd Version: //')"
+[[ "$ETCD" == 1 ]] && etcd_version="$(etcd --version 2>/dev/null | sed -n 1p | sed 's/^etcd Version: //')"
 
 # --- raftkv -----------------------------------------------------------------
 if [[ -z "${RAFTKV_BIN:-}" ]]; then
@@ -150,7 +150,7 @@ mb1() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 dir_bytes() { du -sb "$1" 2>/dev/null | cut -f1; }
 secs() { awk -v ms="$1" 'BEGIN {printf "%.2f", ms / 1000}'; }
 http_get() { curl -s --max-time "${2:-2}" "$1"; }
-json_num() { grep -o "\"$1\":[0-9]*" | head -n1 | cut -d: -f2; }
+json_num() { grep -o "\"$1\":[0-9]*" | sed -n 1p | cut -d: -f2; }
 
 # Samples VmRSS of the given PIDs every 0.5 s into FILE ("pid kb" lines),
 # for at most LOAD_TIMEOUT + 600 s.
@@ -220,7 +220,7 @@ first_key() { local p="s0-"; printf '%s%0*d' "$p" $((KEY_SIZE - ${#p})) 0; }
 put_p99() { # seconds
     "$RAFTKV_BIN" bench --nodes "$raft_nodes" -w put --connections 16 --duration "$1" \
         --keys 10000 --key-prefix "p99/" --value-size "$VALUE_SIZE" --json 2>/dev/null |
-        grep -o '"p99":[0-9.]*' | head -n1 | cut -d: -f2
+        grep -o '"p99":[0-9.]*' | sed -n 1p | cut -d: -f2
 }
 
 # --- RaftKV -----------------------------------------------------------------
@@ -336,7 +336,7 @@ measure_raftkv() { # n
     p99_snap="$(cat "$work/p99-snap")"
     local sent_ms
     sent_ms="$(grep 'snapshot delivered' "$work/raftkv-$((leader + 1)).log" | tail -n +$((before_sent + 1)) |
-        grep -o 'ms=[0-9]*' | head -n1 | cut -d= -f2)"
+        grep -o 'ms=[0-9]*' | sed -n 1p | cut -d= -f2)"
     log "raftkv $n: wiped follower caught up in $(secs "$catchup_ms") s (snapshot sent in ${sent_ms:-?} ms); put p99 ${p99_base} ms → ${p99_snap} ms"
 
     rows+=("| raftkv | $n | $(mb1 $((raw / 1024))) | ${peak[*]} | ${steady[*]} | $(printf '%s ' "${disk[@]}" | awk -v r="$raw" '{for (i = 1; i <= NF; i++) printf "%s%.0f (%.1f×)", (i > 1 ? " / " : ""), $i / 1048576, $i / r}') | $(secs "$load_ms") | $(secs "$serve_ms") ($(secs "$health_ms")) | $(secs "$catchup_ms") (sent ${sent_ms:-?} ms) | ${compactions} (max ${compact_max_ms:-?} ms) | ${p99_base:-?} → ${p99_snap:-?} |")
