@@ -150,7 +150,7 @@ compose() {
         --project-directory "$ROOT" "$@"
 }
 
-container_of() { compose ps -q "$1" 2>/dev/null | head -n 1; }
+container_of() { compose ps -q "$1" 2>/dev/null | sed -n 1p; }
 
 health_of() {
     local cid
@@ -242,7 +242,7 @@ stale_value_is() {
 # ---------------------------------------------------------------- cleanup
 
 port_busy() {
-    if command -v ss >/dev/null 2>&1 && ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; then
+    if command -v ss >/dev/null 2>&1 && ss -Hltn "sport = :$1" 2>/dev/null | grep . >/dev/null; then
         return 0
     fi
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -490,7 +490,7 @@ body() {
     find_clients
     [ -n "$DOCKER" ] || fatal "no docker client"
     [ ${#COMPOSE[@]} -gt 0 ] || fatal "neither docker-compose nor the docker compose plugin is installed"
-    log "  $("$DOCKER" --version | head -n 1); $("${COMPOSE[@]}" version 2>/dev/null | head -n 1)"
+    log "  $("$DOCKER" --version | sed -n 1p); $("${COMPOSE[@]}" version 2>/dev/null | sed -n 1p)"
     log "  $(dockerd --version); debootstrap $(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null)"
 
     # ---------------------------------------------------------------- 2. dockerd
@@ -550,9 +550,9 @@ body() {
         if [ -z "$mirror" ]; then
             # The mirror apt uses (deb822 or one-line sources), else debootstrap's default.
             mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
-                | awk '/^URIs:/ { print $2 }' | grep -v -- '-security' | grep '/debian/\?$' | head -n 1)
+                | awk '/^URIs:/ { print $2 }' | grep -v -- '-security' | grep '/debian/\?$' | sed -n 1p)
             [ -n "$mirror" ] || mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-                | awk '$1 == "deb" && $3 ~ /^bookworm$/ { print $2 }' | head -n 1)
+                | awk '$1 == "deb" && $3 ~ /^bookworm$/ { print $2 }' | sed -n 1p)
         fi
         log "  debootstrap --variant=minbase bookworm ${mirror:-(its default mirror)}"
         rootfs="$WORK/rootfs"
