@@ -226,6 +226,48 @@ async fn leader_kill_failover_and_rejoin() {
     );
 }
 
+/// SIGTERM of the leader: it hands leadership to a peer before it stops, so
+/// the others take writes again about a round trip later instead of after
+/// an election timeout; it exits 0 and rejoins as a follower. Three rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_of_the_leader_hands_leadership_over() {
+    let opts = Opts::default();
+    let mut c = Cluster::start(3, &opts);
+    let mut times = Vec::new();
+    for round in 0..3 {
+        let leader = c.wait_for_leader(FORM).await;
+        let key = format!("handover/{round}");
+        let (s, v) = c.put(leader, &key, "before").await.unwrap();
+        assert_eq!(s, 200, "{v}");
+        let log_before = c.nodes[leader].log().len();
+        let pid = c.nodes[leader].pid().expect("leader running") as libc::pid_t;
+        let signalled = Instant::now();
+        // SAFETY: plain kill(2) of a child process this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let ok_at = write_until_ok(&c, leader, &key, "after", Duration::from_secs(15)).await;
+        times.push(ok_at - signalled);
+        let status = c.nodes[leader].wait_exit(Duration::from_secs(15));
+        assert_eq!(status.code(), Some(0), "{}", c.nodes[leader].log());
+        let log = c.nodes[leader].log()[log_before..].to_string();
+        assert!(
+            log.contains("leadership handed over"),
+            "the leader did not hand over: {log}"
+        );
+        c.nodes[leader].start();
+        let url = c.url(leader);
+        let client = c.client.clone();
+        eventually(Duration::from_secs(20), "old leader catching up", || {
+            let (url, client, key) = (url.clone(), client.clone(), key.clone());
+            async move {
+                let (s, v) = get_at(&client, &url, &key, true).await.ok()?;
+                (s == 200 && v["value"] == "after").then_some(())
+            }
+        })
+        .await;
+    }
+    eprintln!("leader SIGTERM -> first write elsewhere: {times:?}");
+}
+
 /// Kill -9 all three nodes in the middle of a concurrent write load, restart
 /// them: every write that was acknowledged is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -500,6 +500,19 @@ pub(crate) async fn serve(
     if let Some(Err(e)) = &early {
         error!(error = %e, "node stopping");
     }
+    if early.is_none() {
+        // A leader that is asked to stop hands over first (while it still
+        // answers RPCs), so the cluster is not left waiting an election
+        // timeout for a new one. Bounded: the core gives up after one.
+        let within = Duration::from_millis(config.election_timeout_ms + 200);
+        let started = std::time::Instant::now();
+        if handle.hand_over_leadership(within).await {
+            info!(
+                ms = started.elapsed().as_millis() as u64,
+                "leadership handed over"
+            );
+        }
+    }
     handle.set_stopping();
     let _ = trigger_tx.send(true);
 

@@ -281,6 +281,12 @@ impl RaftLoop {
                 self.node.step(t.message);
             }
             Inbound::Unreachable(peer) => self.node.report_unreachable(peer),
+            Inbound::TransferLeadership => match self.node.transfer_leadership(None) {
+                Ok(to) => {
+                    info!(to = %self.name(to), "handing leadership over before shutting down")
+                }
+                Err(e) => debug!(error = %e, "no leadership to hand over"),
+            },
             Inbound::SnapshotSent { peer, success } => {
                 // The transfer task logged the outcome.
                 self.snapshots_in_flight.remove(&peer);

@@ -368,6 +368,7 @@ mod tests {
         let vote = msg(MessageBody::RequestVote {
             last_log_index: 0,
             last_log_term: 0,
+            transfer: false,
         });
         let append = msg(MessageBody::AppendEntries {
             prev_log_index: 0,

@@ -13,7 +13,7 @@ use crate::raft::{Message, NodeId};
 use crate::storage::image::ImageTrailer;
 
 /// Wire format version; bumped when an envelope changes incompatibly.
-pub const WIRE_VERSION: u32 = 2;
+pub const WIRE_VERSION: u32 = 3;
 
 /// Header every envelope starts with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

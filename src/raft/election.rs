@@ -40,6 +40,11 @@ impl RaftNode {
     pub(crate) fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
+        if let Some((target, ticks)) = self.transfer {
+            // The target never won (unreachable, or lost the election):
+            // stay leader and accept proposals again.
+            self.transfer = (ticks + 1 < self.cfg.election_ticks).then_some((target, ticks + 1));
+        }
         for p in &mut self.progress {
             p.ticks_since_progress = p.ticks_since_progress.saturating_add(1);
         }
@@ -79,7 +84,13 @@ impl RaftNode {
     pub(crate) fn step_checked(&mut self, m: Message) {
         use MessageBody as B;
         if m.term > self.term {
-            let vote_request = matches!(m.body, B::RequestVote { .. } | B::PreVote { .. });
+            let vote_request = matches!(
+                m.body,
+                B::RequestVote {
+                    transfer: false,
+                    ..
+                } | B::PreVote { .. }
+            );
             if vote_request && self.in_lease() {
                 return;
             }
@@ -164,6 +175,7 @@ impl RaftNode {
             B::RequestVote {
                 last_log_index,
                 last_log_term,
+                ..
             } => self.handle_vote_request(m.from, m.term, last_log_index, last_log_term, false),
             B::PreVote {
                 last_log_index,
@@ -189,9 +201,10 @@ impl RaftNode {
             }
             B::TimeoutNow => {
                 // Leadership transfer: the current leader asks us to run a
-                // real election now. (The core never sends it itself yet.)
+                // real election now, flagged so that voters still in the
+                // leader's lease do not ignore it.
                 if self.role == Role::Follower && self.leader == m.from {
-                    self.campaign(false);
+                    self.campaign_with(false, true);
                 }
             }
         }
@@ -279,6 +292,12 @@ impl RaftNode {
 
     /// Starts an election: a PreVote round first when `pre`, else a real one.
     pub(crate) fn campaign(&mut self, pre: bool) {
+        self.campaign_with(pre, false);
+    }
+
+    /// [`Self::campaign`]; `transfer` marks a real election started by the
+    /// leader's TimeoutNow.
+    pub(crate) fn campaign_with(&mut self, pre: bool, transfer: bool) {
         if self.role == Role::Leader {
             return;
         }
@@ -294,6 +313,7 @@ impl RaftNode {
             MessageBody::RequestVote {
                 last_log_index: li,
                 last_log_term: lt,
+                transfer,
             }
         };
         if self.quorum() == 1 {
@@ -395,10 +415,33 @@ impl RaftNode {
 
     /// Resets everything that belongs to the role being left.
     fn leave_role(&mut self) {
+        self.transfer = None;
         self.votes.clear();
         self.progress.clear();
         self.read_only.clear();
         self.heartbeat_elapsed = 0;
         self.reset_election_timer();
+    }
+
+    /// Leader: sends TimeoutNow to the transfer target once its log matches
+    /// ours (called when the transfer starts and on each of its acks).
+    pub(crate) fn maybe_send_timeout_now(&mut self, from: NodeId) {
+        let Some((target, _)) = self.transfer else {
+            return;
+        };
+        if target != from {
+            return;
+        }
+        let last = self.log.last_index();
+        let caught_up = self
+            .progress
+            .iter()
+            .any(|p| p.id == target && p.match_index == last);
+        if caught_up {
+            self.send(target, MessageBody::TimeoutNow);
+        } else if let Some(p) = self.progress.iter_mut().find(|p| p.id == target) {
+            // Make sure something goes out to it in the next Ready.
+            p.dirty = true;
+        }
     }
 }

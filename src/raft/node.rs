@@ -229,6 +229,9 @@ pub struct RaftNode {
     pub(crate) outstanding: Option<ReadyStamp>,
     /// Scratch space for quorum computations (no allocation per message).
     pub(crate) scratch: Vec<u64>,
+    /// Leader: the peer leadership is being handed to, and the ticks since
+    /// the transfer began (it is abandoned after an election timeout).
+    pub(crate) transfer: Option<(NodeId, u32)>,
 }
 
 impl RaftNode {
@@ -311,6 +314,7 @@ impl RaftNode {
             prev_hard_state: init.hard_state,
             outstanding: None,
             scratch: Vec::with_capacity(config.voters.len()),
+            transfer: None,
             cfg: config,
         };
         node.reset_election_timer();
@@ -348,6 +352,10 @@ impl RaftNode {
         if self.role != Role::Leader {
             return Err(self.not_leader());
         }
+        if self.transfer.is_some() {
+            // New entries would only delay the target's catching up.
+            return Err(RaftError::TransferInProgress);
+        }
         let first_index = self.log.last_index() + 1;
         if commands.is_empty() {
             return Ok(ProposeOutcome {
@@ -367,6 +375,43 @@ impl RaftNode {
             first_index,
             term: self.term,
         })
+    }
+
+    /// Leader: hands leadership to `target`, or to the most up-to-date
+    /// peer when `None` (Raft thesis §3.10). Proposals are refused with
+    /// [`RaftError::TransferInProgress`] meanwhile; once the target's log
+    /// matches ours it is sent [`MessageBody::TimeoutNow`] and starts an
+    /// election at once, which its up-to-date log wins. The transfer is
+    /// abandoned (proposals accepted again) if this node is still leader an
+    /// election timeout later. Returns the chosen target.
+    pub fn transfer_leadership(&mut self, target: Option<NodeId>) -> Result<NodeId, RaftError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        let target = match target {
+            Some(t) if self.progress.iter().any(|p| p.id == t) => t,
+            Some(t) => {
+                return Err(RaftError::InvalidConfig(format!(
+                    "cannot transfer leadership to {t}: not a peer"
+                )))
+            }
+            None => self
+                .progress
+                .iter()
+                .max_by_key(|p| (p.match_index, p.recent_active))
+                .map(|p| p.id)
+                .ok_or_else(|| {
+                    RaftError::InvalidConfig("a one-node cluster has no one to transfer to".into())
+                })?,
+        };
+        self.transfer = Some((target, 0));
+        self.maybe_send_timeout_now(target);
+        Ok(target)
+    }
+
+    /// The peer a leadership transfer is handing over to, if one is under way.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer.map(|(t, _)| t)
     }
 
     /// Starts a ReadIndex read identified by `ctx`; it comes out in a later

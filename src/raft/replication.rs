@@ -286,6 +286,7 @@ impl RaftNode {
                 }
                 pr.dirty = true;
                 self.maybe_commit();
+                self.maybe_send_timeout_now(from);
             } else {
                 match pr.state {
                     // A heartbeat reply (or a duplicate): the peer is alive,

@@ -236,6 +236,7 @@ fn election_5_2_vote_is_granted_once_per_term() {
         body: MessageBody::RequestVote {
             last_log_index: 0,
             last_log_term: 0,
+            transfer: false,
         },
     };
     node.step(ask(1));
@@ -273,6 +274,7 @@ fn election_5_4_1_up_to_date_check_refuses_a_stale_candidate() {
         body: MessageBody::RequestVote {
             last_log_index: li,
             last_log_term: lt,
+            transfer: false,
         },
     };
     node.step(ask(1, 9, 1)); // longer log but older last term: refused
@@ -370,6 +372,7 @@ fn check_quorum_9_6_leader_stickiness_ignores_votes_while_leader_is_live() {
         body: MessageBody::RequestVote {
             last_log_index: 99,
             last_log_term: 9,
+            transfer: false,
         },
     });
     assert_eq!(
@@ -941,4 +944,78 @@ fn entry_payload_encodes_as_a_byte_string_with_the_same_layout_as_a_byte_sequenc
     assert_eq!(fast, plain);
     let (back, _): (EntryPayload, usize) = bincode::serde::decode_from_slice(&plain, cfg).unwrap();
     assert_eq!(back, EntryPayload::Command(bytes));
+}
+
+#[test]
+fn transfer_3_10_up_to_date_target_takes_over_without_losing_entries() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    for k in 0..5 {
+        net.node(1).propose(vec![cmd(&format!("{k}"))]).unwrap();
+    }
+    net.settle();
+    let (term, committed) = (net.nodes[&1].term(), net.nodes[&1].commit_index());
+    assert_eq!(net.node(1).transfer_leadership(Some(2)).unwrap(), 2);
+    net.settle();
+    assert_eq!(
+        net.leaders(),
+        vec![2],
+        "node 2 won at once, no timeout needed"
+    );
+    assert_eq!(net.nodes[&2].term(), term + 1);
+    assert!(
+        net.nodes[&2].commit_index() > committed,
+        "its no-op commits"
+    );
+    assert_eq!(net.nodes[&1].role(), Role::Follower);
+    assert_eq!(
+        net.count_delivered(|m| matches!(m.body, MessageBody::TimeoutNow)),
+        1
+    );
+    let out = net.node(2).propose(vec![cmd("after")]).unwrap();
+    net.settle();
+    assert_eq!(net.nodes[&1].commit_index(), out.first_index);
+}
+
+#[test]
+fn transfer_3_10_lagging_target_catches_up_first_and_proposals_wait() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.isolate(3);
+    for k in 0..5 {
+        net.node(1).propose(vec![cmd(&format!("{k}"))]).unwrap();
+    }
+    net.settle();
+    net.heal();
+    net.node(1).transfer_leadership(Some(3)).unwrap();
+    assert!(matches!(
+        net.node(1).propose(vec![cmd("during")]),
+        Err(RaftError::TransferInProgress)
+    ));
+    // Heartbeats, then a probe (its earlier appends were lost) bring node 3
+    // up to date within the transfer's timeout; then TimeoutNow.
+    let ticks = net.nodes[&1].cfg.election_ticks - 1;
+    net.tick(1, ticks);
+    assert_eq!(net.leaders(), vec![3]);
+    assert_eq!(net.stores[&3].last_index(), net.stores[&1].last_index());
+}
+
+#[test]
+fn transfer_3_10_to_an_unreachable_target_is_abandoned_after_a_timeout() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.isolate(3);
+    net.cut.remove(&(1, 2));
+    net.cut.remove(&(2, 1));
+    net.node(1).transfer_leadership(Some(3)).unwrap();
+    assert_eq!(net.nodes[&1].transfer_target(), Some(3));
+    let ticks = net.nodes[&1].cfg.election_ticks;
+    net.tick(1, ticks);
+    assert_eq!(net.leaders(), vec![1]);
+    assert_eq!(net.nodes[&1].transfer_target(), None);
+    assert!(net.node(1).propose(vec![cmd("again")]).is_ok());
+    assert!(
+        net.node(1).transfer_leadership(Some(9)).is_err(),
+        "not a peer"
+    );
 }

@@ -135,6 +135,10 @@ pub enum MessageBody {
         last_log_index: u64,
         /// Term of the candidate's last log entry.
         last_log_term: u64,
+        /// The election was started by the leader's [`MessageBody::TimeoutNow`]
+        /// (leadership transfer): voters skip leader stickiness for it, since
+        /// the leader they would be protecting asked for the election.
+        transfer: bool,
     },
     /// Reply to [`MessageBody::RequestVote`].
     RequestVoteResponse {

@@ -397,6 +397,7 @@ fn batch(cluster: &str, from: &str, to: &str) -> Vec<u8> {
             body: MessageBody::RequestVote {
                 last_log_index: 0,
                 last_log_term: 0,
+                transfer: false,
             },
         }],
     })

@@ -54,6 +54,9 @@ pub(super) enum Event {
     Liveness,
     /// The network replays an old message (chaos phase).
     Replay,
+    /// The leader hands its leadership to its most up-to-date peer (chaos
+    /// phase), as a node does when it is asked to shut down.
+    Transfer,
 }
 
 struct Scheduled {
@@ -225,6 +228,10 @@ impl Sim {
         if self.sc.replay > 0.0 {
             self.schedule(TICK, Event::Replay);
         }
+        if self.sc.crash_every_ticks > 0 {
+            let at = self.rng.gen_range(1..=2 * self.sc.crash_every_ticks) * TICK;
+            self.schedule(at, Event::Transfer);
+        }
         self.schedule(self.sc.chaos_ticks * TICK, Event::Heal);
         let end =
             (self.sc.chaos_ticks + self.sc.liveness_ticks + self.sc.converge_ticks + 10) * TICK;
@@ -301,6 +308,7 @@ impl Sim {
             Event::Client(c, op) => self.client_act(c, op)?,
             Event::Partition => self.change_partition(),
             Event::Crash => self.crash_random()?,
+            Event::Transfer => self.transfer_leadership()?,
             Event::Restart(i) => {
                 if self.nodes[i].core.is_none() {
                     self.start_node(i)?;
@@ -374,6 +382,25 @@ impl Sim {
         let id = node.id;
         self.record(|| format!("n{id} CRASH"));
         self.abandon_ops_on(i);
+        Ok(())
+    }
+
+    fn transfer_leadership(&mut self) -> Result<(), String> {
+        if !self.chaos {
+            return Ok(());
+        }
+        if let Some(l) = self.current_leader() {
+            let id = self.nodes[l].id;
+            if let Some(core) = self.nodes[l].core.as_mut() {
+                if let Ok(to) = core.transfer_leadership(None) {
+                    self.stats.transfers += 1;
+                    self.record(|| format!("n{id} TRANSFER to n{to}"));
+                }
+            }
+            self.pump(l)?;
+        }
+        let next = self.rng.gen_range(1..=2 * self.sc.crash_every_ticks) * TICK;
+        self.schedule(next, Event::Transfer);
         Ok(())
     }
 

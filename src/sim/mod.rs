@@ -199,6 +199,8 @@ pub struct Stats {
     pub redirects: u64,
     /// Crashes.
     pub crashes: u64,
+    /// Leadership transfers started.
+    pub transfers: u64,
     /// Partition changes.
     pub partitions: u64,
     /// Log compactions.
@@ -226,6 +228,7 @@ impl Stats {
         self.reads_ok += o.reads_ok;
         self.redirects += o.redirects;
         self.crashes += o.crashes;
+        self.transfers += o.transfers;
         self.partitions += o.partitions;
         self.compactions += o.compactions;
         self.snapshots_sent += o.snapshots_sent;

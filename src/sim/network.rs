@@ -233,7 +233,11 @@ pub(super) fn summarize(m: &Message) -> String {
         B::RequestVote {
             last_log_index,
             last_log_term,
-        } => format!("Vote(last {last_log_index}@{last_log_term})"),
+            transfer,
+        } => format!(
+            "Vote(last {last_log_index}@{last_log_term}{})",
+            if *transfer { ", transfer" } else { "" }
+        ),
         B::RequestVoteResponse { granted } => format!("VoteResp({granted})"),
         B::AppendEntries {
             prev_log_index,
