@@ -474,6 +474,16 @@ pub(crate) async fn serve(
 
     let (trigger_tx, mut trigger_rx) = watch::channel(false);
     let app = crate::server::router(crate::server::AppState::new(handle.clone()));
+    // TCP_NODELAY on every accepted connection (axum leaves Nagle on): a
+    // response written while the previous one on the same connection is
+    // still unacknowledged (pipelined Raft RPCs) would otherwise wait for
+    // the peer's delayed ACK, up to 40 ms.
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = trigger_rx.wait_for(|v| *v).await;
     });
