@@ -167,6 +167,22 @@ start_sampler() { # file pid...
     ) >>"$file" 2>/dev/null &
     sampler_pid=$!
 }
+# Fills the caller's `peak`, `steady` and `disk` arrays (MB, MB, bytes) for
+# the three processes in the caller's `pids`, whose data dirs are
+# $dir/$1-1..3; peak is the larger of VmHWM and the sampler's maximum (in the
+# caller's `samples`).
+measure_usage() {
+    local name=$1 i hwm sampled
+    for i in 0 1 2; do
+        hwm="$(kb_of "${pids[i]}" VmHWM)"
+        sampled="$(sampled_max_kb "$samples" "${pids[i]}")"
+        if ((sampled > hwm)); then hwm=$sampled; fi
+        peak+=("$(mb "$hwm")")
+        steady+=("$(mb "$(kb_of "${pids[i]}" VmRSS)")")
+        disk+=("$(dir_bytes "$dir/$name-$((i + 1))")")
+    done
+}
+
 stop_sampler() {
     [[ -n "$sampler_pid" ]] && stop_pid "$sampler_pid"
     sampler_pid=""
@@ -280,16 +296,8 @@ measure_raftkv() { # n
     wait_until "followers applying" 120 all_applied "$target"
     sleep 5 # let sled's flusher and GC settle
     stop_sampler
-    local peak=() steady=() disk=() i
-    for i in 0 1 2; do
-        local hwm sampled
-        hwm="$(kb_of "${pids[i]}" VmHWM)"
-        sampled="$(sampled_max_kb "$samples" "${pids[i]}")"
-        if ((sampled > hwm)); then hwm=$sampled; fi
-        peak+=("$(mb "$hwm")")
-        steady+=("$(mb "$(kb_of "${pids[i]}" VmRSS)")")
-        disk+=("$(dir_bytes "$dir/node-$((i + 1))")")
-    done
+    local peak=() steady=() disk=()
+    measure_usage node
     local raw=$((n * (KEY_SIZE + VALUE_SIZE)))
     local compactions
     compactions="$(grep -c 'snapshot taken, log compacted' "$work/raftkv-$((leader + 1)).log" || true)"
@@ -378,16 +386,8 @@ measure_etcd() { # n
     local load_ms=$(($(now_ms) - t0))
     sleep 5
     stop_sampler
-    local peak=() steady=() disk=() i
-    for i in 0 1 2; do
-        local hwm sampled
-        hwm="$(kb_of "${pids[i]}" VmHWM)"
-        sampled="$(sampled_max_kb "$samples" "${pids[i]}")"
-        if ((sampled > hwm)); then hwm=$sampled; fi
-        peak+=("$(mb "$hwm")")
-        steady+=("$(mb "$(kb_of "${pids[i]}" VmRSS)")")
-        disk+=("$(dir_bytes "$dir/etcd-$((i + 1))")")
-    done
+    local peak=() steady=() disk=()
+    measure_usage etcd
     local raw=$((n * (KEY_SIZE + VALUE_SIZE)))
     # kill -9 member 3 and restart it: time to its /health answering 200.
     kill -KILL "${server_pid[etcd-3]}"

@@ -168,6 +168,20 @@ async fn write_until_ok(
     }
 }
 
+/// Waits (bounded) until a linearizable read on node `i` returns `value`.
+async fn wait_old_leader_caught_up(c: &Cluster, i: usize, key: &str, value: &str) {
+    let url = c.url(i);
+    let client = c.client.clone();
+    eventually(Duration::from_secs(20), "old leader catching up", || {
+        let (url, client, key) = (url.clone(), client.clone(), key.to_string());
+        async move {
+            let (s, v) = get_at(&client, &url, &key, true).await.ok()?;
+            (s == 200 && v["value"] == value).then_some(())
+        }
+    })
+    .await;
+}
+
 /// Kill -9 the leader, measure the time until the first write succeeds
 /// again, restart the old leader and check it catches up; five rounds with
 /// the default timing flags.
@@ -196,16 +210,7 @@ async fn leader_kill_failover_and_rejoin() {
 
         // The old leader comes back, rejoins as follower and catches up.
         c.nodes[leader].start();
-        let url = c.url(leader);
-        let client = c.client.clone();
-        eventually(Duration::from_secs(20), "old leader catching up", || {
-            let (url, client, key) = (url.clone(), client.clone(), key.clone());
-            async move {
-                let (s, v) = get_at(&client, &url, &key, true).await.ok()?;
-                (s == 200 && v["value"] == "after").then_some(())
-            }
-        })
-        .await;
+        wait_old_leader_caught_up(&c, leader, &key, "after").await;
         c.wait_for_leader(FORM).await;
     }
     let mut sorted = times.clone();
@@ -254,16 +259,7 @@ async fn sigterm_of_the_leader_hands_leadership_over() {
             "the leader did not hand over: {log}"
         );
         c.nodes[leader].start();
-        let url = c.url(leader);
-        let client = c.client.clone();
-        eventually(Duration::from_secs(20), "old leader catching up", || {
-            let (url, client, key) = (url.clone(), client.clone(), key.clone());
-            async move {
-                let (s, v) = get_at(&client, &url, &key, true).await.ok()?;
-                (s == 200 && v["value"] == "after").then_some(())
-            }
-        })
-        .await;
+        wait_old_leader_caught_up(&c, leader, &key, "after").await;
     }
     eprintln!("leader SIGTERM -> first write elsewhere: {times:?}");
 }
