@@ -51,6 +51,8 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
 #    change: build the real manifest against placeholder sources (one stub
 #    per declared bench, since cargo checks that they exist).
 COPY Cargo.toml Cargo.lock ./
+# sled, patched (see vendor/README.md): a path dependency, so it comes first.
+COPY vendor ./vendor
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
