@@ -1178,10 +1178,11 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
             "asynchronously writing iobuf with lsn {} to log from maybe_seal",
             lsn
         );
-        let iobufs = iobufs.clone();
-        let iobuf = iobuf.clone();
-        let _result = threadpool::spawn(move || {
-            if let Err(e) = iobufs.write_to_log(&iobuf) {
+        // raftkv: written by this thread rather than handed to the thread
+        // pool (what sled's own tests do with `event_log`, which waits for
+        // the job right here); see vendor/README.md.
+        {
+            if let Err(e) = iobufs.write_to_log(iobuf) {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
                     lsn, e
@@ -1199,10 +1200,7 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
 
                 let _notified = iobufs.interval_updated.notify_all();
             }
-        })?;
-
-        #[cfg(feature = "event_log")]
-        _result.wait();
+        }
 
         Ok(())
     } else {
