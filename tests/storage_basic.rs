@@ -599,12 +599,13 @@ fn compaction_mid_batch_keeps_the_tail_of_that_batch() {
         }
         s.apply(&all[..25]).unwrap();
         s.compact(snap).unwrap();
-        // Batch 1 is gone, batch 11 now starts after the snapshot.
-        assert_eq!(batch_keys(&s), vec![16, 21]);
+        // Batch 1 is gone; batch 11 stays (its entries 16..=20 are live),
+        // and reads skip its entries up to the snapshot.
+        assert_eq!(batch_keys(&s), vec![11, 21]);
         check_log(&s, snap, &all[15..]);
     }
     let mut s = open(dir.path());
-    assert_eq!(batch_keys(&s), vec![16, 21]);
+    assert_eq!(batch_keys(&s), vec![11, 21]);
     check_log(&s, snap, &all[15..]);
 
     // Exactly at a batch's end: that batch goes whole.
@@ -619,7 +620,7 @@ fn compaction_mid_batch_keeps_the_tail_of_that_batch() {
     s.apply(&all[25..]).unwrap();
     let snap = SnapshotMeta { index: 32, term: 2 };
     s.compact(snap).unwrap();
-    assert_eq!(batch_keys(&s), vec![33]);
+    assert_eq!(batch_keys(&s), vec![31]);
     check_log(&s, snap, &all[32..]);
     drop(s);
     let mut s = open(dir.path());
@@ -689,4 +690,49 @@ fn a_data_dir_of_the_per_entry_log_format_is_refused() {
         "{err}"
     );
     assert!(err.to_string().contains("format version 1"), "{err}");
+}
+
+#[test]
+fn compaction_leaves_covered_batches_to_later_writes_and_restarts_skip_them() {
+    // 200 saved batches, compacted up to the middle of batch 150: the
+    // snapshot is recorded at once, the 149 batches below it are deleted at
+    // most 64 per write (the compaction's own write included), and a store
+    // reopened in between reads the same log.
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<Entry> = Vec::new();
+    let mut s = open(dir.path());
+    for b in 0..200u64 {
+        let lo = b * 2 + 1;
+        let e = puts(lo, lo + 1, 1, 8);
+        s.save(Some(&hs(1, 1, lo + 1)), &e).unwrap();
+        all.extend(e);
+    }
+    s.apply(&all[..300]).unwrap();
+    let snap = SnapshotMeta {
+        index: 299,
+        term: 1,
+    };
+    s.compact(snap).unwrap();
+    // 149 batches lie wholly at or below 299; batch 299 straddles it.
+    assert_eq!(batch_keys(&s).len(), 200 - 64);
+    check_log(&s, snap, &all[299..]);
+    drop(s);
+
+    let mut s = open(dir.path());
+    check_log(&s, snap, &all[299..]);
+    // Two more writes finish the job (64 + 21 removals); the straddling
+    // batch and everything after it stay.
+    for lo in [401, 403] {
+        let e = puts(lo, lo + 1, 1, 8);
+        s.save(None, &e).unwrap();
+        all.extend(e);
+    }
+    let keys = batch_keys(&s);
+    assert_eq!(keys.first(), Some(&299));
+    assert_eq!(keys.len(), 200 - 149 + 2);
+    check_log(&s, snap, &all[299..]);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(batch_keys(&s).len(), 200 - 149 + 2);
+    check_log(&s, snap, &all[299..]);
 }

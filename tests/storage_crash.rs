@@ -200,6 +200,11 @@ struct Model {
     applied: u64,
     /// Applied index at the last acknowledged durable operation.
     durable_applied: u64,
+    /// The log as it was before each compaction since the last durable
+    /// operation, oldest first: a compaction is written without a flush of
+    /// its own, so a crash may undo it (and every later one) until the next
+    /// durable write covers it.
+    undurable: Vec<(SnapshotMeta, Vec<u64>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -264,6 +269,7 @@ impl Model {
                     self.terms.extend(std::iter::repeat_n(*term, *n as usize));
                 }
                 self.durable_applied = self.applied;
+                self.undurable.clear();
             }
             Op::Apply(upto) => {
                 for i in self.applied + 1..=*upto {
@@ -274,6 +280,7 @@ impl Model {
                 self.applied = *upto;
             }
             Op::Compact(meta) => {
+                self.undurable.push((self.snap, self.terms.clone()));
                 self.terms.drain(..(meta.index - self.snap.index) as usize);
                 self.snap = *meta;
                 self.durable_applied = self.applied;
@@ -282,6 +289,7 @@ impl Model {
                 self.terms.clear();
                 self.snap = *meta;
                 self.durable_applied = self.applied;
+                self.undurable.clear();
             }
         }
     }
@@ -439,6 +447,14 @@ fn check(
         after.step(op, &mut flight_terms);
         candidates.push(after);
     }
+    // Compactions not yet covered by a durable write may be undone.
+    for (i, (snap, terms)) in acked.undurable.iter().enumerate() {
+        let mut before = acked.clone();
+        before.snap = *snap;
+        before.terms = terms.clone();
+        before.undurable.truncate(i);
+        candidates.push(before);
+    }
     let matching = candidates
         .iter()
         .find(|m| m.hs == got.hs && m.snap == got.snap && m.terms == got.terms)
@@ -473,6 +489,8 @@ fn check(
     let mut now = matching;
     now.applied = applied;
     now.durable_applied = applied;
+    // What the store recovered is what is on disk now.
+    now.undurable.clear();
     applied_terms.truncate(applied as usize);
     now
 }
@@ -503,6 +521,7 @@ fn crash_consistency_under_kill_9() {
         terms: Vec::new(),
         applied: 0,
         durable_applied: 0,
+        undurable: Vec::new(),
     };
     let mut applied_terms: Vec<u64> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs);

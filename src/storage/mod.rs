@@ -90,7 +90,12 @@ pub trait LogStore {
         entries: &[Entry],
     ) -> Result<(), StorageError>;
 
-    /// Records `meta` as the latest snapshot and deletes entries ≤ `meta.index`.
+    /// Records `meta` as the latest snapshot; entries ≤ `meta.index` are
+    /// no longer part of the log (an implementation may reclaim their space
+    /// later). Need not be durable on return, but must be ordered before
+    /// every later write: a crash may undo it only together with everything
+    /// written after it, which leaves the earlier snapshot and its complete
+    /// log.
     fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError>;
 
     /// Replaces the whole log by the snapshot `meta` (a follower installing a

@@ -53,9 +53,15 @@
 //!   transaction costs one extra in-memory lookup per written key — and a
 //!   save writes one key per batch of entries (see `log.rs`), so that is
 //!   invisible next to the flush it precedes.
-//! * [`LogStore::compact`] and [`LogStore::reset_to_snapshot`]: the
-//!   snapshot meta and the deletion of log entries are one transaction over
-//!   `raft_log` and `snapshot`, then a flush. [`SledStore::install_staged`]
+//! * [`LogStore::compact`]: after a sync (the key-value tree is the
+//!   snapshot), the snapshot meta is one small transaction over `raft_log`
+//!   and `snapshot`, with no flush of its own; the log batches it covers are
+//!   deleted a few at a time by the writes that follow (`log.rs`,
+//!   `DEAD_KEYS_PER_WRITE`), and readers skip them meanwhile. A batch
+//!   straddling the snapshot index stays until a later snapshot covers it.
+//! * [`LogStore::reset_to_snapshot`]: the snapshot meta and the deletion of
+//!   every log entry are one transaction over `raft_log` and `snapshot`,
+//!   then a flush. [`SledStore::install_staged`]
 //!   adds the `active_kv` flip to the same transaction; the staged tree
 //!   (with its applied index) was made durable before it.
 //! * [`StateMachine::apply`]: all key changes of the batch **and** the
@@ -67,7 +73,7 @@
 //!
 //! # Durability
 //!
-//! `save`, `compact`, `reset_to_snapshot`, `restore`, `install_staged` and
+//! `save`, `reset_to_snapshot`, `restore`, `install_staged` and
 //! [`StagingWriter::finish`] return only after an `fdatasync` (see
 //! [`durability`] for why `sled::Db::flush` alone is not durable). `apply` does **not** flush: the entries it applies are already
 //! durable in the log, the data and the applied index move together, and
@@ -76,7 +82,7 @@
 //! re-applies the same entries from its log. The one operation that would
 //! break this, deleting log entries the state machine might lose, is
 //! `compact`, and it syncs the database (every earlier apply) *before* it
-//! deletes anything, then again after. ("Prefix": sled replays its log in
+//! records the snapshot; the deletions come later still. ("Prefix": sled replays its log in
 //! order up to the first torn or damaged message; the [`watermark`] check
 //! makes sure that prefix contains every acknowledged write.)
 //!
@@ -239,6 +245,10 @@ struct Inner {
     watermark: Watermark,
     /// Serialises log writers; holds the log bookkeeping.
     log_state: Mutex<LogState>,
+    /// Keys of log batches wholly at or below the snapshot, still to be
+    /// deleted (a few per write: see `log::DEAD_KEYS_PER_WRITE`). Changed
+    /// only with `log_state` held.
+    dead_log_keys: Mutex<Vec<sled::IVec>>,
     /// Mirrors of `log_state` for lock-free readers.
     last_index: AtomicU64,
     snapshot_index: AtomicU64,
@@ -501,6 +511,7 @@ impl SledStore {
                 last_index: 0,
                 seq: 0,
             }),
+            dead_log_keys: Mutex::new(Vec::new()),
             last_index: AtomicU64::new(0),
             snapshot_index: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
@@ -606,8 +617,14 @@ impl SledStore {
     /// and the [`watermark`] file). Call before a clean exit (dropping the
     /// last handle does it too, ignoring errors).
     pub fn flush(&self) -> Result<(), StorageError> {
-        self.inner.sync()?;
-        self.inner.watermark.sync()
+        let inner = &*self.inner;
+        let mut st = lock(&inner.log_state);
+        // A compaction's change is written without a sync of its own; once
+        // this sync covers it, the watermark must say so.
+        let seq = st.seq;
+        inner.sync()?;
+        inner.durable(&mut st, seq)?;
+        inner.watermark.sync()
     }
 
     /// Installs a whole snapshot image received from the leader: stages it
@@ -816,7 +833,8 @@ impl Inner {
     fn verify_and_cache(&self, seq: u64) -> Result<(), StorageError> {
         let hard_state = self.read_hard_state()?;
         let snapshot = self.read_snapshot_meta()?;
-        let entries = self.read_log(snapshot)?;
+        let (entries, dead) = self.read_log_and_dead(snapshot)?;
+        *lock(&self.dead_log_keys) = dead;
         let last = entries.last().map(|e| (e.index, e.term));
         if let Some((index, term)) = last {
             if term > hard_state.term {

@@ -32,6 +32,13 @@ use sled::{Batch, IVec};
 
 use super::*;
 
+/// Batches left below the snapshot by a compaction that one later write
+/// (`save` or `compact`) deletes along with its own change. A compaction
+/// used to delete them all at once — a thousand keys in one transaction
+/// and the flush after it, 10–25 ms with the Raft loop waiting — while this
+/// costs each write a few removals and no flush of its own.
+pub(super) const DEAD_KEYS_PER_WRITE: usize = 64;
+
 /// Largest record a save writes (by [`Entry::approx_size`]); a bigger save
 /// is split into several records, all in the same atomic sled write. Bounds
 /// what one point read (`term`, a replication read at an arbitrary index)
@@ -281,10 +288,30 @@ impl Inner {
     /// Reads the whole log after `snapshot`, verifying every record and
     /// contiguity.
     pub(super) fn read_log(&self, snapshot: SnapshotMeta) -> Result<Vec<Entry>, StorageError> {
+        self.read_log_and_dead(snapshot).map(|(entries, _)| entries)
+    }
+
+    /// The log after `snapshot`, verified, and the keys of the batches that
+    /// lie wholly at or below it: a compaction deletes those a few at a time
+    /// (see [`DEAD_KEYS_PER_WRITE`]), so some may still be there. A batch
+    /// straddling the snapshot index is kept; its entries up to the index are
+    /// skipped here.
+    pub(super) fn read_log_and_dead(
+        &self,
+        snapshot: SnapshotMeta,
+    ) -> Result<(Vec<Entry>, Vec<IVec>), StorageError> {
         let mut entries: Vec<Entry> = Vec::new();
+        let mut dead = Vec::new();
         for kv in self.log.range(..SEQ_KEY) {
             let (k, v) = kv.map_err(|e| self.sled_err(LOG_TREE, "scan", e))?;
-            let batch = BatchEntries::new(&k, &v)?.rest()?;
+            let mut batch = BatchEntries::new(&k, &v)?.rest()?;
+            if entries.is_empty() && batch[0].index <= snapshot.index {
+                batch.retain(|e| e.index > snapshot.index);
+                if batch.is_empty() {
+                    dead.push(k);
+                    continue;
+                }
+            }
             let expected = snapshot.index + 1 + entries.len() as u64;
             if batch[0].index != expected {
                 return Err(StorageError::Inconsistent(format!(
@@ -314,7 +341,17 @@ impl Inner {
                 entries.push(e);
             }
         }
-        Ok(entries)
+        Ok((entries, dead))
+    }
+
+    /// Adds the removal of up to [`DEAD_KEYS_PER_WRITE`] batches left below
+    /// the snapshot by a compaction to `batch`.
+    pub(super) fn push_dead_removals(&self, batch: &mut Batch) {
+        let mut dead = lock(&self.dead_log_keys);
+        let n = dead.len().min(DEAD_KEYS_PER_WRITE);
+        for k in dead.drain(..n) {
+            batch.remove(k);
+        }
     }
 
     /// Deletes every log entry ≤ `drop_to` and writes `meta` as the
@@ -361,6 +398,8 @@ impl Inner {
         self.fail(written)?;
         self.sync()?;
         self.durable(st, seq)?;
+        // Everything up to `drop_to` is gone, so are the leftovers.
+        lock(&self.dead_log_keys).clear();
         st.snapshot = meta;
         st.last_index = new_last;
         self.snapshot_index.store(meta.index, Ordering::Release);
@@ -508,6 +547,7 @@ impl LogStore for SledStore {
             let mut buf = Vec::with_capacity(128 * entries.len().min(1024));
             inner.push_batches(&mut batch, entries, &mut buf)?;
         }
+        inner.push_dead_removals(&mut batch);
         inner.healthy()?;
         let written = match hard_state {
             None => inner
@@ -557,15 +597,52 @@ impl LogStore for SledStore {
                 }
             }
         }
+        inner.healthy()?;
         // The key-value tree is the snapshot: make it durable at the
         // applied index (≥ meta.index) before any entry it covers can go.
-        // (sled recovers a prefix of its writes, so the deletion below
+        // (sled recovers a prefix of its writes, so the deletions below
         // could not survive without the applies before it anyway; the
         // explicit sync makes the rule independent of that.)
         inner.sync()?;
-        let drop_to = meta.index.min(st.last_index);
-        let new_last = st.last_index.max(meta.index);
-        inner.replace_log_prefix(&mut st, meta, drop_to, new_last)
+        // Record the snapshot; the batches it covers become dead and are
+        // deleted a few per write from here on (`DEAD_KEYS_PER_WRITE`).
+        // A batch straddling `meta.index` stays: its later entries are live
+        // (reads skip the earlier ones). No flush: losing this change in a
+        // crash leaves the earlier snapshot with a complete log, and every
+        // later write is ordered after it.
+        let mut covered: Vec<IVec> = Vec::new();
+        for k in inner.log.range(..=log_key(meta.index)).keys() {
+            covered.push(k.map_err(|e| inner.sled_err(LOG_TREE, "scan", e))?);
+        }
+        let next_starts_after = inner
+            .log
+            .contains_key(log_key(meta.index + 1))
+            .map_err(|e| inner.sled_err(LOG_TREE, "lookup", e))?;
+        if !covered.is_empty() && meta.index < st.last_index && !next_starts_after {
+            covered.pop();
+        }
+        lock(&inner.dead_log_keys).extend(covered);
+        let mut batch = Batch::default();
+        inner.push_dead_removals(&mut batch);
+        let seq = inner.push_seq(&st, &mut batch)?;
+        let meta_rec =
+            record::encode(SNAPSHOT_META_KEY, &meta).map_err(|e| StorageError::Io(e.0))?;
+        let written = (&inner.log, &inner.snap)
+            .transaction(|(log, snap)| {
+                log.apply_batch(&batch)?;
+                snap.insert(SNAPSHOT_META_KEY, meta_rec.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e| inner.tx_err(LOG_TREE, e));
+        inner.fail(written)?;
+        // Written, not yet durable: the next durable write records a
+        // higher number in the watermark file.
+        st.seq = seq;
+        st.snapshot = meta;
+        st.last_index = st.last_index.max(meta.index);
+        inner.snapshot_index.store(meta.index, Ordering::Release);
+        inner.last_index.store(st.last_index, Ordering::Release);
+        Ok(())
     }
 
     fn reset_to_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {

@@ -877,6 +877,7 @@ impl SledStore {
         inner.fail(written)?;
         inner.sync()?;
         inner.durable(&mut st, seq)?;
+        lock(&inner.dead_log_keys).clear();
         st.snapshot = meta;
         st.last_index = meta.index;
         inner.snapshot_index.store(meta.index, Ordering::Release);
