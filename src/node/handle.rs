@@ -238,6 +238,17 @@ impl NodeHandle {
         self.shared.status.borrow().clone()
     }
 
+    /// The leader this node knows of, without copying the whole status
+    /// (asked once per client request).
+    pub fn leader(&self) -> Option<NodeId> {
+        self.shared.status.borrow().leader
+    }
+
+    /// This node's current term, without copying the whole status.
+    pub fn term(&self) -> u64 {
+        self.shared.status.borrow().term
+    }
+
     /// Local read access to the applied data.
     pub fn reader(&self) -> &dyn KvReader {
         self.shared.reader.as_ref()
@@ -495,7 +506,7 @@ impl NodeHandle {
         }
         // A deposed leader's transfer: not worth staging (the core would
         // ignore its message anyway).
-        let term = self.status().term;
+        let term = self.term();
         if c.message.term < term {
             return Err(ChunkReject::Conflict(format!(
                 "snapshot from term {}, this node is at term {term}",

@@ -220,7 +220,7 @@ async fn route(
     req: &Incoming,
 ) -> Result<Route, ApiError> {
     let me = node.self_id();
-    let leader = match hint.or(node.status().leader) {
+    let leader = match hint.or_else(|| node.leader()) {
         Some(l) => l,
         None => {
             let wait_until = deadline.min(Instant::now() + node.leader_wait());
