@@ -736,3 +736,38 @@ fn compaction_leaves_covered_batches_to_later_writes_and_restarts_skip_them() {
     assert_eq!(batch_keys(&s).len(), 200 - 149 + 2);
     check_log(&s, snap, &all[299..]);
 }
+
+#[test]
+fn a_second_compaction_queues_the_first_ones_leftovers_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<Entry> = Vec::new();
+    let mut s = open(dir.path());
+    for b in 0..200u64 {
+        let lo = b * 2 + 1;
+        let e = puts(lo, lo + 1, 1, 8);
+        s.save(Some(&hs(1, 1, lo + 1)), &e).unwrap();
+        all.extend(e);
+    }
+    s.apply(&all[..340]).unwrap();
+    // 149 batches covered, 64 deleted at once: 85 left over.
+    s.compact(SnapshotMeta {
+        index: 299,
+        term: 1,
+    })
+    .unwrap();
+    assert_eq!(batch_keys(&s).len(), 200 - 64);
+    // 106 batches at or below 340 are still there (the 85 leftovers among
+    // them): 64 go with this compaction, the other 42 with the next write.
+    let snap = SnapshotMeta {
+        index: 340,
+        term: 1,
+    };
+    s.compact(snap).unwrap();
+    assert_eq!(batch_keys(&s).len(), 200 - 64 - 64);
+    let e = puts(401, 402, 1, 8);
+    s.save(None, &e).unwrap();
+    all.extend(e);
+    assert_eq!(batch_keys(&s).first(), Some(&341));
+    assert_eq!(batch_keys(&s).len(), 200 - 170 + 1);
+    check_log(&s, snap, &all[340..]);
+}

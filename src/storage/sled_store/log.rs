@@ -354,6 +354,28 @@ impl Inner {
         }
     }
 
+    /// Writes the log-tree `batch` (plus the next change number, which it
+    /// returns) and `meta` as the snapshot, in one transaction; no sync.
+    fn write_with_snapshot_meta(
+        &self,
+        st: &LogState,
+        mut batch: Batch,
+        meta: SnapshotMeta,
+    ) -> Result<u64, StorageError> {
+        let seq = self.push_seq(st, &mut batch)?;
+        let meta_rec =
+            record::encode(SNAPSHOT_META_KEY, &meta).map_err(|e| StorageError::Io(e.0))?;
+        let written = (&self.log, &self.snap)
+            .transaction(|(log, snap)| {
+                log.apply_batch(&batch)?;
+                snap.insert(SNAPSHOT_META_KEY, meta_rec.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(LOG_TREE, e));
+        self.fail(written)?;
+        Ok(seq)
+    }
+
     /// Deletes every log entry ≤ `drop_to` and writes `meta` as the
     /// snapshot, in one transaction, then syncs; the log then ends at
     /// `new_last`. Batches entirely ≤ `drop_to` are deleted; a batch
@@ -385,17 +407,7 @@ impl Inner {
             }
             self.push_batches(&mut batch, &kept, &mut Vec::new())?;
         }
-        let seq = self.push_seq(st, &mut batch)?;
-        let meta_rec =
-            record::encode(SNAPSHOT_META_KEY, &meta).map_err(|e| StorageError::Io(e.0))?;
-        let written = (&self.log, &self.snap)
-            .transaction(|(log, snap)| {
-                log.apply_batch(&batch)?;
-                snap.insert(SNAPSHOT_META_KEY, meta_rec.as_slice())?;
-                Ok(())
-            })
-            .map_err(|e| self.tx_err(LOG_TREE, e));
-        self.fail(written)?;
+        let seq = self.write_with_snapshot_meta(st, batch, meta)?;
         self.sync()?;
         self.durable(st, seq)?;
         // Everything up to `drop_to` is gone, so are the leftovers.
@@ -621,20 +633,12 @@ impl LogStore for SledStore {
         if !covered.is_empty() && meta.index < st.last_index && !next_starts_after {
             covered.pop();
         }
-        lock(&inner.dead_log_keys).extend(covered);
+        // Every batch at or below the snapshot that is still there, so the
+        // leftovers of an earlier compaction are included exactly once.
+        *lock(&inner.dead_log_keys) = covered;
         let mut batch = Batch::default();
         inner.push_dead_removals(&mut batch);
-        let seq = inner.push_seq(&st, &mut batch)?;
-        let meta_rec =
-            record::encode(SNAPSHOT_META_KEY, &meta).map_err(|e| StorageError::Io(e.0))?;
-        let written = (&inner.log, &inner.snap)
-            .transaction(|(log, snap)| {
-                log.apply_batch(&batch)?;
-                snap.insert(SNAPSHOT_META_KEY, meta_rec.as_slice())?;
-                Ok(())
-            })
-            .map_err(|e| inner.tx_err(LOG_TREE, e));
-        inner.fail(written)?;
+        let seq = inner.write_with_snapshot_meta(&st, batch, meta)?;
         // Written, not yet durable: the next durable write records a
         // higher number in the watermark file.
         st.seq = seq;
