@@ -19,6 +19,11 @@
 #   WARMUP=1             seconds of unmeasured load before each (QUICK=1: 0.5)
 #   CONNECTIONS="1 16 64 256"
 #   WORKLOADS="put get"  any of put get mixed cas
+#   PACED="put:16"       WORKLOAD:CONNS loads run once more at a fixed offered
+#                        rate (--rate), PACED_FRACTION (0.8) of the ops/s etcd
+#                        reached on that load, so both carry the same work;
+#                        "" for none
+#   STALL_PROBE=1        run every load with --stall-probe (0: without)
 #   VALUE_SIZE=100  KEYS=1000
 #   RAFTKV_BIN=path      use this binary instead of `cargo build --release`
 #   BENCH_DIR=dir        where the temporary data dir goes (default: $TMPDIR or /tmp)
@@ -43,6 +48,9 @@ else
     WARMUP="${WARMUP:-1}"
 fi
 CONNECTIONS="${CONNECTIONS:-1 16 64 256}"
+PACED="${PACED:-put:16}"
+PACED_FRACTION="${PACED_FRACTION:-0.8}"
+STALL_PROBE="${STALL_PROBE:-1}"
 WORKLOADS="${WORKLOADS:-put get}"
 VALUE_SIZE="${VALUE_SIZE:-100}"
 KEYS="${KEYS:-1000}"
@@ -193,29 +201,56 @@ log "etcd $etcd_version: PIDs ${etcd_pids[*]}; raftkv: PIDs ${raft_pids[*]}; dat
 results="$work/results.jsonl"
 : >"$results"
 join() { local IFS=,; echo "$*"; }
+probe=()
+[[ "$STALL_PROBE" == 1 ]] && probe=(--stall-probe)
+# run_load WORKLOAD CONNS [RATE]: the load against etcd, then raftkv (so
+# slow drifts of the machine's other load hit both alike); appends both
+# reports to $results.
+run_load() {
+    local workload="$1" conns="$2" rate="${3:-}" system line ops
+    local paced=()
+    [[ -n "$rate" ]] && paced=(--rate "$rate")
+    for system in etcd raftkv; do
+        if [[ $system == etcd ]]; then
+            target=(--target etcd --endpoints "$etcd_endpoints" --pids "$(join "${etcd_pids[@]}")")
+        else
+            target=(--target raftkv --nodes "$raft_nodes" --pids "$(join "${raft_pids[@]}")")
+        fi
+        if line="$("$RAFTKV_BIN" bench "${target[@]}" --workload "$workload" \
+            --connections "$conns" --duration "$DURATION" --warmup "$WARMUP" \
+            --value-size "$VALUE_SIZE" --keys "$KEYS" --key-prefix "cmp-$workload/" \
+            --consistency linearizable --target-nodes leader "${probe[@]}" "${paced[@]}" \
+            --json 2>"$work/bench.err")"; then
+            echo "$line" >>"$results"
+            ops="$(grep -o '"throughput_ops_s":[0-9.]*' <<<"$line" | cut -d: -f2)"
+            log "$(printf '%-6s %-4s %3s conns%s: %8.0f ops/s' "$system" "$workload" "$conns" \
+                "${rate:+ at $rate ops/s offered}" "$ops")"
+        else
+            log "$system $workload $conns conns: FAILED: $(tail -n 3 "$work/bench.err")"
+            [[ -n "$line" ]] && echo "$line" >>"$results"
+        fi
+    done
+}
 for workload in $WORKLOADS; do
     for conns in $CONNECTIONS; do
-        # etcd then raftkv for each load, so slow drifts of the machine's
-        # other load hit both alike.
-        for system in etcd raftkv; do
-            if [[ $system == etcd ]]; then
-                target=(--target etcd --endpoints "$etcd_endpoints" --pids "$(join "${etcd_pids[@]}")")
-            else
-                target=(--target raftkv --nodes "$raft_nodes" --pids "$(join "${raft_pids[@]}")")
-            fi
-            if line="$("$RAFTKV_BIN" bench "${target[@]}" --workload "$workload" \
-                --connections "$conns" --duration "$DURATION" --warmup "$WARMUP" \
-                --value-size "$VALUE_SIZE" --keys "$KEYS" --key-prefix "cmp-$workload/" \
-                --consistency linearizable --target-nodes leader --json 2>"$work/bench.err")"; then
-                echo "$line" >>"$results"
-                ops="$(grep -o '"throughput_ops_s":[0-9.]*' <<<"$line" | cut -d: -f2)"
-                log "$(printf '%-6s %-4s %3s conns: %8.0f ops/s' "$system" "$workload" "$conns" "$ops")"
-            else
-                log "$system $workload $conns conns: FAILED: $(tail -n 3 "$work/bench.err")"
-                [[ -n "$line" ]] && echo "$line" >>"$results"
-            fi
-        done
+        run_load "$workload" "$conns"
     done
+done
+# Paced loads: the same load offered at a fixed rate, a fraction of what
+# etcd managed with as many connections, so both systems carry the same
+# work and their latencies compare at equal load.
+for spec in $PACED; do
+    workload="${spec%%:*}"
+    conns="${spec##*:}"
+    etcd_ops="$(grep '"target":"etcd"' "$results" | grep "\"workload\":\"$workload\"" |
+        grep "\"connections\":$conns," | grep -v '"offered_rate_ops_s":[0-9]' |
+        grep -o '"throughput_ops_s":[0-9.]*' | cut -d: -f2 | head -n 1 || true)"
+    if [[ -z "$etcd_ops" ]]; then
+        log "paced $spec skipped: no closed-loop etcd run of $workload at $conns connections"
+        continue
+    fi
+    rate="$(awk -v o="$etcd_ops" -v f="$PACED_FRACTION" 'BEGIN {printf "%.0f", o * f}')"
+    run_load "$workload" "$conns" "$rate"
 done
 
 # --- the table --------------------------------------------------------------
@@ -231,6 +266,8 @@ report="$(
 - etcd ${etcd_version:-?} (3 members, JSON gateway, default fsync) vs ${raftkv_version} @ ${git_rev} (3 nodes, release build, default fsync).
 - Each load: ${DURATION} s measured after ${WARMUP} s warm-up; ${VALUE_SIZE}-byte values, ${KEYS} keys, all connections to the leader; gets are linearizable.
 - Load generator: \`raftkv bench\` on the same machine. CPU-ms/op = user + system CPU time of the 3 server processes during the run / operations.
+- "at N ops/s offered" rows: the load paced to N ops/s in total (${PACED_FRACTION} of etcd's closed-loop ops/s on that load), latency counted from when each request was due.
+- steal %: CPU time the hypervisor took from this VM during the load (\`/proc/stat\`); stalls/s: times a probe thread sleeping 1 ms woke more than 2 ms late (\`--stall-probe\`), i.e. the whole machine stopped.
 - Ratios are raftkv/etcd: above 1 is better for ops/s, below 1 is better for latency and CPU.
 
 $table

@@ -175,6 +175,44 @@ async fn every_workload_runs_bounded_against_a_real_cluster() {
         assert_eq!(item["value"].as_str().unwrap().len(), 100, "{item}");
     }
 
+    // Paced puts: 100 ops/s over 4 connections for 2 s is one request per
+    // connection every 40 ms, so at most 51 per connection (an unpaced run
+    // does thousands); the machine figures are reported.
+    let paced = [
+        "--nodes",
+        nodes.as_str(),
+        "--connections",
+        "4",
+        "--duration",
+        "2",
+        "--rate",
+        "100",
+        "--stall-probe",
+        "--key-prefix",
+        "paced/",
+        "--keys",
+        "20",
+        "--json",
+    ];
+    let r = bench::execute(args(&paced))
+        .await
+        .expect("paced bench runs");
+    check_consistent(&r);
+    assert!(
+        (40..=204).contains(&r.ops),
+        "paced to 100 ops/s for 2 s: {r:?}"
+    );
+    assert_eq!(r.offered_rate_ops_s, Some(100.0));
+    let stalls = r.stalls.as_ref().expect("--stall-probe reports");
+    assert!(stalls.wakeups > 0, "{stalls:?}");
+    assert!(r.steal_pct.is_some(), "Linux has /proc/stat: {r:?}");
+    let bad = bench::execute(args(&["--rate", "0", "--nodes", nodes.as_str()])).await;
+    assert!(
+        bad.as_ref()
+            .is_err_and(|e| e.downcast_ref::<UsageError>().is_some()),
+        "--rate 0 is a usage error"
+    );
+
     // Gets: every key was pre-populated, so no read misses.
     let mut a = common_args("get", "get/");
     a.extend(["--keys".into(), "30".into()]);

@@ -23,6 +23,7 @@
 pub mod cpu;
 pub mod etcd;
 pub mod http;
+pub mod machine;
 pub mod report;
 pub mod runner;
 pub mod target;
@@ -204,6 +205,21 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PID,PID,...", value_delimiter = ',')]
     pub pids: Vec<u32>,
 
+    /// Pace the load: send at most this many operations per second in
+    /// total (spread evenly over the connections) instead of each
+    /// connection sending its next request as soon as the last one is
+    /// answered. A request that is sent late because the previous one on
+    /// its connection was still in flight counts its latency from when it
+    /// was due, so a server that falls behind is charged for the wait.
+    #[arg(long, value_name = "OPS_PER_S")]
+    pub rate: Option<f64>,
+
+    /// Run a probe thread that sleeps 1 ms at a time and reports how often,
+    /// and for how long, it woke up more than 2 ms late: stalls of the whole
+    /// machine, which every request in flight sees.
+    #[arg(long)]
+    pub stall_probe: bool,
+
     /// Print one JSON object (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -260,6 +276,10 @@ pub struct Plan {
     pub timeout: Duration,
     /// Seed of the key choice.
     pub seed: u64,
+    /// `--rate`: time between two requests of one connection.
+    pub pace: Option<Duration>,
+    /// Run the stall probe.
+    pub stall_probe: bool,
 }
 
 /// Runs `raftkv bench`, printing the report (human or JSON) on stdout.
@@ -364,6 +384,13 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
             "pre-populating is limited to {MAX_POPULATE_KEYS} keys; use fewer --keys or --no-populate"
         )));
     }
+    let pace = match args.rate {
+        None => None,
+        Some(r) if r.is_finite() && (0.001..=10_000_000.0).contains(&r) => {
+            Some(Duration::from_secs_f64(args.connections as f64 / r))
+        }
+        Some(_) => return Err(usage("--rate must be between 0.001 and 10000000 ops/s")),
+    };
     let read_ratio = match args.workload {
         Workload::Put | Workload::Cas => 0.0,
         Workload::Get => 1.0,
@@ -384,6 +411,8 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         stale: args.consistency == ReadConsistency::Stale,
         timeout: Duration::from_millis(args.timeout_ms),
         seed: args.seed.unwrap_or_else(rand::random),
+        pace,
+        stall_probe: args.stall_probe,
     })
 }
 
@@ -504,6 +533,9 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         write_latency_ms: report::Latency::of(&stats.writes),
         cpu,
         client_cpu_ms_per_op,
+        offered_rate_ops_s: args.rate,
+        steal_pct: outcome.steal_pct,
+        stalls: outcome.stalls.clone(),
     })
 }
 

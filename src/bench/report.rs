@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use super::machine::StallReport;
+
 /// Why an operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -267,6 +269,16 @@ pub struct Report {
     pub cpu: Option<CpuReport>,
     /// CPU ms per operation spent by the bench process itself.
     pub client_cpu_ms_per_op: Option<f64>,
+    /// `--rate`: the operations per second offered.
+    #[serde(default)]
+    pub offered_rate_ops_s: Option<f64>,
+    /// Percent of the machine's CPU time stolen by the hypervisor during
+    /// the run (Linux `/proc/stat`).
+    #[serde(default)]
+    pub steal_pct: Option<f64>,
+    /// `--stall-probe`: stalls of the whole machine during the run.
+    #[serde(default)]
+    pub stalls: Option<StallReport>,
 }
 
 impl Report {
@@ -308,7 +320,18 @@ impl Report {
             "  operations   {} ({} ok, {} conflicts, {} errors; {} reads, {} writes)",
             self.ops, self.successes, self.conflicts, self.errors, self.reads, self.writes
         );
-        let _ = writeln!(s, "  throughput   {:.1} ops/s", self.throughput_ops_s);
+        match self.offered_rate_ops_s {
+            Some(rate) => {
+                let _ = writeln!(
+                    s,
+                    "  throughput   {:.1} ops/s (offered {rate:.1} ops/s; latency from when each request was due)",
+                    self.throughput_ops_s
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  throughput   {:.1} ops/s", self.throughput_ops_s);
+            }
+        }
         let _ = writeln!(
             s,
             "  latency ms   p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3})",
@@ -350,6 +373,19 @@ impl Report {
         if let Some(c) = self.client_cpu_ms_per_op {
             let _ = writeln!(s, "  bench CPU    {c:.4} CPU-ms/op (this process)");
         }
+        if let Some(steal) = self.steal_pct {
+            let _ = writeln!(
+                s,
+                "  machine      {steal:.1}% of CPU time stolen by the hypervisor"
+            );
+        }
+        if let Some(st) = &self.stalls {
+            let _ = writeln!(
+                s,
+                "  stalls       {:.1}/s, mean {:.1} ms, max {:.1} ms ({:.1}% of the run; probe woke {} times)",
+                st.per_s, st.mean_ms, st.max_ms, st.stalled_pct, st.wakeups
+            );
+        }
         s
     }
 }
@@ -359,11 +395,18 @@ impl Report {
 /// partner are listed with `-` on the other side.
 pub fn comparison_table(reports: &[Report]) -> String {
     use std::fmt::Write;
-    type Group = (String, String, u32);
+    // Workload, consistency, connections, offered rate (`--rate`).
+    type Group = (String, String, u32, Option<u64>);
     let mut order: Vec<Group> = Vec::new();
     let mut by: BTreeMap<Group, (Option<&Report>, Option<&Report>)> = BTreeMap::new();
     for r in reports {
-        let g = (r.workload.clone(), r.consistency.clone(), r.connections);
+        let rate = r.offered_rate_ops_s.map(|x| x.round() as u64);
+        let g = (
+            r.workload.clone(),
+            r.consistency.clone(),
+            r.connections,
+            rate,
+        );
         if !order.contains(&g) {
             order.push(g.clone());
         }
@@ -377,18 +420,21 @@ pub fn comparison_table(reports: &[Report]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| workload | conns | etcd ops/s | raftkv ops/s | ratio | etcd p50 ms | raftkv p50 ms | ratio | etcd p99 ms | raftkv p99 ms | ratio | etcd CPU-ms/op | raftkv CPU-ms/op | ratio | errors etcd/raftkv |"
+        "| workload | conns | etcd ops/s | raftkv ops/s | ratio | etcd p50 ms | raftkv p50 ms | ratio | etcd p99 ms | raftkv p99 ms | ratio | etcd CPU-ms/op | raftkv CPU-ms/op | ratio | errors etcd/raftkv | steal % etcd/raftkv | stalls/s etcd/raftkv |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for g in &order {
         let (e, r) = by[g];
-        let workload = match g.0.as_str() {
+        let mut workload = match g.0.as_str() {
             "put" => "put".to_string(),
             w => format!("{w} ({})", g.1),
         };
+        if let Some(rate) = g.3 {
+            let _ = write!(workload, " at {rate} ops/s offered");
+        }
         let cell = |x: Option<f64>, digits: usize| match x {
             Some(v) => format!("{v:.digits$}"),
             None => "-".into(),
@@ -402,9 +448,11 @@ pub fn comparison_table(reports: &[Report]) -> String {
         let p99 = |x: Option<&Report>| x.map(|r| r.latency_ms.p99);
         let cpu = |x: Option<&Report>| x.and_then(|r| r.cpu.as_ref().map(|c| c.cpu_ms_per_op));
         let errs = |x: Option<&Report>| x.map_or("-".to_string(), |r| r.errors.to_string());
+        let steal = |x: Option<&Report>| x.and_then(|r| r.steal_pct);
+        let stalls = |x: Option<&Report>| x.and_then(|r| r.stalls.as_ref().map(|s| s.per_s));
         let _ = writeln!(
             s,
-            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {}/{} | {}/{} |",
             g.2,
             cell(ops(e), 0),
             cell(ops(r), 0),
@@ -420,6 +468,10 @@ pub fn comparison_table(reports: &[Report]) -> String {
             ratio(cpu(e), cpu(r)),
             errs(e),
             errs(r),
+            cell(steal(e), 1),
+            cell(steal(r), 1),
+            cell(stalls(e), 1),
+            cell(stalls(r), 1),
         );
     }
     s
@@ -495,5 +547,36 @@ mod tests {
             lines[3].starts_with("| get (linearizable) | 64 | 2000 | - | - |"),
             "{t}"
         );
+        assert!(lines[2].ends_with("| 0/0 | -/- | -/- |"), "{t}");
+    }
+
+    #[test]
+    fn paced_runs_pair_only_with_runs_at_the_same_rate() {
+        let mut paced_etcd = report("etcd", "put", 16, 1000.0, 0.4);
+        paced_etcd.offered_rate_ops_s = Some(1000.0);
+        paced_etcd.steal_pct = Some(2.5);
+        let mut paced_raft = report("raftkv", "put", 16, 999.0, 0.1);
+        paced_raft.offered_rate_ops_s = Some(1000.0);
+        paced_raft.stalls = Some(StallReport {
+            per_s: 6.25,
+            ..StallReport::default()
+        });
+        let t = comparison_table(&[
+            report("etcd", "put", 16, 2000.0, 0.4),
+            paced_etcd,
+            report("raftkv", "put", 16, 5000.0, 0.1),
+            paced_raft,
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(
+            lines[2].starts_with("| put | 16 | 2000 | 5000 | 2.50× |"),
+            "{t}"
+        );
+        assert!(
+            lines[3].starts_with("| put at 1000 ops/s offered | 16 | 1000 | 999 | 1.00× |"),
+            "{t}"
+        );
+        assert!(lines[3].ends_with("| 2.5/- | -/6.2 |"), "{t}");
     }
 }

@@ -12,6 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::cpu::{self, Snapshot};
+use super::machine::{self, StallProbe, StallReport};
 use super::report::{ErrorKind, OpKind, Outcome, Stats};
 use super::target::Session;
 use super::{Plan, Workload, DEFAULT_OPS_CAP};
@@ -30,6 +31,10 @@ pub struct RunOutcome {
     pub cpu_after: Snapshot,
     /// CPU ms this process used during the run.
     pub self_cpu_ms: Option<f64>,
+    /// Percent of the machine's CPU time stolen during the run.
+    pub steal_pct: Option<f64>,
+    /// `--stall-probe`: what the probe saw during the run.
+    pub stalls: Option<StallReport>,
 }
 
 /// State the connection tasks share.
@@ -122,6 +127,12 @@ pub async fn run(
             return Err(e);
         }
     }
+    let probe = if plan.stall_probe {
+        Some(StallProbe::start().context("starting the stall probe")?)
+    } else {
+        None
+    };
+    let machine_before = machine::cpu_times();
     let cpu_before = Snapshot::take(pids);
     let self_before = cpu::self_cpu_ms().ok();
     let start = Instant::now();
@@ -148,6 +159,11 @@ pub async fn run(
         (Some(b), Some(a)) => Some((a - b).max(0.0)),
         _ => None,
     };
+    let steal_pct = match (machine_before, machine::cpu_times()) {
+        (Some(b), Some(a)) => machine::steal_pct(b, a),
+        _ => None,
+    };
+    let stalls = probe.map(StallProbe::finish);
     ticker.abort();
     bar.finish_and_clear();
     if let Some(e) = failure {
@@ -163,6 +179,8 @@ pub async fn run(
         cpu_before,
         cpu_after,
         self_cpu_ms,
+        steal_pct,
+        stalls,
     })
 }
 
@@ -211,7 +229,31 @@ async fn ops_loop(
     stats: &mut Stats,
     live: Option<&Shared>,
 ) {
+    let mut schedule = plan
+        .pace
+        .map(|every| Schedule::new(Instant::now(), every, rng.gen::<f64>()));
     loop {
+        // With `--rate`, wait until the next request is due. A request sent
+        // late because the previous one was still in flight counts its
+        // latency from when it was due, so a server that falls behind is
+        // charged for the wait. One sent after a sleep counts from when the
+        // sleep ended: the timer's lateness (up to a millisecond) is the
+        // load generator's, not the server's.
+        let due = match &mut schedule {
+            Some(s) => {
+                let due = s.next_due();
+                if due >= deadline {
+                    break;
+                }
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                    Some(Instant::now())
+                } else {
+                    Some(due)
+                }
+            }
+            None => None,
+        };
         if Instant::now() >= deadline {
             break;
         }
@@ -224,7 +266,7 @@ async fn ops_loop(
             Workload::Put | Workload::Cas => false,
             Workload::Mixed => rng.gen::<f64>() < plan.read_ratio,
         };
-        let started = Instant::now();
+        let started = due.unwrap_or_else(Instant::now);
         let outcome = match (plan.workload, read) {
             (Workload::Cas, _) => session.cas(key).await,
             (_, true) => session.get(key).await,
@@ -247,6 +289,35 @@ async fn ops_loop(
                 .min(Duration::from_millis(50));
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+/// When a paced connection's requests are due: every `every`, from a
+/// random offset within the first interval (so connections do not send in
+/// step). A request that could not be sent when due (the previous one was
+/// still in flight) is sent as soon as possible, and keeps its due time.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    first: Instant,
+    every: Duration,
+    sent: u32,
+}
+
+impl Schedule {
+    /// A schedule starting at `start` plus `offset` (0..1) of an interval.
+    pub fn new(start: Instant, every: Duration, offset: f64) -> Schedule {
+        Schedule {
+            first: start + every.mul_f64(offset.clamp(0.0, 1.0)),
+            every,
+            sent: 0,
+        }
+    }
+
+    /// The due time of the next request.
+    pub fn next_due(&mut self) -> Instant {
+        let due = self.first + self.every * self.sent;
+        self.sent = self.sent.saturating_add(1);
+        due
     }
 }
 
@@ -289,5 +360,22 @@ async fn tick(bar: ProgressBar, shared: Arc<Shared>, plan: Arc<Plan>, start: Ins
         };
         bar.set_position(now.duration_since(start).as_millis() as u64);
         bar.set_message(format!("{count}  {rate:.0} ops/s  {failed} errors"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_is_evenly_spaced_from_its_offset() {
+        let t0 = Instant::now();
+        let every = Duration::from_millis(10);
+        let mut s = Schedule::new(t0, every, 0.5);
+        assert_eq!(s.next_due(), t0 + Duration::from_millis(5));
+        assert_eq!(s.next_due(), t0 + Duration::from_millis(15));
+        assert_eq!(s.next_due(), t0 + Duration::from_millis(25));
+        let mut s = Schedule::new(t0, every, 7.0);
+        assert_eq!(s.next_due(), t0 + every);
     }
 }
