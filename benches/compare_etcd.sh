@@ -24,6 +24,7 @@
 #                        reached on that load, so both carry the same work;
 #                        "" for none
 #   STALL_PROBE=1        run every load with --stall-probe (0: without)
+#   ORDER="etcd raftkv"  which system takes each load first ("raftkv etcd")
 #   VALUE_SIZE=100  KEYS=1000
 #   RAFTKV_BIN=path      use this binary instead of `cargo build --release`
 #   BENCH_DIR=dir        where the temporary data dir goes (default: $TMPDIR or /tmp)
@@ -51,6 +52,9 @@ CONNECTIONS="${CONNECTIONS:-1 16 64 256}"
 PACED="${PACED:-put:16}"
 PACED_FRACTION="${PACED_FRACTION:-0.8}"
 STALL_PROBE="${STALL_PROBE:-1}"
+ORDER="${ORDER:-etcd raftkv}"
+[[ "$ORDER" == "etcd raftkv" || "$ORDER" == "raftkv etcd" ]] ||
+    { echo "ORDER must be \"etcd raftkv\" or \"raftkv etcd\"" >&2; exit 2; }
 WORKLOADS="${WORKLOADS:-put get}"
 VALUE_SIZE="${VALUE_SIZE:-100}"
 KEYS="${KEYS:-1000}"
@@ -203,14 +207,28 @@ results="$work/results.jsonl"
 join() { local IFS=,; echo "$*"; }
 probe=()
 [[ "$STALL_PROBE" == 1 ]] && probe=(--stall-probe)
-# run_load WORKLOAD CONNS [RATE]: the load against etcd, then raftkv (so
-# slow drifts of the machine's other load hit both alike); appends both
-# reports to $results.
+# settle: before each load, write back what earlier loads left dirty in the
+# page cache and wait until the kernel's write-back is done (at most 5 s),
+# then 1 s more, so no load pays for the write-back of the one before.
+settle() {
+    sync
+    local tries=0
+    while (( tries < 50 )) &&
+        (( $(awk '/^(Dirty|Writeback):/ {s += $2} END {print s + 0}' /proc/meminfo) > 4096 )); do
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    sleep 1
+}
+# run_load WORKLOAD CONNS [RATE]: the load against each system in $ORDER,
+# one right after the other (so slow drifts of the machine's other load hit
+# both alike); appends both reports to $results.
 run_load() {
     local workload="$1" conns="$2" rate="${3:-}" system line ops
     local paced=()
     [[ -n "$rate" ]] && paced=(--rate "$rate")
-    for system in etcd raftkv; do
+    for system in $ORDER; do
+        settle
         if [[ $system == etcd ]]; then
             target=(--target etcd --endpoints "$etcd_endpoints" --pids "$(join "${etcd_pids[@]}")")
         else
