@@ -67,47 +67,18 @@ die() { log "error: $*"; exit 1; }
 
 [[ -r /proc/self/stat ]] || die "needs Linux (/proc) to measure CPU time"
 
-# --- etcd -------------------------------------------------------------------
-if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
-    log "installing etcd (apt-get install etcd-server etcd-client)"
-    sudo=""
-    if [[ "$(id -u)" != 0 ]]; then
-        command -v sudo >/dev/null || die "etcd is not installed and this is not root (no sudo)"
-        sudo="sudo"
-    fi
-    # Note: on a machine with systemd the package also starts its own etcd
-    # service on 2379/2380; it is not ours, and this script leaves it alone.
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server etcd-client >/dev/null
-fi
-etcd_version="$(etcd --version 2>/dev/null | sed -n 1p | sed 's/^etcd Version: //')"
+# shellcheck source=benches/lib.sh
+source "$here/lib.sh"
 
-# --- raftkv -----------------------------------------------------------------
-if [[ -z "${RAFTKV_BIN:-}" ]]; then
-    log "building raftkv (cargo build --release)"
-    (cd "$repo" && cargo build --release --quiet)
-    RAFTKV_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/raftkv"
-fi
-[[ -x "$RAFTKV_BIN" ]] || die "no raftkv binary at $RAFTKV_BIN"
+# --- etcd and raftkv ----------------------------------------------------------
+ensure_etcd
+etcd_version="$(etcd_version)"
+resolve_raftkv
 "$RAFTKV_BIN" bench --help >/dev/null 2>&1 ||
     die "$RAFTKV_BIN has no 'bench' subcommand"
-raftkv_version="$("$RAFTKV_BIN" --version 2>/dev/null || echo raftkv)"
-git_rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-    git_rev="$git_rev+changes"
-fi
 
 # --- ports ------------------------------------------------------------------
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-etcd_client=() etcd_peer=() raft_ports=()
-for i in 0 1 2; do
-    etcd_client+=($((ETCD_PORT + i)))
-    etcd_peer+=($((ETCD_PORT + 10 + i)))
-    raft_ports+=($((RAFTKV_PORT + i)))
-done
-for p in "${etcd_client[@]}" "${etcd_peer[@]}" "${raft_ports[@]}"; do
-    port_busy "$p" && die "port $p is in use (set ETCD_PORT / RAFTKV_PORT)"
-done
+cluster_ports "$RAFTKV_PORT" "$ETCD_PORT"
 
 # --- everything we start is stopped on exit, by PID -------------------------
 work="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/raftkv-vs-etcd.XXXXXX")"
@@ -118,14 +89,7 @@ cleanup() {
     if ((${#pids[@]})); then
         log "stopping ${#pids[@]} server processes"
         for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-        for pid in "${pids[@]}"; do
-            for _ in $(seq 1 100); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        done
+        for pid in "${pids[@]}"; do stop_pid "$pid"; done
     fi
     if [[ "${KEEP:-0}" == 1 ]]; then
         log "kept $work"
@@ -138,22 +102,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- start the clusters -----------------------------------------------------
-initial_cluster=""
-for i in 0 1 2; do
-    initial_cluster+="${initial_cluster:+,}etcd-$((i + 1))=http://127.0.0.1:${etcd_peer[i]}"
-done
 etcd_pids=()
 for i in 0 1 2; do
-    n=$((i + 1))
-    etcd --name "etcd-$n" --data-dir "$work/etcd-$n" \
-        --listen-client-urls "http://127.0.0.1:${etcd_client[i]}" \
-        --advertise-client-urls "http://127.0.0.1:${etcd_client[i]}" \
-        --listen-peer-urls "http://127.0.0.1:${etcd_peer[i]}" \
-        --initial-advertise-peer-urls "http://127.0.0.1:${etcd_peer[i]}" \
-        --initial-cluster "$initial_cluster" --initial-cluster-state new \
-        --initial-cluster-token "bench-$$" \
-        --logger zap --log-level warn \
-        >"$work/etcd-$n.log" 2>&1 &
+    start_etcd_member "$i" "$work" new "bench-$$" "$work/etcd-$((i + 1)).log"
     pids+=($!)
     etcd_pids+=($!)
 done

@@ -65,44 +65,19 @@ die() { log "error: $*"; exit 1; }
 [[ -r /proc/self/status ]] || die "needs Linux (/proc) to measure memory"
 command -v curl >/dev/null || die "needs curl"
 
-# --- etcd -------------------------------------------------------------------
-if [[ "$ETCD" == 1 ]] && { ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; }; then
-    log "installing etcd (apt-get install etcd-server etcd-client)"
-    sudo=""
-    if [[ "$(id -u)" != 0 ]]; then
-        command -v sudo >/dev/null || die "etcd is not installed and this is not root (no sudo); ETCD=0 skips it"
-        sudo="sudo"
-    fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server etcd-client >/dev/null
-fi
-etcd_version=""
-[[ "$ETCD" == 1 ]] && etcd_version="$(etcd --version 2>/dev/null | sed -n 1p | sed 's/^etcd Version: //')"
+# shellcheck source=benches/lib.sh
+source "$here/lib.sh"
 
-# --- raftkv -----------------------------------------------------------------
-if [[ -z "${RAFTKV_BIN:-}" ]]; then
-    log "building raftkv (cargo build --release)"
-    (cd "$repo" && cargo build --release --quiet)
-    RAFTKV_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/raftkv"
+# --- etcd and raftkv ----------------------------------------------------------
+etcd_version=""
+if [[ "$ETCD" == 1 ]]; then
+    ensure_etcd "ETCD=0 skips it"
+    etcd_version="$(etcd_version)"
 fi
-[[ -x "$RAFTKV_BIN" ]] || die "no raftkv binary at $RAFTKV_BIN"
-raftkv_version="$("$RAFTKV_BIN" --version 2>/dev/null || echo raftkv)"
-git_rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-    git_rev="$git_rev+changes"
-fi
+resolve_raftkv
 
 # --- ports ------------------------------------------------------------------
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-raft_ports=() etcd_client=() etcd_peer=()
-for i in 0 1 2; do
-    raft_ports+=($((RAFTKV_PORT + i)))
-    etcd_client+=($((ETCD_PORT + i)))
-    etcd_peer+=($((ETCD_PORT + 10 + i)))
-done
-for p in "${raft_ports[@]}" "${etcd_client[@]}" "${etcd_peer[@]}"; do
-    port_busy "$p" && die "port $p is in use (set RAFTKV_PORT / ETCD_PORT)"
-done
+cluster_ports "$RAFTKV_PORT" "$ETCD_PORT"
 raft_nodes="$(printf 'http://127.0.0.1:%s,' "${raft_ports[@]}")"
 raft_nodes="${raft_nodes%,}"
 etcd_endpoints="$(printf 'http://127.0.0.1:%s,' "${etcd_client[@]}")"
@@ -113,16 +88,6 @@ work="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/raftkv-scale.XXXXXX")"
 declare -A server_pid=() # name -> PID of a running server we started
 sampler_pid=""
 bench_pid=""
-stop_pid() { # pid: TERM, wait up to 10 s, then KILL
-    local pid="$1"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
@@ -357,19 +322,8 @@ measure_raftkv() { # n
 
 # --- etcd -------------------------------------------------------------------
 start_etcd() { # i dir state
-    local i="$1" dir="$2" state="$3" n=$(($1 + 1)) initial=""
-    for j in 0 1 2; do
-        initial+="${initial:+,}etcd-$((j + 1))=http://127.0.0.1:${etcd_peer[j]}"
-    done
-    etcd --name "etcd-$n" --data-dir "$dir/etcd-$n" \
-        --listen-client-urls "http://127.0.0.1:${etcd_client[i]}" \
-        --advertise-client-urls "http://127.0.0.1:${etcd_client[i]}" \
-        --listen-peer-urls "http://127.0.0.1:${etcd_peer[i]}" \
-        --initial-advertise-peer-urls "http://127.0.0.1:${etcd_peer[i]}" \
-        --initial-cluster "$initial" --initial-cluster-state "$state" \
-        --initial-cluster-token "scale-$$" --logger zap --log-level warn \
-        >>"$work/etcd-$n.log" 2>&1 &
-    server_pid[etcd-$n]=$!
+    start_etcd_member "$1" "$2" "$3" "scale-$$" "$work/etcd-$(($1 + 1)).log"
+    server_pid[etcd-$(($1 + 1))]=$!
 }
 measure_etcd() { # n
     local n="$1" dir="$work/etcd-$1" samples="$work/rss-etcd-$1"

@@ -211,6 +211,8 @@ pub struct BenchArgs {
     /// answered. A request that is sent late because the previous one on
     /// its connection was still in flight counts its latency from when it
     /// was due, so a server that falls behind is charged for the wait.
+    /// Timers have a resolution of about 1 ms: keep each connection's
+    /// interval (connections / rate) well above the latency plus 1 ms.
     #[arg(long, value_name = "OPS_PER_S")]
     pub rate: Option<f64>,
 
