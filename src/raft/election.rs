@@ -18,6 +18,7 @@
 
 use super::node::RaftNode;
 use super::progress::Progress;
+use super::quorum::VoteResult;
 use super::types::*;
 
 impl RaftNode {
@@ -54,8 +55,9 @@ impl RaftNode {
                 // Count ourselves plus every peer heard from since the last
                 // check; without a majority we may be on the wrong side of
                 // a partition, and must not keep acting as leader.
-                let active = 1 + self.progress.iter().filter(|p| p.recent_active).count();
-                if active < self.quorum() {
+                let peers = self.progress.iter().filter(|p| p.recent_active);
+                let active = std::iter::once(self.cfg.id).chain(peers.map(|p| p.id));
+                if !self.voters.has_quorum(active) {
                     let term = self.term;
                     self.become_follower(term, NO_NODE);
                     return;
@@ -316,7 +318,7 @@ impl RaftNode {
                 transfer,
             }
         };
-        if self.quorum() == 1 {
+        if self.voters.is_self_majority() {
             // A one-node cluster wins on its own vote.
             self.tally(self.cfg.id, true);
             return;
@@ -326,8 +328,8 @@ impl RaftNode {
         } else {
             self.term
         };
-        for i in 0..self.cfg.voters.len() {
-            let to = self.cfg.voters[i];
+        for i in 0..self.voters.len() {
+            let to = self.voters.ids()[i];
             if to != self.cfg.id {
                 self.msgs.push(Message {
                     from: self.cfg.id,
@@ -344,17 +346,17 @@ impl RaftNode {
         if !self.votes.iter().any(|&(v, _)| v == from) {
             self.votes.push((from, granted));
         }
-        let yes = self.votes.iter().filter(|&&(_, g)| g).count();
-        let no = self.votes.len() - yes;
-        if yes >= self.quorum() {
-            match self.role {
+        match self.voters.vote_result(&self.votes) {
+            VoteResult::Won => match self.role {
                 Role::PreCandidate => self.campaign(false),
                 Role::Candidate => self.become_leader(),
                 _ => {}
+            },
+            VoteResult::Lost => {
+                let term = self.term;
+                self.become_follower(term, NO_NODE);
             }
-        } else if no >= self.quorum() {
-            let term = self.term;
-            self.become_follower(term, NO_NODE);
+            VoteResult::Pending => {}
         }
     }
 
@@ -398,8 +400,8 @@ impl RaftNode {
         let last = self.log.last_index();
         let max_inflight = self.cfg.max_inflight;
         self.progress = self
-            .cfg
             .voters
+            .ids()
             .iter()
             .filter(|&&v| v != self.cfg.id)
             .map(|&v| Progress::new(v, last, max_inflight))

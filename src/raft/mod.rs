@@ -24,6 +24,7 @@
 //! | `election.rs` | terms and roles, term handling of every incoming message, PreVote, RequestVote, CheckQuorum, leader stickiness |
 //! | `replication.rs` | AppendEntries on both sides, the commit rule, heartbeats, InstallSnapshot, ReadIndex confirmation |
 //! | `log.rs` | the in-memory log after the snapshot, with the persist/commit/apply cursors |
+//! | [`quorum`] | majority arithmetic over a configuration of voters: commit index, vote tallies, CheckQuorum, ReadIndex confirmation |
 //! | `progress.rs` | the leader's per-peer flow control: Probe / Replicate / Snapshot states and the inflight window |
 //! | `read_only.rs` | pending ReadIndex reads and their heartbeat rounds |
 //! | `rng.rs` | the seeded xorshift generator behind randomized election timeouts |
@@ -72,9 +73,10 @@
 //!    reply leaves in the same Ready as the entries, after the runtime made
 //!    them durable: an acknowledgement always means "on disk".
 //! 4. **Commit** (leader). Each reply moves that follower's `match_index`.
-//!    The leader sorts the voters' match indexes (its own = `persisted`)
-//!    and takes the majority value; it commits it only if that entry is of
-//!    the current term (§5.4.2: older entries commit indirectly, which is
+//!    The leader takes the index a majority of the voters' match indexes
+//!    has reached (its own = `persisted`;
+//!    [`quorum::VoterSet::quorum_index`]); it commits it only if that
+//!    entry is of the current term (§5.4.2: older entries commit indirectly, which is
 //!    why every new leader appends a no-op). Followers learn the new commit
 //!    index with the next AppendEntries or heartbeat.
 //! 5. **Apply**. The next Ready carries the newly committed entries in
@@ -98,6 +100,7 @@ mod election;
 mod log;
 mod node;
 mod progress;
+pub mod quorum;
 mod read_only;
 mod replication;
 mod rng;

@@ -8,6 +8,7 @@
 
 use super::log::RaftLog;
 use super::progress::{Progress, ProgressState};
+use super::quorum::VoterSet;
 use super::read_only::ReadOnly;
 use super::rng::Rng;
 use super::types::*;
@@ -194,6 +195,8 @@ pub(crate) struct ReadyStamp {
 pub struct RaftNode {
     /// Static configuration (validated).
     pub(crate) cfg: Config,
+    /// Who votes, and what a majority of them is (see [`super::quorum`]).
+    pub(crate) voters: VoterSet,
     /// Current term (persistent).
     pub(crate) term: u64,
     /// Vote cast in `term` (persistent), or [`NO_NODE`].
@@ -315,6 +318,7 @@ impl RaftNode {
             outstanding: None,
             scratch: Vec::with_capacity(config.voters.len()),
             transfer: None,
+            voters: VoterSet::new(config.voters.clone()),
             cfg: config,
         };
         node.reset_election_timer();
@@ -678,14 +682,9 @@ impl RaftNode {
         }
     }
 
-    /// Votes needed for a majority of the voters.
-    pub(crate) fn quorum(&self) -> usize {
-        self.cfg.voters.len() / 2 + 1
-    }
-
     /// True when `id` is a voting member.
     pub(crate) fn is_voter(&self, id: NodeId) -> bool {
-        self.cfg.voters.contains(&id)
+        self.voters.contains(id)
     }
 
     /// The error a non-leader returns to clients.

@@ -29,13 +29,13 @@ impl RaftNode {
     /// the current term may be committed by counting replicas (§5.4.2,
     /// Figure 8); earlier entries commit with it.
     pub(crate) fn maybe_commit(&mut self) -> bool {
-        let mut matches = std::mem::take(&mut self.scratch);
-        matches.clear();
-        matches.push(self.log.persisted);
-        matches.extend(self.progress.iter().map(|p| p.match_index));
-        matches.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matches[self.quorum() - 1];
-        self.scratch = matches;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let own = (self.cfg.id, self.log.persisted);
+        let peers = self.progress.iter().map(|p| (p.id, p.match_index));
+        let candidate = self
+            .voters
+            .quorum_index(std::iter::once(own).chain(peers), &mut scratch);
+        self.scratch = scratch;
         if candidate <= self.log.commit || self.log.term_at(candidate) != Some(self.term) {
             return false;
         }
@@ -53,7 +53,7 @@ impl RaftNode {
     /// Leader: a read whose no-op condition holds enters a ReadIndex round.
     pub(crate) fn start_read(&mut self, ctx: u64) {
         let commit = self.log.commit;
-        if self.quorum() == 1 {
+        if self.voters.is_self_majority() {
             self.read_only.confirm_now(ctx, commit);
         } else {
             self.read_only.add(ctx, commit);
@@ -62,13 +62,14 @@ impl RaftNode {
 
     /// Leader: confirms every ReadIndex round a majority has echoed.
     fn check_read_quorum(&mut self) {
-        let mut acks = std::mem::take(&mut self.scratch);
-        acks.clear();
-        acks.push(u64::MAX); // we always agree with ourselves
-        acks.extend(self.progress.iter().map(|p| p.read_ack));
-        acks.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acks[self.quorum() - 1];
-        self.scratch = acks;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        // We always agree with ourselves.
+        let own = (self.cfg.id, u64::MAX);
+        let peers = self.progress.iter().map(|p| (p.id, p.read_ack));
+        let confirmed = self
+            .voters
+            .quorum_index(std::iter::once(own).chain(peers), &mut scratch);
+        self.scratch = scratch;
         if confirmed > 0 {
             self.read_only.confirm_up_to(confirmed);
         }
