@@ -63,7 +63,7 @@ impl Cluster {
                 let shutdown = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                if let Err(e) = raftkv::node::run(cfg, shutdown).await {
+                if let Err(e) = raftkv::daemon::run(cfg, shutdown).await {
                     eprintln!("node stopped: {e}");
                 }
             });

@@ -8,9 +8,11 @@
 //! | [`raft`] | the pure consensus core: ticks, messages and proposals in, a [`raft::Ready`] of work out |
 //! | [`kv`] | the key-value commands and the single function that decides what each does |
 //! | [`storage`] | durable log, hard state and KV state machine on sled (checksummed), plus an in-memory twin |
-//! | [`sim`] | deterministic, seeded simulation of whole clusters over the real core |
-//! | [`node`] | the runtime that drives the core with a clock, the disk and the network |
-//! | [`server`] | axum routes: the client API of the contract and the `/raft/*` RPCs |
+//! | [`sim`] | deterministic, seeded simulation of whole clusters running the real Raft loop and core |
+//! | [`node`] | the runtime: the Raft loop that drives the core with storage, peers and a clock (generic over all three), and the handle the server uses |
+//! | [`transport`] | the peer transport over HTTP: sending, receiving, envelope checks, snapshot streaming |
+//! | [`server`] | axum routes: the client API of the contract (the process mounts the transport's `/raft/*` next to them) |
+//! | [`daemon`] | one node process: storage + node + transport + server, and its clean shutdown |
 //! | [`client`] | HTTP client with leader discovery and retry, used by the CLI and bench |
 //! | [`cli`] | the `raftkv` command line |
 //! | [`bench`] | `raftkv bench`: load generator for RaftKV and etcd |
@@ -22,9 +24,11 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod daemon;
 pub mod kv;
 pub mod node;
 pub mod raft;
 pub mod server;
 pub mod sim;
 pub mod storage;
+pub mod transport;

@@ -158,7 +158,7 @@ async fn run_start(args: StartArgs) -> ExitCode {
     };
     tracing::info!(node_id = %config.node_id, port = config.port, data_dir = %config.data_dir.display(),
         peers = config.peers.len(), "starting node");
-    match crate::node::run(config, shutdown).await {
+    match crate::daemon::run(config, shutdown).await {
         Ok(()) => {
             tracing::info!("node stopped");
             ExitCode::SUCCESS

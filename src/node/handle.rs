@@ -1,25 +1,24 @@
-//! The handle the HTTP server holds: how requests reach the Raft loop and
-//! how they learn what became of them.
+//! What the rest of the process holds of a node: the [`NodeHandle`] the
+//! HTTP server calls into, the [`Inbox`] the peer transport delivers into,
+//! and the values that travel between them and the Raft loop.
 //!
 //! Everything here is cheap and never waits on consensus unless the caller
 //! asks it to (`propose`, `read_barrier`); status and health come from a
 //! `watch` channel the loop refreshes after every round.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::kv::{ApplyResult, KvCommand, KvItem};
-use crate::raft::{Message, NodeId, PeerStatus, Role};
-use crate::storage::{StagedImage, StorageError};
+use crate::raft::{Message, NodeId, PeerStatus, RaftError, Role};
+use crate::storage::StorageError;
 
 use super::membership::Membership;
-use super::snapshot::{ChunkReject, ReceiveProgress, SnapshotReceiver};
-use super::wire::{MessageBatch, RpcHeader, SnapshotChunk, WIRE_VERSION};
 
 /// Read access to the applied key-value data, usable from any thread while
 /// the Raft loop writes.
@@ -34,6 +33,49 @@ pub trait KvReader: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<KvItem>, bool), StorageError>;
+}
+
+/// What the peer transport knows about the peers, for `/cluster/status`
+/// and display names. Implemented by the transport (`crate::transport`),
+/// handed to the node when it is built, so the node never depends on it.
+pub trait PeerInfo: Send + Sync + 'static {
+    /// Reachability of a peer, if the transport has tried it yet.
+    fn peer_reachable(&self, id: NodeId) -> Option<bool>;
+    /// A display name a peer reported about itself (bare `--peers` form).
+    fn learned_name(&self, id: NodeId) -> Option<String>;
+    /// The snapshot transfer being received, if any.
+    fn snapshot_receiving(&self) -> Option<ReceiveProgress>;
+}
+
+/// A [`PeerInfo`] that knows nothing (a node without peers, or tests).
+#[derive(Debug, Default)]
+pub struct NoPeerInfo;
+
+impl PeerInfo for NoPeerInfo {
+    fn peer_reachable(&self, _: NodeId) -> Option<bool> {
+        None
+    }
+    fn learned_name(&self, _: NodeId) -> Option<String> {
+        None
+    }
+    fn snapshot_receiving(&self) -> Option<ReceiveProgress> {
+        None
+    }
+}
+
+/// Progress of the snapshot transfer being received, for `/cluster/status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiveProgress {
+    /// The sender.
+    pub from: NodeId,
+    /// Index of the snapshot.
+    pub index: u64,
+    /// Term of the entry at `index`.
+    pub term: u64,
+    /// Bytes staged so far.
+    pub bytes: u64,
+    /// Chunks staged so far.
+    pub chunks: u32,
 }
 
 /// What the Raft loop last published about this node.
@@ -78,74 +120,139 @@ impl Default for NodeStatus {
     }
 }
 
+/// Why nothing was done: retrying (here or elsewhere) is safe.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// The node is stopping.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The node's queues are full.
+    #[error("the node is overloaded; the request was not taken")]
+    Overloaded,
+    /// The node's Raft loop has stopped.
+    #[error("the node stopped")]
+    Stopped,
+    /// The loop stopped on a storage failure.
+    #[error("the node stopped on a storage error: {0}")]
+    StorageFailed(Arc<StorageError>),
+    /// The consensus core refused the request (e.g. a leadership transfer
+    /// is under way).
+    #[error(transparent)]
+    Refused(RaftError),
+    /// A ReadIndex round was not confirmed by a quorum in time.
+    #[error("leadership was not confirmed by a quorum within {ms} ms")]
+    NotConfirmed {
+        /// The request timeout.
+        ms: u64,
+    },
+}
+
+/// Why a write's outcome is unknown: it may or may not have been applied.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Uncertain {
+    /// A leader's snapshot replaced this node's log past the entry.
+    #[error("a snapshot from the new leader replaced the log")]
+    SnapshotReplacedLog,
+    /// The node stopped while the entry was in the log.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The loop stopped on a storage failure while the entry was in the log.
+    #[error("the node stopped on a storage error: {0}")]
+    StorageFailed(Arc<StorageError>),
+    /// The loop went away without answering.
+    #[error("the node stopped before the write was applied")]
+    Stopped,
+    /// Not applied within the request timeout.
+    #[error("the write was not applied within {ms} ms")]
+    TimedOut {
+        /// The request timeout.
+        ms: u64,
+    },
+}
+
 /// Why a write was not acknowledged.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
     /// This node is not the leader; nothing was proposed.
+    #[error("this node is not the leader")]
     NotLeader {
         /// The leader, if known.
         leader: Option<NodeId>,
     },
     /// The entry was proposed but another leader's entry took its place in
     /// the log: it was definitely not applied, so retrying is safe.
+    #[error("the write was superseded in the log by another leader's entry")]
     NotApplied,
     /// The write may or may not have been applied.
-    Unknown {
-        /// Why the outcome is unknown.
-        reason: String,
-    },
-    /// Nothing was proposed (shutting down, overloaded, leadership
-    /// transfer); retrying is safe.
-    Unavailable {
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Unknown(Uncertain),
+    /// Nothing was proposed; retrying is safe.
+    #[error(transparent)]
+    Unavailable(Unavailable),
 }
 
 /// Why a linearizable read could not be served.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ReadError {
     /// This node is not (or no longer) the leader.
+    #[error("this node is not the leader")]
     NotLeader {
         /// The leader, if known.
         leader: Option<NodeId>,
     },
     /// Leadership was not confirmed in time, or the node is stopping.
-    Unavailable {
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Unavailable(Unavailable),
 }
 
+/// A write the state machine applied: where, and with what result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Log index of the entry.
+    pub index: u64,
+    /// What applying it did.
+    pub result: ApplyResult,
+}
+
+/// Where the outcome of a [`Proposal`] goes.
+pub type WriteReply = oneshot::Sender<Result<Applied, WriteError>>;
+/// Where the outcome of a [`ReadRequest`] goes.
+pub type ReadReply = oneshot::Sender<Result<(), ReadError>>;
+
 /// A client write on its way into the log.
-pub(crate) struct Proposal {
+#[derive(Debug)]
+pub struct Proposal {
     /// The encoded [`KvCommand`].
     pub cmd: Vec<u8>,
     /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<ApplyResult, WriteError>>,
+    pub reply: WriteReply,
 }
 
 /// A linearizable read waiting for a ReadIndex confirmation.
-pub(crate) struct ReadRequest {
+#[derive(Debug)]
+pub struct ReadRequest {
     /// Answered with `Ok` once the state machine may be read.
-    pub reply: oneshot::Sender<Result<(), ReadError>>,
+    pub reply: ReadReply,
 }
 
-/// A snapshot received whole and staged, with the leader's
-/// InstallSnapshot message to step once the loop holds the image.
-pub(crate) struct StagedSnapshot {
+/// A snapshot received whole and staged, with the leader's InstallSnapshot
+/// message to step once the loop holds the image.
+#[derive(Debug)]
+pub struct IncomingSnapshot<I> {
     /// The leader's InstallSnapshot (its term, the image's meta).
     pub message: Message,
-    /// The verified, durable image in the inactive key-value tree.
-    pub staged: StagedImage,
+    /// The verified, durable image (a [`crate::storage::StagedSnapshot`]).
+    pub staged: I,
 }
 
-/// Everything else the Raft loop hears about.
-pub(crate) enum Inbound {
+/// What the peer transport tells the Raft loop. `I` is the store's staged
+/// image type.
+#[derive(Debug)]
+pub enum Inbound<I> {
     /// Messages from a peer.
     Messages(Vec<Message>),
     /// A staged snapshot image with its InstallSnapshot message.
-    Snapshot(Box<StagedSnapshot>),
+    Snapshot(Box<IncomingSnapshot<I>>),
     /// A batch to this peer could not be delivered.
     Unreachable(NodeId),
     /// A snapshot transfer to `peer` finished.
@@ -155,61 +262,62 @@ pub(crate) enum Inbound {
         /// Whether it was installed.
         success: bool,
     },
+}
+
+/// Requests from the node's owner to the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
     /// Shutdown: hand leadership to the most up-to-date peer.
     TransferLeadership,
 }
 
-/// Reachability of a peer as seen by its sender task.
-#[derive(Default)]
-pub(crate) struct PeerHealth {
-    /// 0 = not contacted yet, 1 = reachable, 2 = unreachable.
-    state: AtomicU8,
+/// The Raft loop stopped: nothing can be delivered any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the node's Raft loop has stopped")]
+pub struct LoopStopped;
+
+/// Where the peer transport delivers what it received. Cheap to clone.
+#[derive(Debug)]
+pub struct Inbox<I> {
+    pub(crate) tx: mpsc::Sender<Inbound<I>>,
 }
 
-impl PeerHealth {
-    pub(crate) fn set(&self, reachable: bool) -> bool {
-        let new = if reachable { 1 } else { 2 };
-        self.state.swap(new, Ordering::Relaxed) != new
-    }
-    pub(crate) fn get(&self) -> Option<bool> {
-        match self.state.load(Ordering::Relaxed) {
-            1 => Some(true),
-            2 => Some(false),
-            _ => None,
+impl<I> Clone for Inbox<I> {
+    fn clone(&self) -> Self {
+        Inbox {
+            tx: self.tx.clone(),
         }
     }
 }
 
-/// Why an RPC envelope was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RpcReject {
-    /// Another cluster, wire version or an unknown sender/receiver.
-    Foreign(String),
-    /// The node is stopping.
-    Stopping,
+impl<I> Inbox<I> {
+    /// Hands `ev` to the Raft loop, waiting while its queue is full.
+    pub async fn deliver(&self, ev: Inbound<I>) -> Result<(), LoopStopped> {
+        self.tx.send(ev).await.map_err(|_| LoopStopped)
+    }
 }
 
 pub(crate) struct Shared {
     pub membership: Membership,
-    /// Display names learned from RPC envelopes (bare `--peers` form).
-    pub learned_names: RwLock<HashMap<NodeId, String>>,
     pub proposals: mpsc::Sender<Proposal>,
     pub reads: mpsc::Sender<ReadRequest>,
-    pub inbound: mpsc::Sender<Inbound>,
+    pub control: mpsc::Sender<Control>,
     pub status: watch::Receiver<NodeStatus>,
     pub reader: Arc<dyn KvReader>,
-    pub peer_health: HashMap<NodeId, Arc<PeerHealth>>,
+    pub peers: Arc<dyn PeerInfo>,
     pub request_timeout: Duration,
     pub leader_wait: Duration,
     pub stopping: AtomicBool,
-    /// Incoming snapshot transfers.
-    pub snapshots: SnapshotReceiver,
 }
 
 /// The server's view of a running node. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) shared: Arc<Shared>,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl NodeHandle {
@@ -264,15 +372,15 @@ impl NodeHandle {
     /// until it no longer leads. Returns whether it handed over. Used on
     /// shutdown, before RPCs are refused: the others then have a leader a
     /// round trip later instead of after an election timeout.
-    pub(crate) async fn hand_over_leadership(&self, within: Duration) -> bool {
+    pub async fn hand_over_leadership(&self, within: Duration) -> bool {
         let st = self.status();
         if st.role != Role::Leader || st.peers.is_empty() {
             return false;
         }
         if self
             .shared
-            .inbound
-            .send(Inbound::TransferLeadership)
+            .control
+            .send(Control::TransferLeadership)
             .await
             .is_err()
         {
@@ -285,7 +393,8 @@ impl NodeHandle {
         handed_over
     }
 
-    pub(crate) fn set_stopping(&self) {
+    /// Marks the node as stopping: new requests and peer RPCs are refused.
+    pub fn set_stopping(&self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
     }
 
@@ -300,14 +409,22 @@ impl NodeHandle {
             if let Some(n) = &member.name {
                 return n.clone();
             }
-            if let Ok(names) = self.shared.learned_names.read() {
-                if let Some(n) = names.get(&id) {
-                    return n.clone();
-                }
+            if let Some(n) = self.shared.peers.learned_name(id) {
+                return n;
             }
             return member.addr.clone();
         }
         format!("{id:016x}")
+    }
+
+    /// Display names of every member, for logs.
+    pub fn names(&self) -> HashMap<NodeId, String> {
+        self.shared
+            .membership
+            .members
+            .iter()
+            .map(|m| (m.id, self.name_of(m.id)))
+            .collect()
     }
 
     /// Base URL of a member's API.
@@ -315,9 +432,14 @@ impl NodeHandle {
         self.shared.membership.member(id).map(|m| m.url())
     }
 
-    /// Reachability of a peer, if its sender has tried yet.
+    /// Reachability of a peer, if the transport has tried it yet.
     pub fn peer_reachable(&self, id: NodeId) -> Option<bool> {
-        self.shared.peer_health.get(&id).and_then(|h| h.get())
+        self.shared.peers.peer_reachable(id)
+    }
+
+    /// The snapshot transfer being received, if any.
+    pub fn snapshot_receiving(&self) -> Option<ReceiveProgress> {
+        self.shared.peers.snapshot_receiving()
     }
 
     /// Waits until some leader is known (or `deadline`), returning it.
@@ -341,15 +463,9 @@ impl NodeHandle {
     }
 
     /// Proposes a write and waits until it is applied (or `deadline`).
-    pub async fn propose(
-        &self,
-        cmd: &KvCommand,
-        deadline: Instant,
-    ) -> Result<ApplyResult, WriteError> {
+    pub async fn propose(&self, cmd: &KvCommand, deadline: Instant) -> Result<Applied, WriteError> {
         if self.is_stopping() {
-            return Err(WriteError::Unavailable {
-                reason: "the node is shutting down".into(),
-            });
+            return Err(WriteError::Unavailable(Unavailable::ShuttingDown));
         }
         let (tx, rx) = oneshot::channel();
         let proposal = Proposal {
@@ -358,29 +474,16 @@ impl NodeHandle {
         };
         match tokio::time::timeout_at(deadline, self.shared.proposals.send(proposal)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(WriteError::Unavailable {
-                    reason: "the node is shutting down".into(),
-                })
-            }
+            Ok(Err(_)) => return Err(WriteError::Unavailable(Unavailable::ShuttingDown)),
             // Still queued outside the loop: it never reached the log.
-            Err(_) => {
-                return Err(WriteError::Unavailable {
-                    reason: "the node is overloaded; the write was not proposed".into(),
-                })
-            }
+            Err(_) => return Err(WriteError::Unavailable(Unavailable::Overloaded)),
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(WriteError::Unknown {
-                reason: "the node stopped before the write was applied".into(),
-            }),
-            Err(_) => Err(WriteError::Unknown {
-                reason: format!(
-                    "the write was not applied within {} ms",
-                    self.shared.request_timeout.as_millis()
-                ),
-            }),
+            Ok(Err(_)) => Err(WriteError::Unknown(Uncertain::Stopped)),
+            Err(_) => Err(WriteError::Unknown(Uncertain::TimedOut {
+                ms: ms(self.shared.request_timeout),
+            })),
         }
     }
 
@@ -389,147 +492,31 @@ impl NodeHandle {
     /// the local state machine afterwards is linearizable.
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), ReadError> {
         if self.is_stopping() {
-            return Err(ReadError::Unavailable {
-                reason: "the node is shutting down".into(),
-            });
+            return Err(ReadError::Unavailable(Unavailable::ShuttingDown));
         }
         let (tx, rx) = oneshot::channel();
-        let unavailable = |reason: &str| ReadError::Unavailable {
-            reason: reason.into(),
-        };
         match tokio::time::timeout_at(deadline, self.shared.reads.send(ReadRequest { reply: tx }))
             .await
         {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(unavailable("the node is shutting down")),
-            Err(_) => return Err(unavailable("the node is overloaded")),
+            Ok(Err(_)) => return Err(ReadError::Unavailable(Unavailable::ShuttingDown)),
+            Err(_) => return Err(ReadError::Unavailable(Unavailable::Overloaded)),
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(unavailable("the node stopped")),
-            Err(_) => Err(ReadError::Unavailable {
-                reason: format!(
-                    "leadership was not confirmed by a quorum within {} ms",
-                    self.shared.request_timeout.as_millis()
-                ),
-            }),
+            Ok(Err(_)) => Err(ReadError::Unavailable(Unavailable::Stopped)),
+            Err(_) => Err(ReadError::Unavailable(Unavailable::NotConfirmed {
+                ms: ms(self.shared.request_timeout),
+            })),
         }
-    }
-
-    fn check_header(&self, h: &RpcHeader) -> Result<(), RpcReject> {
-        let m = &self.shared.membership;
-        if h.version != WIRE_VERSION {
-            return Err(RpcReject::Foreign(format!(
-                "wire version {} is not supported (this node speaks {WIRE_VERSION})",
-                h.version
-            )));
-        }
-        if h.cluster_id != m.cluster_id {
-            return Err(RpcReject::Foreign(format!(
-                "cluster id mismatch: this node belongs to `{}`, the RPC to `{}`",
-                m.cluster_id, h.cluster_id
-            )));
-        }
-        if h.to != m.self_id {
-            return Err(RpcReject::Foreign(format!(
-                "RPC addressed to node {:016x}, this is {} ({:016x}); \
-                 are the peers configured with the same names/addresses everywhere?",
-                h.to, m.self_name, m.self_id
-            )));
-        }
-        if h.from == m.self_id || m.member(h.from).is_none() {
-            return Err(RpcReject::Foreign(format!(
-                "sender {} ({:016x}, {}) is not a member of this cluster",
-                h.from_name, h.from, h.from_addr
-            )));
-        }
-        if self.is_stopping() {
-            return Err(RpcReject::Stopping);
-        }
-        Ok(())
-    }
-
-    fn learn_name(&self, h: &RpcHeader) {
-        if !self.shared.membership.by_address || h.from_name.is_empty() {
-            return;
-        }
-        let known = self
-            .shared
-            .learned_names
-            .read()
-            .map(|n| n.get(&h.from) == Some(&h.from_name))
-            .unwrap_or(true);
-        if !known {
-            if let Ok(mut names) = self.shared.learned_names.write() {
-                names.insert(h.from, h.from_name.clone());
-            }
-        }
-    }
-
-    /// Hands a batch of peer messages to the Raft loop.
-    pub(crate) async fn deliver(&self, batch: MessageBatch) -> Result<(), RpcReject> {
-        self.check_header(&batch.header)?;
-        self.learn_name(&batch.header);
-        // The envelope was checked; messages inside must agree with it.
-        let from = batch.header.from;
-        let me = self.self_id();
-        let messages: Vec<Message> = batch
-            .messages
-            .into_iter()
-            // Snapshots only arrive with their image, through
-            // `deliver_snapshot`; a bare InstallSnapshot could not be served.
-            .filter(|m| m.from == from && m.to == me)
-            .filter(|m| !matches!(m.body, crate::raft::MessageBody::InstallSnapshot { .. }))
-            .collect();
-        if messages.is_empty() {
-            return Ok(());
-        }
-        self.shared
-            .inbound
-            .send(Inbound::Messages(messages))
-            .await
-            .map_err(|_| RpcReject::Stopping)
-    }
-
-    /// Stages one chunk of a snapshot transfer; after the last one, hands
-    /// the image to the Raft loop.
-    pub(crate) async fn deliver_snapshot_chunk(&self, c: SnapshotChunk) -> Result<(), ChunkReject> {
-        self.check_header(&c.header).map_err(|e| match e {
-            RpcReject::Foreign(why) => ChunkReject::Conflict(why),
-            RpcReject::Stopping => ChunkReject::Busy("the node is shutting down".into()),
-        })?;
-        self.learn_name(&c.header);
-        if c.message.from != c.header.from || c.message.to != self.self_id() {
-            return Err(ChunkReject::Conflict(
-                "snapshot message does not match its envelope".into(),
-            ));
-        }
-        // A deposed leader's transfer: not worth staging (the core would
-        // ignore its message anyway).
-        let term = self.term();
-        if c.message.term < term {
-            return Err(ChunkReject::Conflict(format!(
-                "snapshot from term {}, this node is at term {term}",
-                c.message.term
-            )));
-        }
-        let from_name = self.name_of(c.header.from);
-        self.shared
-            .snapshots
-            .handle(c, &from_name, &self.shared.inbound)
-            .await
-    }
-
-    /// The snapshot transfer being received, if any.
-    pub fn snapshot_receiving(&self) -> Option<ReceiveProgress> {
-        self.shared.snapshots.progress()
     }
 }
 
 #[cfg(test)]
 pub(crate) mod testing {
-    //! A stand-in for the Raft loop, so the server can be tested without
-    //! the consensus core: proposals are applied at once to a map.
+    //! A stand-in for the Raft loop, so the server and the transport can be
+    //! tested without the consensus core: proposals are applied at once to
+    //! a map.
 
     use super::*;
     use crate::kv::{decide, Effect};
@@ -581,28 +568,35 @@ pub(crate) mod testing {
         Stuck,
     }
 
-    pub struct Fake {
+    pub struct Fake<I> {
         pub handle: NodeHandle,
         pub reader: Arc<MapReader>,
         pub status_tx: watch::Sender<NodeStatus>,
+        /// What the fake loop received from peers.
+        pub inbox: Inbox<I>,
+        pub inbound: Arc<Mutex<Vec<Inbound<I>>>>,
     }
 
     /// Builds a handle for `membership` driven by a fake loop in `mode`.
-    pub fn fake_node(membership: Membership, mode: Mode, timeout: Duration) -> Fake {
-        fake_node_staging(membership, mode, timeout, None)
-    }
-
-    /// Like [`fake_node`], staging incoming snapshots into `store` (the
-    /// fake loop drops them once staged).
-    pub fn fake_node_staging(
+    pub fn fake_node<I: Send + 'static>(
         membership: Membership,
         mode: Mode,
         timeout: Duration,
-        store: Option<crate::storage::SledStore>,
-    ) -> Fake {
+    ) -> Fake<I> {
+        fake_node_with_peers(membership, mode, timeout, Arc::new(NoPeerInfo))
+    }
+
+    /// Like [`fake_node`], with the transport's view of the peers.
+    pub fn fake_node_with_peers<I: Send + 'static>(
+        membership: Membership,
+        mode: Mode,
+        timeout: Duration,
+        peers: Arc<dyn PeerInfo>,
+    ) -> Fake<I> {
         let (ptx, mut prx) = mpsc::channel::<Proposal>(64);
         let (rtx, mut rrx) = mpsc::channel::<ReadRequest>(64);
-        let (itx, mut irx) = mpsc::channel::<Inbound>(64);
+        let (itx, mut irx) = mpsc::channel::<Inbound<I>>(64);
+        let (ctx, mut crx) = mpsc::channel::<Control>(4);
         let self_id = membership.self_id;
         let status = NodeStatus {
             role: if matches!(mode, Mode::Follower(_)) {
@@ -621,20 +615,20 @@ pub(crate) mod testing {
         let reader = Arc::new(MapReader::default());
         let handle = NodeHandle {
             shared: Arc::new(Shared {
-                peer_health: HashMap::new(),
                 membership,
-                learned_names: RwLock::new(HashMap::new()),
                 proposals: ptx,
                 reads: rtx,
-                inbound: itx,
+                control: ctx,
                 status: status_rx,
                 reader: reader.clone(),
+                peers,
                 request_timeout: timeout,
                 leader_wait: timeout,
                 stopping: AtomicBool::new(false),
-                snapshots: SnapshotReceiver::new(store),
             }),
         };
+        let inbound = Arc::new(Mutex::new(Vec::new()));
+        let received = inbound.clone();
         let r = reader.clone();
         tokio::spawn(async move {
             let mut index = 1u64;
@@ -662,7 +656,7 @@ pub(crate) mod testing {
                                     }
                                     Effect::None => {}
                                 }
-                                let _ = p.reply.send(Ok(result));
+                                let _ = p.reply.send(Ok(Applied { index, result }));
                             }
                         }
                     }
@@ -672,7 +666,8 @@ pub(crate) mod testing {
                             _ => Ok(()),
                         });
                     }
-                    Some(_) = irx.recv() => {}
+                    Some(ev) = irx.recv() => received.lock().unwrap().push(ev),
+                    Some(_) = crx.recv() => {}
                     else => break,
                 }
             }
@@ -681,6 +676,8 @@ pub(crate) mod testing {
             handle,
             reader,
             status_tx,
+            inbox: Inbox { tx: itx },
+            inbound,
         }
     }
 }

@@ -1,50 +1,62 @@
-//! The node runtime: drives the consensus core with real time, storage and
-//! network.
+//! The node runtime: the Raft loop that drives the consensus core with
+//! storage, peers and time, and the handle the rest of the process uses.
 //!
 //! ```text
-//!   HTTP handlers (axum, many tasks)           peers' /raft/* RPCs
-//!        │ proposals  │ reads                        │ messages
-//!        ▼            ▼                              ▼
-//!   ┌──────────────── Raft loop (own thread) ─────────────────┐
-//!   │ tick · step · propose(batch) · read_index(batch)        │
-//!   │ Ready: install snapshot → save+fsync → queue messages → │
-//!   │        apply → release reads → advance → compact        │
-//!   └─────┬──────────────────────────┬──────────────────┬─────┘
-//!         │ status (watch)           │ per-peer queues  │ replies to
-//!         ▼                          ▼                  ▼ waiting handlers
-//!   /health, /cluster/*        sender task per peer (HTTP, kept alive)
+//!   server (HTTP handlers)                    transport (peers' /raft/* RPCs)
+//!        │ NodeHandle: proposals, reads            │ Inbox: messages, staged
+//!        │ status, hand-over                        │ snapshots, send reports
+//!        ▼                                          ▼
+//!   ┌────────────── RaftLoop (sync, deterministic) ─────────────┐
+//!   │ on_tick · on_inbound · on_proposal · on_read · on_control │
+//!   │ round(): propose(batch) · read_index(batch) · Ready:      │
+//!   │   early send → apply if durable → install → save+fsync →  │
+//!   │   send → apply → release reads → advance → compact        │
+//!   └──────┬──────────────────┬──────────────────────┬──────────┘
+//!          │ NodeStore        │ PeerTransport        │ Clock
+//!        sled | memory      HTTP | simulated net    tokio | virtual
 //! ```
 //!
+//! * [`raft_loop`]: [`RaftLoop`], the only code that interprets a
+//!   [`crate::raft::Ready`]. Generic over the storage
+//!   ([`crate::storage::NodeStore`]), the transport ([`PeerTransport`]) and
+//!   the clock ([`Clock`]) — see [`env`].
+//! * `driver`: the production driver, a tokio `select!` on a thread of its
+//!   own that only feeds the loop; the simulation (`crate::sim`) drives the
+//!   same loop in virtual time.
+//! * [`handle`]: [`NodeHandle`] (what the server holds), [`Inbox`] (what
+//!   the transport delivers into), and the values between them.
 //! * [`membership`]: names/addresses → core ids, cluster id.
-//! * [`handle`]: what the server holds ([`NodeHandle`]).
-//! * `raft_loop`: the loop itself; `transport`: the peer senders.
-//! * [`wire`]: RPC bodies.
+//!
+//! The node knows neither HTTP server nor peer transport: the process
+//! (`crate::daemon`) opens the store, prepares a node ([`PreparedNode`]),
+//! builds the transport around its [`Inbox`] and the server around its
+//! [`NodeHandle`], then starts it ([`PreparedNode::start`]).
 
+mod driver;
+pub mod env;
 pub mod handle;
 pub mod membership;
-mod raft_loop;
-mod snapshot;
-mod transport;
-pub mod wire;
+pub mod raft_loop;
 
-use std::collections::HashMap;
-use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
 
 use crate::raft::{Config, InitialState, RaftError, RaftNode};
-use crate::storage::sled_store::{KvCheck, KvCheckStatus, StoreOptions};
-use crate::storage::{LogStore, SledStore, StateMachine, StorageError};
+use crate::storage::{NodeStore, StorageError};
 
-pub use handle::{KvReader, NodeHandle, NodeStatus, ReadError, RpcReject, WriteError};
+pub use driver::LoopFailure;
+pub use env::{Clock, LoopInput, PeerTransport, SystemClock};
+pub use handle::{
+    Applied, Control, Inbound, Inbox, IncomingSnapshot, KvReader, LoopStopped, NoPeerInfo,
+    NodeHandle, NodeStatus, PeerInfo, Proposal, ReadError, ReadRequest, ReceiveProgress,
+    Unavailable, Uncertain, WriteError,
+};
 pub use membership::{Member, Membership};
-pub use snapshot::{ChunkReject, ReceiveProgress};
-pub(crate) use transport::error_chain;
+pub use raft_loop::{LoopSettings, RaftLoop};
 
 /// One peer as given on the command line: `name=host:port`, or the bare
 /// `host:port` form (then `name` is `None`).
@@ -87,7 +99,7 @@ pub struct NodeConfig {
     /// [`crate::storage::sled_store::CACHE_CAPACITY`]).
     pub cache_mb: u64,
     /// Verify the key-value tree in the background instead of before
-    /// serving ([`KvCheck::Background`]): restart in O(log tail) instead of
+    /// serving (`KvCheck::Background` of the sled store): restart in O(log tail) instead of
     /// O(data), at the price of serving (never a damaged record, since every
     /// read verifies its own) before a damaged cold record is found. Off by
     /// default: the contract says a node never starts serving on damaged
@@ -161,12 +173,18 @@ pub enum NodeError {
         /// Why it failed.
         problem: std::io::Error,
     },
-    /// Binding or serving failed.
+    /// Serving failed, or a thread could not be started.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// An internal task died.
-    #[error("internal error: {0}")]
-    Fatal(String),
+    /// The Raft loop's thread could not run.
+    #[error(transparent)]
+    Loop(LoopFailure),
+    /// The Raft loop panicked.
+    #[error("internal error: the raft loop panicked")]
+    LoopPanicked,
+    /// The HTTP server's task failed.
+    #[error("internal error: the HTTP server task failed: {0}")]
+    ServerTask(#[source] tokio::task::JoinError),
 }
 
 /// How wall-clock settings map onto the core's ticks.
@@ -215,129 +233,20 @@ impl Timing {
     }
 }
 
-/// Runs a node until `shutdown` resolves (SIGTERM/SIGINT in the binary), then
-/// stops accepting, fails in-flight requests, flushes and returns.
-///
-/// Errors that stop the node before it serves (bad configuration, a data
-/// dir that is damaged or belongs to another node or cluster, a port in
-/// use) come back as typed [`NodeError`]s whose messages name the file or
-/// tree and the problem.
-pub async fn run(
-    config: NodeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), NodeError> {
-    let membership = Membership::resolve(&config)?;
-    let timing = Timing::from_config(&config)?;
-    // Bind before touching the data dir: a port in use must not leave a
-    // freshly initialised data dir behind.
-    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
-        .await
-        .map_err(|problem| NodeError::Bind {
-            addr: format!("{}:{}", config.host, config.port),
-            problem,
-        })?;
-    // By default every key-value record is verified before serving (the
-    // contract: never serve on damaged state). With the opt-in background
-    // check, `serve` stops the node if that check finds a damaged record.
-    let options = StoreOptions {
-        cache_bytes: config.cache_mb.saturating_mul(1 << 20),
-        kv_check: if config.kv_check_in_background {
-            KvCheck::Background
-        } else {
-            KvCheck::AtOpen
-        },
-    };
-    let store = SledStore::open_with(
-        &config.data_dir,
-        &membership.self_name,
-        &membership.cluster_id,
-        options,
-    )
-    .map_err(|e| data_dir_error(&config.data_dir, e))?;
-    let reader: Arc<dyn KvReader> = Arc::new(store.clone());
-    serve(
-        config, membership, timing, listener, store, reader, shutdown,
-    )
-    .await
-}
-
-/// Resolves only if the background check of the key-value tree finds a
-/// damaged record (the store already refuses writes then): the node stops
-/// with that error, as when the Raft loop meets a damaged record. Polls
-/// the store's status every 100 ms and stops polling once the check passed.
-async fn kv_check_failure(store: SledStore, data_dir: String) -> NodeError {
-    let mut every = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        every.tick().await;
-        match store.kv_check_status() {
-            KvCheckStatus::Running => {}
-            KvCheckStatus::Passed => {
-                drop(store);
-                return std::future::pending().await;
-            }
-            failed @ KvCheckStatus::Failed(_) => {
-                return NodeError::DataDir {
-                    path: data_dir,
-                    problem: failed
-                        .error()
-                        .unwrap_or_else(|| StorageError::Io("key-value check failed".into())),
-                }
-            }
-        }
-    }
-}
-
-/// Adds the data dir to storage errors that do not name it already.
-fn data_dir_error(dir: &std::path::Path, e: StorageError) -> NodeError {
-    match e {
-        StorageError::IdentityMismatch { .. } => NodeError::Storage(e),
-        other => NodeError::DataDir {
-            path: dir.display().to_string(),
-            problem: other,
-        },
-    }
-}
-
-impl KvReader for SledStore {
-    fn get(&self, key: &str) -> Result<Option<(String, u64)>, StorageError> {
-        StateMachine::get(self, key)
-    }
-    fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<crate::kv::KvItem>, bool), StorageError> {
-        StateMachine::scan(self, prefix, after, limit)
-    }
-}
-
-/// Runs a node on an already opened store. `reader` must read the same
-/// data the store's [`StateMachine`] writes.
-pub(crate) async fn serve(
-    config: NodeConfig,
-    membership: Membership,
+/// Builds the consensus core from what `store` recovered.
+pub fn recover_core<S: NodeStore>(
+    store: &S,
+    membership: &Membership,
     timing: Timing,
-    listener: tokio::net::TcpListener,
-    store: SledStore,
-    reader: Arc<dyn KvReader>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), NodeError> {
-    let data_dir = config.data_dir.display().to_string();
-    let kv_check = kv_check_failure(store.clone(), data_dir.clone());
-    let recovered = store.load().map_err(|problem| NodeError::DataDir {
-        path: data_dir.clone(),
-        problem,
-    })?;
+    seed: u64,
+) -> Result<RaftNode, NodeError> {
+    let recovered = store.load()?;
     let applied = store.applied_index();
     if applied < recovered.snapshot.index {
-        return Err(NodeError::DataDir {
-            path: data_dir,
-            problem: StorageError::Inconsistent(format!(
-                "the state machine is at index {applied}, behind the snapshot at {}",
-                recovered.snapshot.index
-            )),
-        });
+        return Err(NodeError::Storage(StorageError::Inconsistent(format!(
+            "the state machine is at index {applied}, behind the snapshot at {}",
+            recovered.snapshot.index
+        ))));
     }
     let mut raft_config = Config::new(membership.self_id, membership.voters());
     raft_config.heartbeat_ticks = timing.heartbeat_ticks;
@@ -348,208 +257,182 @@ pub(crate) async fn serve(
         entries: recovered.entries,
         applied,
     };
-    let node = RaftNode::new(raft_config, init, rand::random())?;
+    Ok(RaftNode::new(raft_config, init, seed)?)
+}
 
-    let bind_addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| format!("{}:{}", config.host, config.port));
+/// A node whose consensus core is recovered and whose handle exists, but
+/// whose loop is not running yet: build the transport around
+/// [`PreparedNode::inbox`] and the server around [`PreparedNode::handle`],
+/// then [`PreparedNode::start`] it.
+pub struct PreparedNode<S: NodeStore> {
+    handle: NodeHandle,
+    inbox: Inbox<S::Staged>,
+    core: RaftNode,
+    store: S,
+    channels: driver::LoopChannels<S::Staged>,
+    status_tx: watch::Sender<NodeStatus>,
+    tick: Duration,
+    snapshot_threshold: u64,
+}
 
-    let unspecified = matches!(config.host.as_str(), "0.0.0.0" | "::" | "[::]");
-    if unspecified && config.advertise.is_none() {
-        warn!(
-            advertise = membership.self_addr(),
-            "listening on all interfaces without --advertise: peers and clients will be \
-             told an address they cannot reach"
+impl<S> PreparedNode<S>
+where
+    S: NodeStore + Send + 'static,
+    S::Staged: Send,
+{
+    /// Recovers the core from `store` and creates the handle. `reader`
+    /// must read the same data the store's state machine writes; `peers`
+    /// is the transport's view of the peers (for status and names).
+    pub fn prepare(
+        config: &NodeConfig,
+        membership: Membership,
+        timing: Timing,
+        store: S,
+        reader: Arc<dyn KvReader>,
+        peers: Arc<dyn PeerInfo>,
+    ) -> Result<Self, NodeError> {
+        let core = recover_core(&store, &membership, timing, rand::random())?;
+        // Channels into the Raft loop. Bounded: a full queue pushes back on
+        // HTTP handlers and the transport, never on the loop.
+        let (proposal_tx, proposals) = mpsc::channel(65536);
+        let (read_tx, reads) = mpsc::channel(65536);
+        let (inbound_tx, inbound) = mpsc::channel(4096);
+        let (control_tx, control) = mpsc::channel(16);
+        let (status_tx, status_rx) = watch::channel(NodeStatus::default());
+        let request_timeout = Duration::from_millis(config.request_timeout_ms);
+        let max_election = timing.tick * timing.election_ticks * 2;
+        let handle = NodeHandle {
+            shared: Arc::new(handle::Shared {
+                membership,
+                proposals: proposal_tx,
+                reads: read_tx,
+                control: control_tx,
+                status: status_rx,
+                reader,
+                peers,
+                request_timeout,
+                // Long enough for one election with some retries.
+                leader_wait: request_timeout.min(max_election * 2),
+                stopping: AtomicBool::new(false),
+            }),
+        };
+        Ok(PreparedNode {
+            handle,
+            inbox: Inbox { tx: inbound_tx },
+            core,
+            store,
+            channels: driver::LoopChannels {
+                proposals,
+                reads,
+                inbound,
+                control,
+            },
+            status_tx,
+            tick: timing.tick,
+            snapshot_threshold: config.snapshot_threshold,
+        })
+    }
+
+    /// The handle (cheap to clone).
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Where the transport delivers what it receives.
+    pub fn inbox(&self) -> Inbox<S::Staged> {
+        self.inbox.clone()
+    }
+
+    /// Starts the Raft loop on a thread of its own, with `transport`.
+    pub fn start<T>(self, transport: T) -> Result<RunningNode, NodeError>
+    where
+        T: PeerTransport<S::Source> + Send + 'static,
+    {
+        let settings = LoopSettings {
+            snapshot_threshold: self.snapshot_threshold,
+            names: self.handle.names(),
+        };
+        let core = RaftLoop::new(
+            self.core,
+            self.store,
+            transport,
+            SystemClock,
+            settings,
+            self.status_tx,
         );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let done = driver::spawn(core, self.channels, self.tick, stop_rx)?;
+        Ok(RunningNode {
+            handle: self.handle,
+            stop_tx,
+            done: Some(done),
+        })
     }
-    info!(
-        node = %membership.self_name,
-        listen = %bind_addr,
-        advertise = %membership.self_addr(),
-        cluster = %membership.cluster_id,
-        members = membership.members.len(),
-        data_dir = %data_dir,
-        "node starting"
-    );
+}
 
-    // Channels into the Raft loop. Bounded: a full queue pushes back on
-    // HTTP handlers, never on the loop.
-    let (proposal_tx, proposal_rx) = mpsc::channel(65536);
-    let (read_tx, read_rx) = mpsc::channel(65536);
-    let (inbound_tx, inbound_rx) = mpsc::channel(4096);
-    let (status_tx, status_rx) = watch::channel(NodeStatus::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
+/// A node whose loop runs. Dropping it stops the loop (without waiting).
+pub struct RunningNode {
+    handle: NodeHandle,
+    stop_tx: watch::Sender<bool>,
+    done: Option<oneshot::Receiver<Result<(), LoopFailure>>>,
+}
 
-    let peer_health: HashMap<_, _> = membership
-        .peers()
-        .map(|p| (p.id, Arc::new(handle::PeerHealth::default())))
-        .collect();
-    let request_timeout = Duration::from_millis(config.request_timeout_ms);
-    let max_election = timing.tick * timing.election_ticks * 2;
-    let handle = NodeHandle {
-        shared: Arc::new(handle::Shared {
-            membership: membership.clone(),
-            learned_names: RwLock::new(HashMap::new()),
-            proposals: proposal_tx,
-            reads: read_tx,
-            inbound: inbound_tx.clone(),
-            status: status_rx,
-            reader,
-            peer_health: peer_health.clone(),
-            request_timeout,
-            // Long enough for one election with some retries.
-            leader_wait: request_timeout.min(max_election * 2),
-            stopping: AtomicBool::new(false),
-            snapshots: snapshot::SnapshotReceiver::new(Some(store.clone())),
-        }),
-    };
+fn loop_result(
+    r: Result<Result<(), LoopFailure>, oneshot::error::RecvError>,
+) -> Result<(), NodeError> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(LoopFailure::Storage(e))) => Err(NodeError::Storage(e)),
+        Ok(Err(e @ LoopFailure::Runtime(_))) => Err(NodeError::Loop(e)),
+        Err(_) => Err(NodeError::LoopPanicked),
+    }
+}
 
-    let transport = transport::Transport::start(
-        &membership,
-        &peer_health,
-        inbound_tx,
-        tokio::runtime::Handle::current(),
-        transport::TransportTiming {
-            rpc_timeout: (timing.tick * timing.election_ticks)
-                .clamp(Duration::from_millis(500), Duration::from_secs(5)),
-            // Generous: the first chunk may wait for the receiver to clear
-            // the leftovers of an earlier transfer.
-            snapshot_chunk_timeout: Duration::from_secs(60),
-            max_backoff: (timing.tick * timing.election_ticks / 2)
-                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
-        },
-        stop_rx.clone(),
-    );
-    let names = membership
-        .members
-        .iter()
-        .map(|m| (m.id, m.name.clone().unwrap_or_else(|| m.addr.clone())))
-        .collect();
-    let settings = raft_loop::LoopSettings {
-        tick: timing.tick,
-        snapshot_threshold: config.snapshot_threshold,
-        names,
-    };
+impl RunningNode {
+    /// The node's handle.
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
 
-    // The loop gets a thread and a single-threaded runtime of its own: its
-    // fsyncs and sled calls block, and must block nothing else.
-    let (done_tx, mut done_rx) = oneshot::channel::<Result<(), StorageError>>();
-    let loop_stop = stop_rx.clone();
-    std::thread::Builder::new()
-        .name("raft-loop".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = done_tx.send(Err(StorageError::Io(format!(
-                        "cannot start the raft loop runtime: {e}"
-                    ))));
-                    return;
-                }
-            };
-            let mut raft_loop = raft_loop::RaftLoop::new(
-                node,
-                store,
-                transport,
-                settings,
-                proposal_rx,
-                read_rx,
-                inbound_rx,
-                status_tx,
-            );
-            let mut result = rt.block_on(raft_loop.run(loop_stop));
-            let store = raft_loop.into_store();
-            if let Err(e) = store.flush() {
-                if result.is_ok() {
-                    result = Err(e);
-                }
+    /// Resolves when the loop stopped by itself (a storage failure, or a
+    /// panic); pending forever once [`RunningNode::stop`] consumed it.
+    pub async fn stopped(&mut self) -> Result<(), NodeError> {
+        match self.done.as_mut() {
+            Some(done) => {
+                let r = done.await;
+                self.done = None;
+                loop_result(r)
             }
-            drop(store);
-            let _ = done_tx.send(result);
-        })?;
+            None => std::future::pending().await,
+        }
+    }
 
-    let (trigger_tx, mut trigger_rx) = watch::channel(false);
-    let app = crate::server::router(crate::server::AppState::new(handle.clone()));
-    // TCP_NODELAY on every accepted connection (axum leaves Nagle on): a
-    // response written while the previous one on the same connection is
-    // still unacknowledged (pipelined Raft RPCs) would otherwise wait for
-    // the peer's delayed ACK, up to 40 ms.
-    use axum::serve::ListenerExt as _;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+    /// Stops the loop: everyone still waiting is answered, the store is
+    /// flushed. Returns how the loop ended.
+    pub async fn stop(mut self) -> Result<(), NodeError> {
+        self.handle.set_stopping();
+        let _ = self.stop_tx.send(true);
+        match self.done.take() {
+            Some(done) => loop_result(done.await),
+            None => Ok(()),
         }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = trigger_rx.wait_for(|v| *v).await;
-    });
-    let mut serve_task = tokio::spawn(server.into_future());
+    }
+}
 
-    tokio::pin!(shutdown);
-    let early: Option<Result<(), NodeError>> = tokio::select! {
-        _ = &mut shutdown => {
-            info!("shutdown requested: no longer accepting requests");
-            None
+/// The error with its causes, e.g. "error sending request: connection
+/// refused" (for logs and error messages).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
         }
-        r = &mut done_rx => Some(match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NodeError::Storage(e)),
-            Err(_) => Err(NodeError::Fatal("the raft loop panicked".into())),
-        }),
-        e = kv_check => Some(Err(e)),
-        r = &mut serve_task => Some(match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NodeError::Io(e)),
-            Err(e) => Err(NodeError::Fatal(format!("the HTTP server task failed: {e}"))),
-        }),
-    };
-    if let Some(Err(e)) = &early {
-        error!(error = %e, "node stopping");
+        cur = c.source();
     }
-    if early.is_none() {
-        // A leader that is asked to stop hands over first (while it still
-        // answers RPCs), so the cluster is not left waiting an election
-        // timeout for a new one. Bounded: the core gives up after one.
-        let within = Duration::from_millis(config.election_timeout_ms + 200);
-        let started = std::time::Instant::now();
-        if handle.hand_over_leadership(within).await {
-            info!(
-                ms = started.elapsed().as_millis() as u64,
-                "leadership handed over"
-            );
-        }
-    }
-    handle.set_stopping();
-    let _ = trigger_tx.send(true);
-
-    // Let requests already in flight finish for a moment, then fail
-    // whatever still waits and stop the loop.
-    let drain = Duration::from_millis(1000).min(request_timeout);
-    let server_done = tokio::time::timeout(drain, &mut serve_task).await.is_ok();
-    let _ = stop_tx.send(true);
-    let loop_result = match early {
-        Some(r) => r,
-        None => match done_rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NodeError::Storage(e)),
-            Err(_) => Err(NodeError::Fatal("the raft loop panicked".into())),
-        },
-    };
-    if !server_done {
-        let grace = request_timeout + Duration::from_secs(2);
-        if tokio::time::timeout(grace, &mut serve_task).await.is_err() {
-            warn!("in-flight requests did not finish in time; closing their connections");
-            serve_task.abort();
-        }
-    }
-    if loop_result.is_ok() {
-        info!("node stopped cleanly");
-    }
-    loop_result
+    s
 }
 
 #[cfg(test)]

@@ -1,67 +1,94 @@
-//! The Raft loop: the one task that owns the consensus core and the write
-//! side of the store.
+//! The Raft loop: the one piece of code that owns the consensus core and
+//! the write side of the store, and the only code that interprets a
+//! [`Ready`].
 //!
-//! Each round it takes whatever has arrived — a tick, peer messages, and
-//! *all* queued client proposals and reads — and feeds them to the core:
-//! every proposal queued at that moment goes into a single
+//! It is synchronous and deterministic: it never waits, reads no clock of
+//! its own and spawns nothing. A driver feeds it — `on_tick`,
+//! `on_inbound`, `on_proposal`, `on_read`, `on_control` — and then calls
+//! [`RaftLoop::round`]. Production's driver (`super::driver`) is a tokio
+//! `select!` over channels and an interval on a thread of its own; the
+//! simulation (`crate::sim`) calls the same methods in virtual time. Both
+//! run exactly this code, with the storage ([`NodeStore`]), the transport
+//! ([`PeerTransport`]) and the clock ([`Clock`]) as type parameters.
+//!
+//! Each round takes whatever has arrived and feeds it to the core: every
+//! proposal queued at that moment goes into a single
 //! [`RaftNode::propose`] call, so a burst of writes shares one log append,
-//! one fsync and one AppendEntries per peer (group commit). It then follows
-//! the [`Ready`] contract to the letter:
+//! one fsync and one AppendEntries per peer (group commit); every read
+//! queued shares one ReadIndex round. It then follows the [`Ready`]
+//! contract to the letter:
 //!
-//! 0. a leader hands its AppendEntries to the peer queues at once, so
-//!    the followers write while it writes (the core counts the leader's own
+//! 0. a leader hands its AppendEntries to the transport at once, so the
+//!    followers write while it writes (the core counts the leader's own
 //!    copy only after `advance`, see [`Ready`]),
-//! 1. install an incoming snapshot (staged beforehand, off the loop: see
-//!    [`super::snapshot`]; here it is one pointer flip),
+//! 1. install an incoming snapshot (staged beforehand, off the loop; here
+//!    it is one atomic, durable switch),
 //! 2. persist hard state and entries (fsync) — nothing below happens first,
-//! 3. hand the messages to the peer queues (never waiting on the network),
+//! 3. hand the messages to the transport (never waiting on the network),
 //! 4. apply committed entries and answer the writes waiting on them,
 //! 5. answer the ReadIndex reads the core released,
 //! 6. `advance`.
 //!
-//! It runs on a thread of its own (see [`super::run`]), so the fsyncs and
-//! sled calls it makes block nothing but itself.
+//! Steps 4–5 come before 1–3 when [`Ready::can_apply_before_persist`]
+//! holds (every committed entry is durable here already): the writers
+//! waiting on them need not wait for this fsync too.
 //!
-//! Snapshots never stall it: compaction only syncs the key-value tree (the
-//! tree *is* the snapshot) and drops the log prefix, and an image for a
-//! follower is generated on a blocking thread from a
-//! [`SnapshotSession`](crate::storage::SnapshotSession) that the loop opens
-//! in an instant.
+//! Its policies beyond the Ready contract:
+//!
+//! * **Ack wait** ([`ACK_WAIT`]): a leader with new proposals whose last
+//!   batch is durable but not yet committed holds them back briefly for
+//!   that batch's acknowledgements ([`RaftLoop::hold_proposals_until`]).
+//! * **Compaction** every `snapshot_threshold` applied entries; a leader
+//!   waits for followers that are only a little behind, and keeps the log
+//!   from the index of a snapshot it is streaming ([`RaftLoop::round`]).
+//! * **Snapshots** never stall it: an image for a follower is a
+//!   [`crate::storage::SnapshotSource`] the loop opens in an instant and
+//!   the transport streams elsewhere; an incoming image arrives staged.
+//! * **Failing what can no longer succeed**: reads in an unconfirmed
+//!   ReadIndex round when leadership or the term changes; writes whose log
+//!   a leader's snapshot replaced; everything on shutdown.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::kv::ApplyResult;
 use crate::raft::{
     Entry, Message, MessageBody, NodeId, RaftError, RaftNode, ReadState, Ready, Role, SnapshotMeta,
 };
-use crate::storage::{LogStore, SledStore, StagedImage, StateMachine, StorageError};
+use crate::storage::{
+    LogStore, NodeStore, SnapshotSource, StagedSnapshot, StateMachine, StorageError,
+};
 
-use super::handle::{Inbound, NodeStatus, Proposal, ReadError, ReadRequest, WriteError};
-use super::transport::Transport;
+use super::env::{Clock, LoopInput, PeerTransport};
+use super::handle::{
+    Applied, Control, Inbound, NodeStatus, Proposal, ReadError, ReadReply, ReadRequest,
+    Unavailable, Uncertain, WriteError, WriteReply,
+};
 
 /// Most inbound events handled in one round before the core is drained.
-const MAX_INBOUND_PER_ROUND: usize = 4096;
+pub const MAX_INBOUND_PER_ROUND: usize = 4096;
 /// Most proposals batched into one `propose` call.
-const MAX_PROPOSALS_PER_BATCH: usize = 8192;
+pub const MAX_PROPOSALS_PER_BATCH: usize = 8192;
 /// Soft byte bound of one proposal batch.
-const MAX_BATCH_BYTES: usize = 8 << 20;
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Most reads collected into one ReadIndex round.
-const MAX_READS_PER_ROUND: usize = 65536;
+pub const MAX_READS_PER_ROUND: usize = 65536;
 /// Longest a leader holds new proposals back while the acknowledgements of
 /// its last, already durable, batch are on their way (see
-/// [`RaftLoop::wait_for_acks`]). Followers started writing that batch when
-/// the leader did, so their acks normally arrive well within this.
-const ACK_WAIT: Duration = Duration::from_millis(2);
+/// [`RaftLoop::hold_proposals_until`]). Followers started writing that
+/// batch when the leader did, so their acks normally arrive well within
+/// this.
+pub const ACK_WAIT: Duration = Duration::from_millis(2);
+/// A snapshot being streamed keeps the log from its index on only while
+/// the applied index is less than this many thresholds past it.
+const IN_FLIGHT_KEEP_THRESHOLDS: u64 = 8;
 
 /// Static settings of the loop.
-#[derive(Clone, Debug)]
-pub(crate) struct LoopSettings {
-    /// Interval of `RaftNode::tick`.
-    pub tick: Duration,
+#[derive(Clone, Debug, Default)]
+pub struct LoopSettings {
     /// Applied entries between snapshots (0 = never).
     pub snapshot_threshold: u64,
     /// Display names of the members, for logs.
@@ -70,61 +97,61 @@ pub(crate) struct LoopSettings {
 
 struct Waiter {
     term: u64,
-    reply: oneshot::Sender<Result<ApplyResult, WriteError>>,
+    reply: WriteReply,
 }
 
-type ReadReply = oneshot::Sender<Result<(), ReadError>>;
-
-/// The loop's state.
-pub(crate) struct RaftLoop {
+/// The loop's state. See the [module docs](self).
+pub struct RaftLoop<S: NodeStore, T, C: Clock> {
     node: RaftNode,
-    store: SledStore,
-    transport: Transport,
+    store: S,
+    transport: T,
+    clock: C,
     settings: LoopSettings,
-    proposals: mpsc::Receiver<Proposal>,
-    reads: mpsc::Receiver<ReadRequest>,
-    inbound: mpsc::Receiver<Inbound>,
     status_tx: watch::Sender<NodeStatus>,
     /// Proposals and reads collected this round.
     pending_proposals: Vec<Proposal>,
+    pending_bytes: usize,
     pending_reads: Vec<ReadReply>,
     /// Writes waiting for their entry to be applied, by log index.
     waiters: BTreeMap<u64, Waiter>,
     /// ReadIndex rounds not yet confirmed, by ctx.
-    read_rounds: HashMap<u64, Vec<ReadReply>>,
+    read_rounds: BTreeMap<u64, Vec<ReadReply>>,
     /// Confirmed reads waiting for the state machine to reach `index`.
     released_reads: Vec<(u64, Vec<ReadReply>)>,
     next_read_ctx: u64,
     applied: u64,
     /// Snapshot images staged and stepped this round, waiting for the core
     /// to hand one of them out; the others are discarded after the round.
-    staged_snapshots: Vec<StagedImage>,
-    /// Work that must wait until after `advance`.
+    staged_snapshots: Vec<S::Staged>,
+    /// Peers whose messages the transport dropped: reported after `advance`.
     unreachable: Vec<NodeId>,
     snapshot_index: u64,
     /// Snapshots being streamed, by receiver: the log is kept from their
     /// index on (within limits), so the receiver can continue from the log
     /// once it has installed the image.
-    snapshots_in_flight: HashMap<NodeId, SnapshotMeta>,
+    snapshots_in_flight: BTreeMap<NodeId, SnapshotMeta>,
     last_role: Role,
     last_leader: Option<NodeId>,
     last_term: u64,
 }
 
-impl RaftLoop {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
+impl<S, T, C> RaftLoop<S, T, C>
+where
+    S: NodeStore,
+    T: PeerTransport<S::Source>,
+    C: Clock,
+{
+    /// A loop around `node` (built from `store`'s recovered state).
+    pub fn new(
         node: RaftNode,
-        store: SledStore,
-        transport: Transport,
+        store: S,
+        transport: T,
+        clock: C,
         settings: LoopSettings,
-        proposals: mpsc::Receiver<Proposal>,
-        reads: mpsc::Receiver<ReadRequest>,
-        inbound: mpsc::Receiver<Inbound>,
         status_tx: watch::Sender<NodeStatus>,
     ) -> Self {
         let status = node.status();
-        RaftLoop {
+        let this = RaftLoop {
             applied: status.applied_index,
             snapshot_index: status.snapshot_index,
             last_role: status.role,
@@ -133,21 +160,22 @@ impl RaftLoop {
             node,
             store,
             transport,
+            clock,
             settings,
-            proposals,
-            reads,
-            inbound,
             status_tx,
             pending_proposals: Vec::new(),
+            pending_bytes: 0,
             pending_reads: Vec::new(),
             waiters: BTreeMap::new(),
-            read_rounds: HashMap::new(),
+            read_rounds: BTreeMap::new(),
             released_reads: Vec::new(),
             next_read_ctx: 1,
             staged_snapshots: Vec::new(),
             unreachable: Vec::new(),
-            snapshots_in_flight: HashMap::new(),
-        }
+            snapshots_in_flight: BTreeMap::new(),
+        };
+        this.publish(true);
+        this
     }
 
     fn name(&self, id: NodeId) -> String {
@@ -158,112 +186,15 @@ impl RaftLoop {
             .unwrap_or_else(|| format!("{id:016x}"))
     }
 
-    /// Runs until `stop` turns true (or its sender goes away), or storage
-    /// fails. Waiting clients are answered either way.
-    pub(crate) async fn run(
-        &mut self,
-        mut stop: watch::Receiver<bool>,
-    ) -> Result<(), StorageError> {
-        let mut ticker = tokio::time::interval(self.settings.tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.publish(true);
-        let result = loop {
-            if *stop.borrow() {
-                break Ok(());
-            }
-            tokio::select! {
-                biased;
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        break Ok(());
-                    }
-                }
-                _ = ticker.tick() => self.node.tick(),
-                Some(ev) = self.inbound.recv() => self.on_inbound(ev),
-                Some(p) = self.proposals.recv() => self.pending_proposals.push(p),
-                Some(r) = self.reads.recv() => self.pending_reads.push(r.reply),
-            }
-            self.wait_for_acks().await;
-            if let Err(e) = self.round() {
-                break Err(e);
-            }
-        };
-        self.shutdown(&result);
-        result
+    // ----- inputs -----
+
+    /// One tick of logical time.
+    pub fn on_tick(&mut self) {
+        self.node.tick();
     }
 
-    /// A leader with new proposals to write, whose previous batch is
-    /// durable here but not yet committed, first waits (at most
-    /// [`ACK_WAIT`]) for the followers' acknowledgements of that batch.
-    ///
-    /// Why: the loop blocks while it fsyncs. Without the wait, the next
-    /// batch's fsync starts at once and the acks that arrive during it are
-    /// only seen after it, so every write waited for two of the leader's
-    /// fsyncs. With it, the previous batch commits and is answered (applied
-    /// before the next fsync, see [`Ready::can_apply_before_persist`]) a
-    /// round trip after its own fsync; the new proposals only gain company.
-    async fn wait_for_acks(&mut self) {
-        let waiting = |this: &Self| {
-            this.node.role() == Role::Leader
-                && this.node.commit_index() < this.node.last_index()
-                && (!this.pending_proposals.is_empty() || !this.proposals.is_empty())
-        };
-        if !waiting(self) {
-            return;
-        }
-        let deadline = tokio::time::sleep(ACK_WAIT);
-        tokio::pin!(deadline);
-        while waiting(self) {
-            tokio::select! {
-                biased;
-                Some(ev) = self.inbound.recv() => self.on_inbound(ev),
-                _ = &mut deadline => return,
-            }
-        }
-    }
-
-    /// One round: collect everything queued, feed the core, drain its Ready.
-    fn round(&mut self) -> Result<(), StorageError> {
-        for _ in 0..MAX_INBOUND_PER_ROUND {
-            match self.inbound.try_recv() {
-                Ok(ev) => self.on_inbound(ev),
-                Err(_) => break,
-            }
-        }
-        let mut bytes: usize = self.pending_proposals.iter().map(|p| p.cmd.len()).sum();
-        while self.pending_proposals.len() < MAX_PROPOSALS_PER_BATCH && bytes < MAX_BATCH_BYTES {
-            match self.proposals.try_recv() {
-                Ok(p) => {
-                    bytes += p.cmd.len();
-                    self.pending_proposals.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        while self.pending_reads.len() < MAX_READS_PER_ROUND {
-            match self.reads.try_recv() {
-                Ok(r) => self.pending_reads.push(r.reply),
-                Err(_) => break,
-            }
-        }
-        self.propose_pending();
-        self.read_pending();
-        while self.node.has_ready() {
-            let rd = self.node.ready();
-            self.handle_ready(rd)?;
-            self.node.advance();
-            self.after_advance();
-        }
-        // An image the core did not take (stale term, already covered) is
-        // discarded (its tree is cleared in the background).
-        self.staged_snapshots.clear();
-        self.maybe_compact()?;
-        self.observe_role();
-        self.publish(true);
-        Ok(())
-    }
-
-    fn on_inbound(&mut self, ev: Inbound) {
+    /// A message, a staged snapshot or a transport report.
+    pub fn on_inbound(&mut self, ev: Inbound<S::Staged>) {
         match ev {
             Inbound::Messages(msgs) => {
                 for m in msgs {
@@ -281,18 +212,115 @@ impl RaftLoop {
                 self.node.step(t.message);
             }
             Inbound::Unreachable(peer) => self.node.report_unreachable(peer),
-            Inbound::TransferLeadership => match self.node.transfer_leadership(None) {
+            Inbound::SnapshotSent { peer, success } => {
+                // The transport logged the outcome.
+                self.snapshots_in_flight.remove(&peer);
+                self.node.report_snapshot(peer, success);
+            }
+        }
+    }
+
+    /// A client write, proposed with the round's batch.
+    pub fn on_proposal(&mut self, p: Proposal) {
+        self.pending_bytes += p.cmd.len();
+        self.pending_proposals.push(p);
+    }
+
+    /// A linearizable read, joining the round's ReadIndex round.
+    pub fn on_read(&mut self, r: ReadRequest) {
+        self.pending_reads.push(r.reply);
+    }
+
+    /// A request from the node's owner.
+    pub fn on_control(&mut self, c: Control) {
+        match c {
+            Control::TransferLeadership => match self.node.transfer_leadership(None) {
                 Ok(to) => {
                     info!(to = %self.name(to), "handing leadership over before shutting down")
                 }
                 Err(e) => debug!(error = %e, "no leadership to hand over"),
             },
-            Inbound::SnapshotSent { peer, success } => {
-                // The transfer task logged the outcome.
-                self.snapshots_in_flight.remove(&peer);
-                self.node.report_snapshot(peer, success);
+        }
+    }
+
+    /// True while this round's proposal batch has room.
+    pub fn wants_proposals(&self) -> bool {
+        self.pending_proposals.len() < MAX_PROPOSALS_PER_BATCH
+            && self.pending_bytes < MAX_BATCH_BYTES
+    }
+
+    /// True while this round's ReadIndex round has room.
+    pub fn wants_reads(&self) -> bool {
+        self.pending_reads.len() < MAX_READS_PER_ROUND
+    }
+
+    /// Takes everything `input` has queued, within the round's bounds.
+    pub fn collect(&mut self, input: &mut impl LoopInput<S::Staged>) {
+        for _ in 0..MAX_INBOUND_PER_ROUND {
+            match input.next_inbound() {
+                Some(ev) => self.on_inbound(ev),
+                None => break,
             }
         }
+        while self.wants_proposals() {
+            match input.next_proposal() {
+                Some(p) => self.on_proposal(p),
+                None => break,
+            }
+        }
+        while self.wants_reads() {
+            match input.next_read() {
+                Some(r) => self.on_read(r),
+                None => break,
+            }
+        }
+    }
+
+    /// True while a leader should hold new proposals back: it has some
+    /// (`more_queued`: the driver has more waiting), and its previous batch
+    /// is written here but not yet committed.
+    ///
+    /// Why: the loop blocks while it fsyncs. Without the wait, the next
+    /// batch's fsync starts at once and the acks that arrive during it are
+    /// only seen after it, so every write waited for two of the leader's
+    /// fsyncs. With it, the previous batch commits and is answered (applied
+    /// before the next fsync, see [`Ready::can_apply_before_persist`]) a
+    /// round trip after its own fsync; the new proposals only gain company.
+    pub fn waiting_for_acks(&self, more_queued: bool) -> bool {
+        self.node.role() == Role::Leader
+            && self.node.commit_index() < self.node.last_index()
+            && (!self.pending_proposals.is_empty() || more_queued)
+    }
+
+    /// When [`RaftLoop::waiting_for_acks`], the deadline ([`ACK_WAIT`] from
+    /// now) until which the driver should only feed it inbound messages
+    /// (ending the wait early once it no longer waits), before the round.
+    pub fn hold_proposals_until(&self, more_queued: bool) -> Option<C::Instant> {
+        self.waiting_for_acks(more_queued)
+            .then(|| self.clock.after(self.clock.now(), ACK_WAIT))
+    }
+
+    // ----- the round -----
+
+    /// One round: propose the batch, start the reads' ReadIndex round, and
+    /// handle every Ready the core has. A storage error stops the loop (the
+    /// driver then calls [`RaftLoop::shutdown`]).
+    pub fn round(&mut self) -> Result<(), StorageError> {
+        self.propose_pending();
+        self.read_pending();
+        while self.node.has_ready() {
+            let rd = self.node.ready();
+            self.handle_ready(rd)?;
+            self.node.advance();
+            self.after_advance();
+        }
+        // An image the core did not take (stale term, already covered) is
+        // discarded.
+        self.staged_snapshots.clear();
+        self.maybe_compact()?;
+        self.observe_role();
+        self.publish(true);
+        Ok(())
     }
 
     /// All proposals collected this round go into one `propose` call.
@@ -300,6 +328,7 @@ impl RaftLoop {
         if self.pending_proposals.is_empty() {
             return;
         }
+        self.pending_bytes = 0;
         // A client that already gave up was told the outcome is unknown;
         // not proposing its write at all is consistent with that.
         let batch: Vec<Proposal> = std::mem::take(&mut self.pending_proposals)
@@ -326,9 +355,7 @@ impl RaftLoop {
             Err(e) => {
                 let err = match e {
                     RaftError::NotLeader { leader } => WriteError::NotLeader { leader },
-                    other => WriteError::Unavailable {
-                        reason: other.to_string(),
-                    },
+                    other => WriteError::Unavailable(Unavailable::Refused(other)),
                 };
                 for reply in replies {
                     let _ = reply.send(Err(err.clone()));
@@ -352,9 +379,7 @@ impl RaftLoop {
             Err(e) => {
                 let err = match e {
                     RaftError::NotLeader { leader } => ReadError::NotLeader { leader },
-                    other => ReadError::Unavailable {
-                        reason: other.to_string(),
-                    },
+                    other => ReadError::Unavailable(Unavailable::Refused(other)),
                 };
                 for r in replies {
                     let _ = r.send(Err(err.clone()));
@@ -370,8 +395,7 @@ impl RaftLoop {
         if !rd.early_messages.is_empty() {
             self.send_messages(std::mem::take(&mut rd.early_messages))?;
         }
-        // 4–5 first when the committed entries are durable here already:
-        // the writers waiting on them need not wait for this fsync too.
+        // 4–5 first when the committed entries are durable here already.
         let applied_early = rd.can_apply_before_persist();
         if applied_early {
             self.apply_and_release(&rd.committed_entries, std::mem::take(&mut rd.read_states))?;
@@ -416,8 +440,8 @@ impl RaftLoop {
         };
         let staged = self.staged_snapshots.swap_remove(i);
         let (keys, bytes) = (staged.items(), staged.bytes());
-        // One durable flip: the staged tree becomes the state machine, the
-        // log is emptied and the snapshot meta recorded, atomically.
+        // One durable switch: the staged image becomes the state machine,
+        // the log is emptied and the snapshot meta recorded, atomically.
         self.store.install_staged(staged)?;
         info!(
             index = meta.index,
@@ -432,9 +456,9 @@ impl RaftLoop {
         // replaced; we cannot tell which.
         let rest = self.waiters.split_off(&(meta.index + 1));
         for (_, w) in std::mem::replace(&mut self.waiters, rest) {
-            let _ = w.reply.send(Err(WriteError::Unknown {
-                reason: "a snapshot from the new leader replaced the log".into(),
-            }));
+            let _ = w
+                .reply
+                .send(Err(WriteError::Unknown(Uncertain::SnapshotReplacedLog)));
         }
         self.answer_released_reads();
         Ok(())
@@ -450,8 +474,7 @@ impl RaftLoop {
             }
         }
         if !plain.is_empty() {
-            let dropped = self.transport.send(plain);
-            self.unreachable.extend(dropped);
+            self.transport.send(plain, &mut self.unreachable);
         }
         Ok(())
     }
@@ -472,8 +495,8 @@ impl RaftLoop {
             debug!(peer = %self.name(peer), "snapshot transfer already running");
             return Ok(());
         }
-        let session = self.store.begin_snapshot()?;
-        let meta = session.meta();
+        let source = self.store.begin_snapshot()?;
+        let meta = source.meta();
         if meta.index < wanted.index {
             warn!(
                 wanted = wanted.index,
@@ -487,7 +510,7 @@ impl RaftLoop {
             body: MessageBody::InstallSnapshot { meta },
             ..message
         };
-        if self.transport.send_snapshot(message, session) {
+        if self.transport.send_snapshot(message, source) {
             self.snapshots_in_flight.insert(peer, meta);
         }
         Ok(())
@@ -498,7 +521,10 @@ impl RaftLoop {
         for (entry, result) in entries.iter().zip(results) {
             if let Some(w) = self.waiters.remove(&entry.index) {
                 let outcome = if entry.term == w.term {
-                    Ok(result)
+                    Ok(Applied {
+                        index: entry.index,
+                        result,
+                    })
                 } else {
                     Err(WriteError::NotApplied)
                 };
@@ -545,10 +571,10 @@ impl RaftLoop {
         }
     }
 
-    /// Compaction every `snapshot_threshold` applied entries. The key-value
-    /// tree is the snapshot, so this is: make the tree durable at the
-    /// applied index, drop the log prefix up to it (both inside
-    /// `LogStore::compact`), tell the core. No image is built.
+    /// Compaction every `snapshot_threshold` applied entries. The state
+    /// machine is the snapshot, so this is: make it durable at the applied
+    /// index and drop the log prefix up to it (both inside
+    /// `LogStore::compact`), then tell the core. No image is built.
     fn maybe_compact(&mut self) -> Result<(), StorageError> {
         let threshold = self.settings.snapshot_threshold;
         if threshold == 0 || self.applied < self.snapshot_index + threshold {
@@ -570,10 +596,11 @@ impl RaftLoop {
         let applied = self.store.applied();
         // Keep the entries a follower receiving a snapshot will need next,
         // unless that transfer has fallen hopelessly behind.
+        let keep = IN_FLIGHT_KEEP_THRESHOLDS * threshold;
         let meta = self
             .snapshots_in_flight
             .values()
-            .filter(|sent| sent.index < applied.index && applied.index < sent.index + 8 * threshold)
+            .filter(|sent| sent.index < applied.index && applied.index < sent.index + keep)
             .min_by_key(|sent| sent.index)
             .copied()
             .unwrap_or(applied);
@@ -584,7 +611,7 @@ impl RaftLoop {
     }
 
     fn compact_to(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        let started = std::time::Instant::now();
+        let started = self.clock.now();
         LogStore::compact(&mut self.store, meta)?;
         if let Err(e) = self.node.compact(meta) {
             warn!(error = %e, "core refused compaction");
@@ -594,7 +621,7 @@ impl RaftLoop {
         info!(
             index = meta.index,
             term = meta.term,
-            ms = started.elapsed().as_millis() as u64,
+            ms = self.clock.since(started).as_millis() as u64,
             "snapshot taken, log compacted"
         );
         Ok(())
@@ -623,7 +650,7 @@ impl RaftLoop {
         }
         if self.last_role == Role::Leader && (role != Role::Leader || term != self.last_term) {
             // Unconfirmed ReadIndex rounds can no longer complete here.
-            for (_, replies) in self.read_rounds.drain() {
+            for (_, replies) in std::mem::take(&mut self.read_rounds) {
                 for r in replies {
                     let _ = r.send(Err(ReadError::NotLeader { leader }));
                 }
@@ -658,51 +685,78 @@ impl RaftLoop {
         });
     }
 
-    /// Answers everyone still waiting, then reports the node stopped.
-    fn shutdown(&mut self, result: &Result<(), StorageError>) {
-        let reason = match result {
-            Ok(()) => "the node is shutting down".to_string(),
-            Err(e) => format!("the node stopped on a storage error: {e}"),
+    /// Answers everyone still waiting (the driver first hands over what its
+    /// queues still hold), then reports the node stopped.
+    pub fn shutdown(&mut self, result: &Result<(), StorageError>) {
+        let failed = result.as_ref().err().map(|e| Arc::new(e.clone()));
+        let unavailable = || match &failed {
+            None => Unavailable::ShuttingDown,
+            Some(e) => Unavailable::StorageFailed(e.clone()),
         };
-        self.proposals.close();
-        self.reads.close();
-        while let Ok(p) = self.proposals.try_recv() {
-            self.pending_proposals.push(p);
-        }
+        let uncertain = || match &failed {
+            None => Uncertain::ShuttingDown,
+            Some(e) => Uncertain::StorageFailed(e.clone()),
+        };
+        self.pending_bytes = 0;
         for p in self.pending_proposals.drain(..) {
-            let _ = p.reply.send(Err(WriteError::Unavailable {
-                reason: reason.clone(),
-            }));
+            let _ = p.reply.send(Err(WriteError::Unavailable(unavailable())));
         }
         for (_, w) in std::mem::take(&mut self.waiters) {
-            let _ = w.reply.send(Err(WriteError::Unknown {
-                reason: reason.clone(),
-            }));
+            let _ = w.reply.send(Err(WriteError::Unknown(uncertain())));
         }
-        while let Ok(r) = self.reads.try_recv() {
-            self.pending_reads.push(r.reply);
-        }
-        let unavailable = || ReadError::Unavailable {
-            reason: reason.clone(),
-        };
+        let read_err = || ReadError::Unavailable(unavailable());
         for r in self.pending_reads.drain(..) {
-            let _ = r.send(Err(unavailable()));
+            let _ = r.send(Err(read_err()));
         }
-        for (_, replies) in self.read_rounds.drain() {
+        for (_, replies) in std::mem::take(&mut self.read_rounds) {
             for r in replies {
-                let _ = r.send(Err(unavailable()));
+                let _ = r.send(Err(read_err()));
             }
         }
         for (_, replies) in self.released_reads.drain(..) {
             for r in replies {
-                let _ = r.send(Err(unavailable()));
+                let _ = r.send(Err(read_err()));
             }
         }
         self.publish(false);
     }
 
-    /// Gives the store back (for a final flush).
-    pub(crate) fn into_store(self) -> SledStore {
-        self.store
+    // ----- access for drivers and the simulation -----
+
+    /// The consensus core (read-only).
+    pub fn node(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// The store (read-only).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, for effects outside the loop (the simulation stages
+    /// incoming images and decides when applies become durable).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The transport, for the driver (the simulation drains what was sent).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// Gives the store and the transport back (for a final flush, or a
+    /// simulated crash).
+    pub fn into_parts(self) -> (S, T) {
+        (self.store, self.transport)
     }
 }

@@ -268,7 +268,7 @@ async fn write(app: &AppState, cmd: KvCommand, req: &Incoming) -> Response {
         };
         match target {
             Route::Local => match node.propose(&cmd, deadline).await {
-                Ok(result) => return write_result(&key, result),
+                Ok(applied) => return write_result(&key, applied.result),
                 Err(WriteError::NotLeader { leader }) => {
                     if leader != Some(node.self_id()) {
                         hint = leader;
@@ -278,11 +278,11 @@ async fn write(app: &AppState, cmd: KvCommand, req: &Incoming) -> Response {
                     // Superseded in the log: it never took effect, so it
                     // may be proposed again.
                 }
-                Err(WriteError::Unknown { reason }) => {
-                    return ApiError::outcome_unknown(reason, &key).into_response()
+                Err(WriteError::Unknown(why)) => {
+                    return ApiError::outcome_unknown(why.to_string(), &key).into_response()
                 }
-                Err(WriteError::Unavailable { reason }) => {
-                    return ApiError::unavailable(reason)
+                Err(WriteError::Unavailable(why)) => {
+                    return ApiError::unavailable(why.to_string())
                         .with("key", key.as_str())
                         .into_response()
                 }
@@ -340,8 +340,8 @@ async fn linearizable(app: &AppState, req: &Incoming) -> Result<(), Response> {
                         hint = leader;
                     }
                 }
-                Err(ReadError::Unavailable { reason }) => {
-                    return Err(ApiError::unavailable(reason).into_response())
+                Err(ReadError::Unavailable(why)) => {
+                    return Err(ApiError::unavailable(why.to_string()).into_response())
                 }
             },
             Route::Forward(leader) => {

@@ -6,7 +6,7 @@
 //! | `PUT/GET/DELETE /kv/{key}` | [`kv`] (key = the rest of the path, `/` allowed) |
 //! | `GET /kv` | [`kv::list`] |
 //! | `GET /cluster/status`, `/cluster/leader`, `/health` | [`cluster`] |
-//! | `POST /raft/vote`, `/raft/append`, `/raft/message`, `/raft/snapshot` | [`rpc`] |
+//! | `POST /raft/*` | the peer transport's routes (`crate::transport::routes`), mounted by the process |
 //!
 //! No handler uses an extractor that can reject (handlers parse raw path,
 //! query and body themselves), so every error is the JSON of
@@ -18,7 +18,6 @@ pub mod error;
 pub mod forward;
 pub mod input;
 pub mod kv;
-pub mod rpc;
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -27,7 +26,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use axum::Router;
 use futures::FutureExt;
 
@@ -57,8 +56,15 @@ impl AppState {
     }
 }
 
-/// Builds the router with every route.
+/// Builds the router with the client API's routes.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// Builds the router with the client API's routes and `peer_routes` (the
+/// peer transport's `/raft/*`), all behind the same JSON fallbacks and
+/// panic guard.
+pub fn router_with(state: AppState, peer_routes: Router) -> Router {
     Router::new()
         .route(
             "/kv",
@@ -69,14 +75,11 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster/status", get(cluster::status))
         .route("/cluster/leader", get(cluster::leader))
         .route("/health", get(cluster::health))
-        .route("/raft/vote", post(rpc::messages))
-        .route("/raft/append", post(rpc::messages))
-        .route("/raft/message", post(rpc::messages))
-        .route("/raft/snapshot", post(rpc::snapshot))
+        .with_state(state)
+        .merge(peer_routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(catch_panic))
-        .with_state(state)
 }
 
 async fn not_found(req: Request) -> Response {

@@ -1,6 +1,7 @@
 //! Route tests against a fake Raft loop (see `node::handle::testing`): the
-//! contract's shapes and status codes, forwarding between two real
-//! servers on loopback, and the RPC envelope checks.
+//! contract's shapes and status codes, and forwarding between two real
+//! servers on loopback. The `/raft/*` routes are the transport's (tested
+//! in `crate::transport`).
 
 use std::time::Duration;
 
@@ -10,10 +11,12 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::{router, AppState};
-use crate::node::handle::testing::{fake_node, Fake, Mode};
-use crate::node::wire::{self, MessageBatch, RpcHeader, WIRE_VERSION};
-use crate::node::{Membership, NodeConfig, NodeStatus, PeerSpec};
-use crate::raft::{Message, MessageBody, Role};
+use crate::node::handle::testing::{fake_node, fake_node_with_peers, Mode};
+use crate::node::{Membership, NodeConfig, NodeStatus, PeerInfo, PeerSpec, ReceiveProgress};
+use crate::raft::{NodeId, Role};
+
+/// The fake loop's peer traffic is not looked at here.
+type Fake = crate::node::handle::testing::Fake<()>;
 
 fn membership(self_name: &str, self_port: u16, peers: &[(&str, u16)]) -> Membership {
     let mut c = NodeConfig::new(self_name);
@@ -378,218 +381,6 @@ async fn status_and_leader_shapes() {
     );
 }
 
-fn batch(cluster: &str, from: &str, to: &str) -> Vec<u8> {
-    let from_id = crate::node::membership::id_of(from);
-    let to_id = crate::node::membership::id_of(to);
-    wire::encode(&MessageBatch {
-        header: RpcHeader {
-            version: WIRE_VERSION,
-            cluster_id: cluster.into(),
-            from: from_id,
-            to: to_id,
-            from_name: from.into(),
-            from_addr: "127.0.0.1:2".into(),
-        },
-        messages: vec![Message {
-            from: from_id,
-            to: to_id,
-            term: 1,
-            body: MessageBody::RequestVote {
-                last_log_index: 0,
-                last_log_term: 0,
-                transfer: false,
-            },
-        }],
-    })
-}
-
-#[tokio::test]
-async fn rpc_envelopes_are_checked() {
-    let f = leader_fake(Mode::Leader);
-    let cluster = f.handle.membership().cluster_id.clone();
-    let app = router(AppState::new(f.handle.clone()));
-    let (s, _, _) = call(&app, "POST", "/raft/vote", batch(&cluster, "n2", "n1")).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _, _) = call(&app, "POST", "/raft/append", batch(&cluster, "n2", "n1")).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _, v) = call(&app, "POST", "/raft/vote", batch("other", "n2", "n1")).await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    assert!(v["error"].as_str().unwrap().contains("cluster id"));
-    let (s, _, _) = call(&app, "POST", "/raft/vote", batch(&cluster, "n9", "n1")).await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _, _) = call(&app, "POST", "/raft/vote", batch(&cluster, "n2", "n3")).await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _, v) = call(&app, "POST", "/raft/message", Body::from("garbage")).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(v["error"].is_string());
-    let (s, _, _) = call(&app, "GET", "/raft/vote", Body::empty()).await;
-    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
-}
-
-/// One chunk of a transfer from n2 to n1 in term 3.
-fn chunk(cluster: &str, transfer_id: u64, c: &crate::storage::ImageChunk) -> Vec<u8> {
-    chunk_in_term(cluster, transfer_id, c, 3)
-}
-
-fn chunk_in_term(
-    cluster: &str,
-    transfer_id: u64,
-    c: &crate::storage::ImageChunk,
-    term: u64,
-) -> Vec<u8> {
-    let from = crate::node::membership::id_of("n2");
-    let to = crate::node::membership::id_of("n1");
-    wire::encode(&wire::SnapshotChunk {
-        header: RpcHeader {
-            version: WIRE_VERSION,
-            cluster_id: cluster.into(),
-            from,
-            to,
-            from_name: "n2".into(),
-            from_addr: "127.0.0.1:2".into(),
-        },
-        message: Message {
-            from,
-            to,
-            term,
-            body: MessageBody::InstallSnapshot {
-                meta: crate::raft::SnapshotMeta { index: 40, term: 2 },
-            },
-        },
-        transfer_id,
-        seq: c.seq,
-        offset: c.offset,
-        crc32: c.crc32,
-        trailer: c.trailer,
-        data: c.data.clone(),
-    })
-}
-
-/// An image of 40 keys at index 40, term 2, in small chunks.
-fn image_chunks() -> (tempfile::TempDir, Vec<crate::storage::ImageChunk>) {
-    use crate::storage::{LogStore, StateMachine};
-    let dir = tempfile::tempdir().unwrap();
-    let mut src = crate::storage::SledStore::open(dir.path(), "n2", "c").unwrap();
-    let entries: Vec<crate::raft::Entry> = (1..=40)
-        .map(|i| crate::raft::Entry {
-            index: i,
-            term: 2,
-            payload: crate::raft::EntryPayload::Command(
-                crate::kv::KvCommand::Put {
-                    key: format!("k{i:03}"),
-                    value: "v".repeat(200),
-                    cas: None,
-                }
-                .encode(),
-            ),
-        })
-        .collect();
-    let hs = crate::raft::HardState {
-        term: 2,
-        vote: 0,
-        commit: 40,
-    };
-    src.save(Some(&hs), &entries).unwrap();
-    src.apply(&entries).unwrap();
-    let chunks: Vec<_> = src
-        .begin_snapshot()
-        .unwrap()
-        .chunks(2048)
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert!(chunks.len() >= 4);
-    (dir, chunks)
-}
-
-#[tokio::test]
-async fn snapshot_chunks_are_checked_and_staged_in_order() {
-    let (_src_dir, chunks) = image_chunks();
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::storage::SledStore::open(dir.path(), "n1", "c").unwrap();
-    let f = crate::node::handle::testing::fake_node_staging(
-        membership("n1", 1, &[("n2", 2), ("n3", 3)]),
-        Mode::Follower(crate::node::membership::id_of("n2")),
-        Duration::from_secs(2),
-        Some(store),
-    );
-    let cluster = f.handle.membership().cluster_id.clone();
-    let app = router(AppState::new(f.handle.clone()));
-    let post = |body: Vec<u8>| {
-        let app = app.clone();
-        async move { call(&app, "POST", "/raft/snapshot", body).await }
-    };
-
-    let (s, _, v) = post(b"garbage".to_vec()).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (s, _, v) = post(chunk("other", 1, &chunks[0])).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    // From a leader of an older term than this node's (1).
-    let (s, _, v) = post(chunk_in_term(&cluster, 1, &chunks[0], 0)).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("term"), "{v}");
-    // A chunk that is not the start of a transfer.
-    let (s, _, v) = post(chunk(&cluster, 1, &chunks[1])).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    // Damaged in transit.
-    let mut bad = chunks[0].clone();
-    bad.data[3] ^= 1;
-    let (s, _, v) = post(chunk(&cluster, 1, &bad)).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("crc32"), "{v}");
-
-    // A transfer: start, skip a chunk (refused), continue in order.
-    let (s, _, v) = post(chunk(&cluster, 7, &chunks[0])).await;
-    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
-    let receiving = f.handle.snapshot_receiving().expect("transfer in progress");
-    assert_eq!(receiving.index, 40);
-    assert_eq!(receiving.bytes, chunks[0].data.len() as u64);
-    let (s, _, v) = call(&app, "GET", "/cluster/status", Body::empty()).await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(v["snapshot_receiving"]["index"], 40, "{v}");
-    assert_eq!(v["snapshot_receiving"]["from"], "n2", "{v}");
-    let (s, _, v) = post(chunk(&cluster, 7, &chunks[2])).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    // Another transfer's chunk does not mix in.
-    let (s, _, v) = post(chunk(&cluster, 8, &chunks[1])).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    for c in &chunks[1..] {
-        let (s, _, v) = post(chunk(&cluster, 7, c)).await;
-        assert_eq!(s, StatusCode::NO_CONTENT, "chunk {}: {v}", c.seq);
-    }
-    assert!(f.handle.snapshot_receiving().is_none());
-    let (_, _, v) = call(&app, "GET", "/cluster/status", Body::empty()).await;
-    assert!(v["snapshot_receiving"].is_null(), "{v}");
-
-    // A complete transfer whose trailer does not match is refused.
-    let mut last = chunks.last().unwrap().clone();
-    if let Some(t) = &mut last.trailer {
-        t.crc32 ^= 1;
-    }
-    for c in &chunks[..chunks.len() - 1] {
-        let (s, _, v) = post(chunk(&cluster, 9, c)).await;
-        assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
-    }
-    let (s, _, v) = post(chunk(&cluster, 9, &last)).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("crc32"), "{v}");
-}
-
-#[tokio::test]
-async fn a_node_without_a_store_refuses_snapshots_with_503() {
-    let (_src_dir, chunks) = image_chunks();
-    let f = leader_fake(Mode::Leader);
-    let cluster = f.handle.membership().cluster_id.clone();
-    let app = router(AppState::new(f.handle.clone()));
-    let (s, _, v) = call(
-        &app,
-        "POST",
-        "/raft/snapshot",
-        chunk(&cluster, 1, &chunks[0]),
-    )
-    .await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-}
-
 /// Serves `app` on a loopback listener.
 async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
     tokio::spawn(async move {
@@ -605,12 +396,12 @@ async fn followers_forward_writes_and_reads_to_the_leader() {
         l1.local_addr().unwrap().port(),
         l2.local_addr().unwrap().port(),
     );
-    let leader = fake_node(
+    let leader: Fake = fake_node(
         membership("n1", p1, &[("n2", p2)]),
         Mode::Leader,
         Duration::from_secs(2),
     );
-    let follower = fake_node(
+    let follower: Fake = fake_node(
         membership("n2", p2, &[("n1", p1)]),
         Mode::Follower(crate::node::membership::id_of("n1")),
         Duration::from_secs(2),
@@ -675,12 +466,12 @@ async fn forwarding_loops_end_in_503() {
         l1.local_addr().unwrap().port(),
         l2.local_addr().unwrap().port(),
     );
-    let a = fake_node(
+    let a: Fake = fake_node(
         membership("n1", p1, &[("n2", p2)]),
         Mode::Follower(crate::node::membership::id_of("n2")),
         Duration::from_millis(500),
     );
-    let b = fake_node(
+    let b: Fake = fake_node(
         membership("n2", p2, &[("n1", p1)]),
         Mode::Follower(crate::node::membership::id_of("n1")),
         Duration::from_millis(500),
@@ -705,7 +496,7 @@ async fn dead_leader_write_is_503_not_applied() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
     drop(dead);
-    let f = fake_node(
+    let f: Fake = fake_node(
         membership("n2", 2, &[("n1", dead_port)]),
         Mode::Follower(crate::node::membership::id_of("n1")),
         Duration::from_millis(300),
@@ -715,4 +506,47 @@ async fn dead_leader_write_is_503_not_applied() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.contains_key(header::RETRY_AFTER));
     assert!(v.get("outcome").is_none(), "{v}");
+}
+
+/// A transport's view in which n2 is unreachable and sends a snapshot.
+struct FakePeers(NodeId);
+
+impl PeerInfo for FakePeers {
+    fn peer_reachable(&self, id: NodeId) -> Option<bool> {
+        (id == self.0).then_some(false)
+    }
+    fn learned_name(&self, _: NodeId) -> Option<String> {
+        None
+    }
+    fn snapshot_receiving(&self) -> Option<ReceiveProgress> {
+        Some(ReceiveProgress {
+            from: self.0,
+            index: 40,
+            term: 2,
+            bytes: 1234,
+            chunks: 3,
+        })
+    }
+}
+
+#[tokio::test]
+async fn status_shows_what_the_transport_knows() {
+    let n2 = crate::node::membership::id_of("n2");
+    let f: Fake = fake_node_with_peers(
+        membership("n1", 1, &[("n2", 2), ("n3", 3)]),
+        Mode::Follower(n2),
+        Duration::from_millis(300),
+        std::sync::Arc::new(FakePeers(n2)),
+    );
+    let app = router(AppState::new(f.handle.clone()));
+    let (s, _, v) = call(&app, "GET", "/cluster/status", Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["snapshot_receiving"]["from"], "n2", "{v}");
+    assert_eq!(v["snapshot_receiving"]["index"], 40, "{v}");
+    assert_eq!(v["snapshot_receiving"]["bytes"], 1234, "{v}");
+    let peers = v["peers"].as_array().unwrap();
+    let p2 = peers.iter().find(|p| p["id"] == "n2").unwrap();
+    assert_eq!(p2["reachable"], false, "{v}");
+    let p3 = peers.iter().find(|p| p["id"] == "n3").unwrap();
+    assert!(p3["reachable"].is_null(), "{v}");
 }

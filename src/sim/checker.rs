@@ -14,12 +14,16 @@
 //!   committed in an earlier term.
 //! * **State machine safety**: the first application of each index
 //!   anywhere fixes its payload; every other application must match. A
-//!   reference state machine applies that canonical sequence, and reads and
-//!   final states are compared against it.
+//!   reference state machine applies that canonical sequence, and reads,
+//!   the results clients are given and final states are compared against
+//!   it.
+//! * **Definite failures stay failed**: a write a client was told was not
+//!   applied ([`crate::node::WriteError::NotApplied`]) never appears in the
+//!   canonical sequence.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::kv::KvCommand;
+use crate::kv::{ApplyResult, KvCommand};
 use crate::raft::{Entry, EntryPayload, NodeId, RaftNode};
 use crate::storage::mem::MemStateMachine;
 use crate::storage::StateMachine;
@@ -70,6 +74,12 @@ pub struct Checker {
     reference: MemStateMachine,
     /// Key → `(index, value after that index)` for every change.
     key_history: HashMap<String, KeyHistory>,
+    /// The reference's result for every canonical index (position `i - 1`).
+    results: Vec<ApplyResult>,
+    /// Command digest → canonical index, for commands applied so far.
+    applied_commands: HashMap<u64, u64>,
+    /// Digests of commands clients were told were definitely not applied.
+    not_applied: HashSet<u64>,
 }
 
 impl Checker {
@@ -221,9 +231,20 @@ impl Checker {
             slot.digest = d;
             if e.index == self.applied_len + 1 {
                 self.applied_len = e.index;
-                self.reference
+                let result = self
+                    .reference
                     .apply(std::slice::from_ref(e))
                     .map_err(|err| format!("reference state machine: {err}"))?;
+                self.results.extend(result);
+                if matches!(e.payload, EntryPayload::Command(_)) {
+                    if self.not_applied.contains(&d) {
+                        return Err(format!(
+                            "a write a client was told was not applied was applied at {}",
+                            e.index
+                        ));
+                    }
+                    self.applied_commands.insert(d, e.index);
+                }
                 if let EntryPayload::Command(bytes) = &e.payload {
                     if let Ok(cmd) = KvCommand::decode(bytes) {
                         let now = self.reference.get(cmd.key()).unwrap_or(None);
@@ -254,6 +275,53 @@ impl Checker {
         } else {
             hist[k - 1].1.clone()
         }
+    }
+
+    /// A client was told its write (command digest `d`) was applied at
+    /// `index` with `result`: checks both against the canonical sequence.
+    pub fn check_acknowledged(
+        &self,
+        d: u64,
+        index: u64,
+        result: &ApplyResult,
+    ) -> Result<(), String> {
+        if index > self.applied_len {
+            return Err(format!(
+                "a write was acknowledged at index {index}, beyond every replica's applied index"
+            ));
+        }
+        let at = self.committed[(index - 1) as usize].digest;
+        if at != d {
+            return Err(format!(
+                "a write was acknowledged at index {index}, where another command was applied"
+            ));
+        }
+        let want = &self.results[(index - 1) as usize];
+        if want != result {
+            return Err(format!(
+                "the write at index {index} was acknowledged with {result:?}, the reference \
+                 state machine says {want:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A client was told its write (digest `d`, of a command no other
+    /// client sends) was definitely not applied.
+    pub fn check_not_applied(&mut self, d: u64) -> Result<(), String> {
+        if let Some(at) = self.applied_commands.get(&d) {
+            return Err(format!(
+                "a client was told its write was not applied, but it was applied at {at}"
+            ));
+        }
+        self.not_applied.insert(d);
+        Ok(())
+    }
+
+    /// Where a command (by digest; meaningful for commands no other client
+    /// sends) was applied in the canonical sequence.
+    pub fn applied_at(&self, d: u64) -> Option<u64> {
+        self.applied_commands.get(&d).copied()
     }
 
     /// The committed term at `index`, once known.

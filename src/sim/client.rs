@@ -1,19 +1,34 @@
-//! Simulated clients: writes (plain, CAS, deletes, batches) and ReadIndex
-//! reads against random nodes, with the read check.
+//! Simulated clients: writes (plain, CAS, deletes, several at once) and
+//! linearizable reads against random nodes, through the Raft loop's own
+//! entry points ([`Proposal`], [`ReadRequest`] with their reply channels),
+//! so the loop's bookkeeping of waiting writes and ReadIndex rounds is what
+//! gets checked.
 //!
-//! A write *completes* when the node it was proposed to applies the entry
-//! at the returned index with the returned term. A read must observe every
-//! write that completed before it began (in fact every entry any replica
-//! had applied by then): its ReadIndex must be at least that index, and
-//! the value it reads must be exactly the reference state at the index the
-//! node has applied when it answers.
+//! What a client is told must be true:
+//! * a write acknowledged as applied at index `N` with result `R` is the
+//!   canonical entry at `N`, and the reference state machine gives `R`
+//!   there;
+//! * a write refused as [`WriteError::NotApplied`] never appears in the
+//!   canonical sequence;
+//! * a read observes every write that completed before it began (in fact
+//!   every entry any replica had applied by then), and returns exactly the
+//!   reference state at the index the node has applied when it answers.
+//!
+//! And nothing is left hanging that the loop could have answered:
+//! * a read the loop took is answered once the node is no longer leader;
+//! * a write the loop took is answered once the node applied (or a
+//!   snapshot covered) the index where its command was committed;
+//! * a node stopping cleanly answers everything it took.
 
 use rand::Rng;
+use tokio::sync::oneshot::{self, error::TryRecvError};
 
+use super::checker::digest;
 use super::cluster::{Event, Sim};
 use super::TICK;
 use crate::kv::KvCommand;
-use crate::raft::{Entry, RaftError, ReadState};
+use crate::node::{Applied, Proposal, ReadError, ReadRequest, WriteError};
+use crate::raft::{EntryPayload, Role};
 use crate::storage::StateMachine;
 
 /// Keys the clients fight over (few, so CAS and reads meet writes).
@@ -22,6 +37,18 @@ const KEYS: &[&str] = &["a", "b", "c", "d", "e"];
 /// Ticks before a client gives up on an operation.
 const OP_TIMEOUT_TICKS: u64 = 40;
 
+/// One write of an operation.
+#[derive(Debug)]
+struct PendingWrite {
+    op: u64,
+    digest: u64,
+    /// The command is a put of a value no other write carries, so its
+    /// digest identifies it in the canonical sequence (a delete may repeat
+    /// another's bytes).
+    unique: bool,
+    reply: Option<oneshot::Receiver<Result<Applied, WriteError>>>,
+}
+
 /// What a client is waiting for.
 #[derive(Debug)]
 enum Op {
@@ -29,16 +56,16 @@ enum Op {
     Write {
         node: usize,
         incarnation: u64,
-        last: u64,
-        term: u64,
+        writes: Vec<PendingWrite>,
     },
     Read {
         node: usize,
         incarnation: u64,
-        ctx: u64,
+        op: u64,
         key: String,
         /// Highest index applied anywhere when the read started.
         min_index: u64,
+        reply: oneshot::Receiver<Result<(), ReadError>>,
     },
 }
 
@@ -71,6 +98,22 @@ impl Client {
     }
 }
 
+/// What became of one reply.
+enum Outcome<T> {
+    Pending,
+    /// The loop dropped it without answering (node down).
+    Dropped,
+    Answered(T),
+}
+
+fn outcome<T>(rx: &mut oneshot::Receiver<T>) -> Outcome<T> {
+    match rx.try_recv() {
+        Ok(v) => Outcome::Answered(v),
+        Err(TryRecvError::Empty) => Outcome::Pending,
+        Err(TryRecvError::Closed) => Outcome::Dropped,
+    }
+}
+
 impl Sim {
     /// Moves client `c` to idle and schedules its next operation.
     fn client_idle(&mut self, c: usize, delay: u64) {
@@ -91,8 +134,9 @@ impl Sim {
             return Ok(()); // stale timer
         }
         if !self.clients[c].is_idle() {
-            // The operation timed out: its outcome is unknown.
-            self.stats.abandoned += 1;
+            // The operation timed out: its outcome is unknown. Dropping the
+            // replies tells the loop (a proposal not yet made is skipped).
+            self.stats().abandoned += 1;
             let id = self.clients[c].id;
             self.record(|| format!("client{id} gives up"));
             let d = self.think();
@@ -107,7 +151,7 @@ impl Sim {
             Some(h) if self.rng.gen_bool(0.8) => h,
             _ => self.rng.gen_range(0..n),
         };
-        if self.nodes[node].core.is_none() {
+        if !self.nodes[node].serving() {
             let d = self.rng.gen_range(1..=TICK);
             self.client_idle(c, d);
             return Ok(());
@@ -119,11 +163,11 @@ impl Sim {
         }
     }
 
-    fn redirected(&mut self, c: usize, e: RaftError) {
-        self.stats.redirects += 1;
+    fn redirected(&mut self, c: usize, leader: Option<u64>) {
+        self.stats().redirects += 1;
         // Follow a leader hint at once; without one an election is probably
         // under way, so back off a little.
-        let d = if let RaftError::NotLeader { leader: Some(l) } = e {
+        let d = if let Some(l) = leader {
             self.clients[c].hint = Some((l - 1) as usize);
             self.rng.gen_range(1..=TICK / 2)
         } else {
@@ -134,37 +178,41 @@ impl Sim {
 
     fn start_read(&mut self, c: usize, node: usize) -> Result<(), String> {
         let key = KEYS[self.rng.gen_range(0..KEYS.len())].to_string();
-        let ctx = self.next_ctx;
-        self.next_ctx += 1;
-        let core = self.nodes[node].core.as_mut().expect("checked up");
-        if let Err(e) = core.read_index(ctx) {
-            self.redirected(c, e);
-            return Ok(());
-        }
+        let op = self.next_op;
+        self.next_op += 1;
+        let (tx, rx) = oneshot::channel();
+        self.nodes[node]
+            .inbox
+            .reads
+            .push_back((op, ReadRequest { reply: tx }));
         // Stronger than "every write acknowledged before the read began":
         // every entry any replica had applied. Still sound for ReadIndex:
         // the leader that made it committed has a commit index at least that
         // high, any later leader's no-op commits after it, and an earlier
         // (deposed) leader cannot get a majority to confirm a round that
         // starts after the newer leader was elected.
-        let min_index = self.checker.applied_len().max(self.completed_max);
+        let min_index = self
+            .shared
+            .checker
+            .borrow()
+            .applied_len()
+            .max(self.completed_max);
         let id = self.clients[c].id;
         let nid = self.nodes[node].id;
-        self.record(|| {
-            format!("client{id} read {key} at n{nid} ctx {ctx} (must see ≥ {min_index})")
-        });
+        self.record(|| format!("client{id} read {key} at n{nid} op {op} (must see ≥ {min_index})"));
         let cl = &mut self.clients[c];
         cl.op = Op::Read {
             node,
             incarnation: self.nodes[node].incarnation,
-            ctx,
+            op,
             key,
             min_index,
+            reply: rx,
         };
         cl.op_seq += 1;
         let seq = cl.op_seq;
         self.schedule(OP_TIMEOUT_TICKS * TICK, Event::Client(c, seq));
-        self.pump(node)
+        self.run_node(node)
     }
 
     fn random_command(&mut self, c: usize) -> KvCommand {
@@ -175,10 +223,12 @@ impl Sim {
         let roll: f64 = self.rng.gen();
         // CAS against the newest known state of the key, sometimes a stale
         // or absent-only one: all three outcomes must replicate alike.
-        let known = self
-            .checker
-            .value_at(&key, self.checker.applied_len())
-            .map_or(0, |(_, i)| i);
+        let known = {
+            let checker = self.shared.checker.borrow();
+            checker
+                .value_at(&key, checker.applied_len())
+                .map_or(0, |(_, i)| i)
+        };
         if roll < 0.6 {
             KvCommand::Put {
                 key,
@@ -210,136 +260,292 @@ impl Sim {
     }
 
     fn start_write(&mut self, c: usize, node: usize) -> Result<(), String> {
+        // Several at once exercise the loop's batching into one proposal.
         let count = if self.rng.gen_bool(0.7) {
             1
         } else {
             self.rng.gen_range(2..=5)
         };
-        let cmds: Vec<Vec<u8>> = (0..count)
-            .map(|_| self.random_command(c).encode())
-            .collect();
-        let core = self.nodes[node].core.as_mut().expect("checked up");
-        let out = match core.propose(cmds) {
-            Ok(out) => out,
-            Err(e) => {
-                self.redirected(c, e);
-                return Ok(());
-            }
-        };
-        let last = out.first_index + count - 1;
+        let mut writes = Vec::with_capacity(count);
+        for _ in 0..count {
+            let cmd = self.random_command(c);
+            let unique = matches!(cmd, KvCommand::Put { .. });
+            let cmd = cmd.encode();
+            let op = self.next_op;
+            self.next_op += 1;
+            let (tx, rx) = oneshot::channel();
+            writes.push(PendingWrite {
+                op,
+                digest: digest(&EntryPayload::Command(cmd.clone())),
+                unique,
+                reply: Some(rx),
+            });
+            self.nodes[node]
+                .inbox
+                .proposals
+                .push_back((op, Proposal { cmd, reply: tx }));
+        }
         let id = self.clients[c].id;
         let nid = self.nodes[node].id;
-        self.record(|| {
-            format!(
-                "client{id} propose {count} at n{nid}: {}..={last} term {}",
-                out.first_index, out.term
-            )
-        });
+        self.record(|| format!("client{id} proposes {count} at n{nid}"));
         let cl = &mut self.clients[c];
         cl.op = Op::Write {
             node,
             incarnation: self.nodes[node].incarnation,
-            last,
-            term: out.term,
+            writes,
         };
         cl.op_seq += 1;
         let seq = cl.op_seq;
         self.schedule(OP_TIMEOUT_TICKS * TICK, Event::Client(c, seq));
-        self.pump(node)
+        self.run_node(node)
     }
 
-    /// Node `node` crashed: operations waiting on it have unknown outcomes.
-    pub(super) fn abandon_ops_on(&mut self, node: usize) {
+    /// Takes in every answer the loops have given, checking each.
+    pub(super) fn poll_clients(&mut self) -> Result<(), String> {
         for c in 0..self.clients.len() {
-            let waiting_here = match self.clients[c].op {
-                Op::Write { node: n, .. } | Op::Read { node: n, .. } => n == node,
-                Op::Idle => false,
+            let op = std::mem::replace(&mut self.clients[c].op, Op::Idle);
+            let op = match op {
+                Op::Idle => Op::Idle,
+                Op::Read { .. } => self.poll_read(c, op)?,
+                Op::Write { .. } => self.poll_write(c, op)?,
             };
-            if waiting_here {
-                self.stats.abandoned += 1;
+            // An operation that finished was replaced by `client_idle`.
+            if !matches!(op, Op::Idle) {
+                self.clients[c].op = op;
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_read(&mut self, c: usize, op: Op) -> Result<Op, String> {
+        let Op::Read {
+            node,
+            incarnation,
+            op: op_id,
+            key,
+            min_index,
+            mut reply,
+        } = op
+        else {
+            unreachable!("a read")
+        };
+        match outcome(&mut reply) {
+            Outcome::Pending => Ok(Op::Read {
+                node,
+                incarnation,
+                op: op_id,
+                key,
+                min_index,
+                reply,
+            }),
+            Outcome::Dropped => {
+                self.stats().abandoned += 1;
+                let d = self.think();
+                self.client_idle(c, d);
+                Ok(Op::Idle)
+            }
+            Outcome::Answered(Err(ReadError::NotLeader { leader })) => {
+                self.redirected(c, leader);
+                Ok(Op::Idle)
+            }
+            Outcome::Answered(Err(ReadError::Unavailable(_))) => {
+                let d = self.rng.gen_range(TICK..=3 * TICK);
+                self.client_idle(c, d);
+                Ok(Op::Idle)
+            }
+            Outcome::Answered(Ok(())) => {
+                let nid = self.nodes[node].id;
+                let rl = self.nodes[node]
+                    .rl
+                    .as_ref()
+                    .filter(|_| self.nodes[node].incarnation == incarnation)
+                    .ok_or_else(|| format!("n{nid} answered a read while down"))?;
+                let store = rl.store();
+                let applied = store.applied_index();
+                if applied < min_index {
+                    return Err(format!(
+                        "stale read: n{nid} answered read op {op_id} with {applied} applied, \
+                         but index {min_index} had been applied (and a write there may have \
+                         completed) before the read began"
+                    ));
+                }
+                let got = store.get(&key).map_err(|e| e.to_string())?;
+                let want = self.shared.checker.borrow().value_at(&key, applied);
+                if got != want {
+                    return Err(format!(
+                        "read of {key:?} at n{nid} (applied {applied}) returned {got:?}, \
+                         reference has {want:?}"
+                    ));
+                }
+                self.stats().reads_ok += 1;
+                let id = self.clients[c].id;
+                self.record(|| format!("client{id} read ok {key}={got:?} at applied {applied}"));
+                let d = self.think();
+                self.client_idle(c, d);
+                Ok(Op::Idle)
+            }
+        }
+    }
+
+    fn poll_write(&mut self, c: usize, op: Op) -> Result<Op, String> {
+        let Op::Write {
+            node,
+            incarnation,
+            mut writes,
+        } = op
+        else {
+            unreachable!("a write")
+        };
+        let mut redirect = None;
+        let mut backoff = false;
+        for w in &mut writes {
+            let Some(rx) = w.reply.as_mut() else {
+                continue;
+            };
+            match outcome(rx) {
+                Outcome::Pending => continue,
+                Outcome::Dropped => {
+                    self.stats().abandoned += 1;
+                }
+                Outcome::Answered(Ok(applied)) => {
+                    self.shared.checker.borrow().check_acknowledged(
+                        w.digest,
+                        applied.index,
+                        &applied.result,
+                    )?;
+                    self.completed_max = self.completed_max.max(applied.index);
+                    self.stats().writes_ok += 1;
+                    let id = self.clients[c].id;
+                    let index = applied.index;
+                    self.record(|| format!("client{id} write ok at {index}"));
+                }
+                Outcome::Answered(Err(WriteError::NotApplied)) => {
+                    if w.unique {
+                        self.shared
+                            .checker
+                            .borrow_mut()
+                            .check_not_applied(w.digest)?;
+                    }
+                    self.stats().writes_failed += 1;
+                }
+                Outcome::Answered(Err(WriteError::NotLeader { leader })) => {
+                    redirect = Some(leader);
+                }
+                Outcome::Answered(Err(WriteError::Unknown(_))) => {
+                    self.stats().abandoned += 1;
+                }
+                Outcome::Answered(Err(WriteError::Unavailable(_))) => {
+                    backoff = true;
+                }
+            }
+            w.reply = None;
+        }
+        if writes.iter().any(|w| w.reply.is_some()) {
+            return Ok(Op::Write {
+                node,
+                incarnation,
+                writes,
+            });
+        }
+        match redirect {
+            Some(leader) => self.redirected(c, leader),
+            None if backoff => {
+                let d = self.rng.gen_range(TICK..=3 * TICK);
+                self.client_idle(c, d);
+            }
+            None => {
                 let d = self.think();
                 self.client_idle(c, d);
             }
         }
+        Ok(Op::Idle)
     }
 
-    /// Node `node` applied `entries`: completes writes waiting there.
-    pub(super) fn on_applied(&mut self, node: usize, entries: &[Entry]) -> Result<(), String> {
-        let (first, last_applied) = (entries[0].index, entries[entries.len() - 1].index);
-        let inc = self.nodes[node].incarnation;
-        for c in 0..self.clients.len() {
-            let Op::Write {
-                node: n,
-                incarnation,
-                last,
-                term,
-            } = self.clients[c].op
-            else {
-                continue;
+    /// After a round of node `i` (and [`Sim::poll_clients`]): nothing its
+    /// loop took may be left hanging when it could have been answered.
+    pub(super) fn check_stranded(&mut self, i: usize) -> Result<(), String> {
+        let Some(rl) = self.nodes[i].rl.as_ref() else {
+            return Ok(());
+        };
+        let inc = self.nodes[i].incarnation;
+        let nid = self.nodes[i].id;
+        let leader = rl.node().role() == Role::Leader;
+        let applied = rl.store().applied_index();
+        let inbox = &self.nodes[i].inbox;
+        let queued = |op: u64| {
+            inbox.reads.iter().any(|(o, _)| *o == op)
+                || inbox.proposals.iter().any(|(o, _)| *o == op)
+        };
+        for cl in &self.clients {
+            match &cl.op {
+                Op::Read {
+                    node,
+                    incarnation,
+                    op,
+                    ..
+                } if *node == i && *incarnation == inc && !leader && !queued(*op) => {
+                    return Err(format!(
+                        "n{nid} is no longer leader but left read op {op} (client{}) unanswered",
+                        cl.id
+                    ));
+                }
+                Op::Write {
+                    node,
+                    incarnation,
+                    writes,
+                } if *node == i && *incarnation == inc => {
+                    let checker = self.shared.checker.borrow();
+                    for w in writes.iter().filter(|w| w.reply.is_some() && w.unique) {
+                        if queued(w.op) {
+                            continue;
+                        }
+                        if let Some(at) = checker.applied_at(w.digest) {
+                            if at <= applied {
+                                return Err(format!(
+                                    "n{nid} has applied {applied} but left the write committed \
+                                     at {at} (op {}, client{}) unanswered",
+                                    w.op, cl.id
+                                ));
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `i` (incarnation `inc`) stopped cleanly: every operation it had
+    /// must have been answered, none dropped (its loop is gone, so a reply
+    /// without a value was dropped).
+    pub(super) fn check_answered_on_stop(&mut self, i: usize, inc: u64) -> Result<(), String> {
+        let nid = self.nodes[i].id;
+        for cl in &self.clients {
+            let dropped = match &cl.op {
+                Op::Read {
+                    node,
+                    incarnation,
+                    reply,
+                    ..
+                } if *node == i && *incarnation == inc => reply.is_empty(),
+                Op::Write {
+                    node,
+                    incarnation,
+                    writes,
+                } if *node == i && *incarnation == inc => writes
+                    .iter()
+                    .filter_map(|w| w.reply.as_ref())
+                    .any(|rx| rx.is_empty()),
+                _ => false,
             };
-            if n != node || incarnation != inc || last > last_applied {
-                continue;
+            if dropped {
+                return Err(format!(
+                    "n{nid} stopped cleanly without answering an operation of client{}",
+                    cl.id
+                ));
             }
-            if last < first {
-                // Skipped (a snapshot covered it): outcome unknown here.
-                self.stats.abandoned += 1;
-            } else if entries[(last - first) as usize].term == term {
-                // Same term at the last index ⇒ (log matching) the whole
-                // batch is ours, committed and applied.
-                self.completed_max = self.completed_max.max(last);
-                self.stats.writes_ok += 1;
-                let id = self.clients[c].id;
-                self.record(|| format!("client{id} write ok up to {last}"));
-            } else {
-                self.stats.writes_failed += 1;
-            }
-            let d = self.think();
-            self.client_idle(c, d);
         }
-        Ok(())
-    }
-
-    /// Node `node` released a ReadIndex read: check and answer it.
-    pub(super) fn on_read_state(&mut self, node: usize, rs: ReadState) -> Result<(), String> {
-        let inc = self.nodes[node].incarnation;
-        let Some(c) = self.clients.iter().position(|cl| {
-            matches!(&cl.op, Op::Read { node: n, incarnation, ctx, .. }
-                if *n == node && *incarnation == inc && *ctx == rs.ctx)
-        }) else {
-            return Ok(()); // the client gave up already
-        };
-        let Op::Read { key, min_index, .. } = &self.clients[c].op else {
-            unreachable!("matched above")
-        };
-        let (key, min_index) = (key.clone(), *min_index);
-        let sm = &self.nodes[node].sm;
-        let applied = sm.applied_index();
-        let nid = self.nodes[node].id;
-        if applied < rs.index {
-            return Err(format!(
-                "n{nid} released read ctx {} at index {} with only {applied} applied",
-                rs.ctx, rs.index
-            ));
-        }
-        if rs.index < min_index {
-            return Err(format!(
-                "stale read: n{nid} served ctx {} at read index {} but index {min_index} had been \
-                 applied (and a write there may have completed) before the read began",
-                rs.ctx, rs.index
-            ));
-        }
-        let got = sm.get(&key).map_err(|e| e.to_string())?;
-        let want = self.checker.value_at(&key, applied);
-        if got != want {
-            return Err(format!(
-                "read of {key:?} at n{nid} (applied {applied}) returned {got:?}, reference has {want:?}"
-            ));
-        }
-        self.stats.reads_ok += 1;
-        let id = self.clients[c].id;
-        self.record(|| format!("client{id} read ok {key}={got:?} at index {}", rs.index));
-        let d = self.think();
-        self.client_idle(c, d);
-        Ok(())
+        self.poll_clients()
     }
 }

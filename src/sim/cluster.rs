@@ -1,53 +1,81 @@
-//! The simulated cluster: nodes, network, faults, and the event loop.
+//! The simulated cluster: nodes, their drivers, faults, and the event loop.
 //!
-//! Each node runs the same Ready protocol a real runtime does
-//! ([`crate::raft::Ready`]): take a Ready, send its early messages (a
-//! leader's appends), persist it (after a random delay, during which the
-//! node keeps stepping messages), send the rest, apply, answer reads,
-//! `advance`. A crash in the middle drops the rest of the Ready.
+//! Every node runs the production Raft loop ([`RaftLoop`]) over the
+//! simulated environment of [`super::env`]. The simulation is its driver,
+//! shaped like the production one (`crate::node`'s `driver`): events for a
+//! node wait in its inbox; when the node is free it takes one (a tick
+//! first, then control, peer traffic, proposals, reads), holds proposals
+//! for the ack wait if the loop asks, collects whatever else is queued and
+//! runs a round. A round that fsyncs takes virtual time; the node is busy
+//! until it ends.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::{oneshot, watch};
 
 use super::checker::Checker;
 use super::client::Client;
+use super::env::{stage_image, NodeEnv, Shared, SimClock, SimStore, SimTransport};
 use super::trace::Trace;
 use super::{Scenario, Stats, TICK};
-use crate::raft::{
-    Config, Entry, InitialState, Message, NodeId, RaftNode, ReadState, Ready, Role, SnapshotMeta,
+use crate::node::{
+    Applied, Control, Inbound, IncomingSnapshot, LoopInput, LoopSettings, NodeStatus, Proposal,
+    RaftLoop, ReadRequest, WriteError,
 };
-use crate::storage::mem::{MemLogStore, MemStateMachine};
-use crate::storage::{LogStore, StateMachine};
+use crate::raft::{Config, InitialState, Message, NodeId, RaftNode, Role};
+use crate::storage::mem::{MemSnapshot, MemStaged, MemStore};
+use crate::storage::{LogStore, NodeStore, StateMachine};
+
+/// The Raft loop as the simulation runs it.
+pub(super) type SimLoop = RaftLoop<SimStore, SimTransport, SimClock>;
+
+/// Bytes per chunk of a simulated snapshot transfer (small, so images
+/// travel in several chunks).
+const SNAPSHOT_CHUNK_BYTES: usize = 64;
 
 /// Something that happens at a point in simulated time.
 #[derive(Debug)]
 pub(super) enum Event {
     /// A node's clock ticks (recurring).
     Tick(usize),
-    /// A message arrives, with the snapshot image for InstallSnapshot.
-    Deliver(Message, Option<std::sync::Arc<Vec<u8>>>),
-    /// A node finished persisting the Ready it took (if still the same
-    /// incarnation).
-    ReadyDone(usize, u64),
-    /// The runtime of `node` learns how streaming a snapshot to `peer` went.
+    /// A message arrives.
+    Deliver(Message),
+    /// A snapshot image arrives at `to` from node `from` (incarnation).
+    SnapshotArrive {
+        from: usize,
+        incarnation: u64,
+        message: Message,
+        source: MemSnapshot,
+    },
+    /// The transport of `node` learns how streaming a snapshot to `peer`
+    /// went.
     SnapshotReport {
         node: usize,
         incarnation: u64,
         peer: NodeId,
         success: bool,
     },
+    /// A node's round (its fsync) ends, or its ack wait expires.
+    Wake(usize, u64),
     /// A client acts (starts an operation or gives up on one).
     Client(usize, u64),
     /// The partition layout changes.
     Partition,
-    /// A random node crashes.
+    /// A random node crashes (now, or at its next storage call).
     Crash,
+    /// A node crashes now (a crash that waited for its round to end).
+    CrashNow(usize, u64),
     /// A crashed node restarts.
     Restart(usize),
+    /// A random node is asked to stop cleanly (a leader hands over first).
+    Stop,
+    /// A node asked to stop checks whether it may stop now.
+    StopCheck(usize, u64, u64),
     /// The chaos phase ends: faults heal.
     Heal,
     /// Liveness phase: drive the probe write and convergence checks.
@@ -83,32 +111,73 @@ impl Ord for Scheduled {
     }
 }
 
+/// What waits for a node's loop: the simulated counterpart of the
+/// production driver's channels. Proposals and reads carry the client
+/// operation they belong to.
+#[derive(Default)]
+pub(super) struct NodeInbox {
+    ticks: u32,
+    control: VecDeque<Control>,
+    pub(super) inbound: VecDeque<Inbound<MemStaged>>,
+    pub(super) proposals: VecDeque<(u64, Proposal)>,
+    pub(super) reads: VecDeque<(u64, ReadRequest)>,
+}
+
+impl LoopInput<MemStaged> for NodeInbox {
+    fn next_inbound(&mut self) -> Option<Inbound<MemStaged>> {
+        self.inbound.pop_front()
+    }
+    fn next_proposal(&mut self) -> Option<Proposal> {
+        self.proposals.pop_front().map(|(_, p)| p)
+    }
+    fn next_read(&mut self) -> Option<ReadRequest> {
+        self.reads.pop_front().map(|(_, r)| r)
+    }
+}
+
 /// One simulated server.
 pub(super) struct SimNode {
     pub(super) id: NodeId,
-    /// The core, `None` while crashed.
-    pub(super) core: Option<RaftNode>,
-    /// Bumped on every crash, so stale timers are recognised.
+    /// The running loop, `None` while down.
+    pub(super) rl: Option<SimLoop>,
+    /// The durable store while down.
+    store: Option<MemStore>,
+    /// Bumped whenever the node goes down, so stale timers are recognised.
     pub(super) incarnation: u64,
-    /// Durable Raft state.
-    pub(super) log: MemLogStore,
-    /// Applied state (with its own durability point).
-    pub(super) sm: MemStateMachine,
-    /// The Ready taken and not yet handled.
-    busy: Option<Ready>,
-    /// Snapshot images received and not yet installed.
-    pub(super) staged: Vec<(SnapshotMeta, std::sync::Arc<Vec<u8>>)>,
+    pub(super) inbox: NodeInbox,
+    /// The node's current round ends at this time (its fsync).
+    busy_until: u64,
+    /// The ack wait runs until this time.
+    hold_until: Option<u64>,
+    /// Asked to stop cleanly: refuses new client operations.
+    pub(super) stopping: bool,
     /// Commit index last seen (this incarnation), for the checks.
     last_commit: u64,
 }
 
+impl SimNode {
+    /// True when the node runs and accepts client operations.
+    pub(super) fn serving(&self) -> bool {
+        self.rl.is_some() && !self.stopping
+    }
+}
+
+/// The liveness probe write: (node, incarnation, term it was proposed in,
+/// its reply).
+type Probe = (
+    usize,
+    u64,
+    u64,
+    oneshot::Receiver<Result<Applied, WriteError>>,
+);
+
 /// Where the liveness phase stands.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Liveness {
     /// Time the faults healed.
     healed_at: u64,
-    /// The probe write: (node, incarnation, index, term).
-    probe: Option<(usize, u64, u64, u64)>,
+    /// The probe write: (node, incarnation, term it was proposed in, reply).
+    probe: Option<Probe>,
     /// Time the probe write was applied by its leader.
     committed_at: Option<u64>,
 }
@@ -131,15 +200,13 @@ pub struct Sim {
     pub(super) history: Vec<Message>,
     /// Faults still being injected.
     pub(super) chaos: bool,
-    pub(super) checker: Checker,
+    pub(super) shared: Rc<Shared>,
     pub(super) clients: Vec<Client>,
     /// Highest log index of a write acknowledged to a client.
     pub(super) completed_max: u64,
-    pub(super) trace: Trace,
-    pub(super) stats: Stats,
     liveness: Option<Liveness>,
-    /// Next ReadIndex context.
-    pub(super) next_ctx: u64,
+    /// Next client operation id.
+    pub(super) next_op: u64,
     done: bool,
 }
 
@@ -151,12 +218,13 @@ impl Sim {
         let nodes = (0..n)
             .map(|i| SimNode {
                 id: i as NodeId + 1,
-                core: None,
+                rl: None,
+                store: Some(MemStore::new()),
                 incarnation: 0,
-                log: MemLogStore::new(),
-                sm: MemStateMachine::new(),
-                busy: None,
-                staged: Vec::new(),
+                inbox: NodeInbox::default(),
+                busy_until: 0,
+                hold_until: None,
+                stopping: false,
                 last_commit: 0,
             })
             .collect();
@@ -174,13 +242,15 @@ impl Sim {
             long_delay: scenario.long_delay,
             history: Vec::new(),
             chaos: true,
-            checker: Checker::new(),
+            shared: Rc::new(Shared {
+                checker: std::cell::RefCell::new(Checker::new()),
+                trace: std::cell::RefCell::new(Trace::new(trace, super::trace_lines())),
+                stats: std::cell::RefCell::new(Stats::default()),
+            }),
             clients,
             completed_max: 0,
-            trace: Trace::new(trace, super::trace_lines()),
-            stats: Stats::default(),
             liveness: None,
-            next_ctx: 1,
+            next_op: 1,
             done: false,
             sc: scenario,
         }
@@ -188,11 +258,11 @@ impl Sim {
 
     /// The recorded trace (empty unless tracing was on).
     pub fn trace_lines(&self) -> Vec<String> {
-        self.trace.lines()
+        self.shared.trace.borrow().lines()
     }
 
     /// Runs to the end: chaos, healing, liveness, convergence. Any broken
-    /// invariant (or a panic in the core) is an error.
+    /// invariant (or a panic in the core or the loop) is an error.
     pub fn run(&mut self) -> Result<Stats, String> {
         match catch_unwind(AssertUnwindSafe(|| self.run_inner())) {
             Ok(r) => r,
@@ -224,13 +294,13 @@ impl Sim {
         if self.sc.crash_every_ticks > 0 {
             let at = self.rng.gen_range(1..=2 * self.sc.crash_every_ticks) * TICK;
             self.schedule(at, Event::Crash);
+            let at = self.rng.gen_range(1..=2 * self.sc.crash_every_ticks) * TICK;
+            self.schedule(at, Event::Transfer);
+            let at = self.rng.gen_range(1..=4 * self.sc.crash_every_ticks) * TICK;
+            self.schedule(at, Event::Stop);
         }
         if self.sc.replay > 0.0 {
             self.schedule(TICK, Event::Replay);
-        }
-        if self.sc.crash_every_ticks > 0 {
-            let at = self.rng.gen_range(1..=2 * self.sc.crash_every_ticks) * TICK;
-            self.schedule(at, Event::Transfer);
         }
         self.schedule(self.sc.chaos_ticks * TICK, Event::Heal);
         let end =
@@ -243,74 +313,92 @@ impl Sim {
                 return Err("run did not finish in time".into());
             }
             self.now = s.time;
-            self.stats.events += 1;
+            self.shared.stats.borrow_mut().events += 1;
             self.handle(s.event)?;
             self.check_nodes()?;
         }
-        self.stats.leader_terms = self.checker.leader_terms() as u64;
-        self.stats.final_index = self.checker.applied_len();
-        Ok(self.stats.clone())
+        let mut stats = self.shared.stats.borrow().clone();
+        let checker = self.shared.checker.borrow();
+        stats.leader_terms = checker.leader_terms() as u64;
+        stats.final_index = checker.applied_len();
+        Ok(stats)
     }
 
     pub(super) fn schedule(&mut self, delay: u64, event: Event) {
+        self.schedule_at(self.now + delay, event);
+    }
+
+    pub(super) fn schedule_at(&mut self, time: u64, event: Event) {
         self.seq += 1;
         self.queue.push(Scheduled {
-            time: self.now + delay,
+            time: time.max(self.now),
             seq: self.seq,
             event,
         });
     }
 
-    pub(super) fn record(&mut self, f: impl FnOnce() -> String) {
-        self.trace.record(self.now, f);
+    pub(super) fn record(&self, f: impl FnOnce() -> String) {
+        self.shared.record(self.now, f);
+    }
+
+    pub(super) fn stats(&self) -> std::cell::RefMut<'_, Stats> {
+        self.shared.stats.borrow_mut()
     }
 
     fn handle(&mut self, ev: Event) -> Result<(), String> {
         match ev {
             Event::Tick(i) => {
                 self.schedule(TICK, Event::Tick(i));
-                if let Some(core) = self.nodes[i].core.as_mut() {
-                    let before = (core.role(), core.term());
-                    core.tick();
-                    let after = (core.role(), core.term());
-                    if before != after {
-                        let id = self.nodes[i].id;
-                        self.record(|| format!("n{id} tick: {before:?} -> {after:?}"));
-                    }
-                    self.pump(i)?;
+                if self.nodes[i].rl.is_some() {
+                    self.nodes[i].inbox.ticks += 1;
+                    self.run_node(i)?;
                 }
             }
-            Event::Deliver(m, image) => self.deliver(m, image)?,
-            Event::ReadyDone(i, inc) => {
-                let node = &mut self.nodes[i];
-                if node.incarnation == inc {
-                    if let Some(rd) = node.busy.take() {
-                        self.finish_ready(i, rd)?;
-                        self.pump(i)?;
-                    }
-                }
-            }
+            Event::Deliver(m) => self.deliver(m)?,
+            Event::SnapshotArrive {
+                from,
+                incarnation,
+                message,
+                source,
+            } => self.snapshot_arrives(from, incarnation, message, source)?,
             Event::SnapshotReport {
                 node,
                 incarnation,
                 peer,
                 success,
             } => {
-                if self.nodes[node].incarnation == incarnation {
-                    if let Some(core) = self.nodes[node].core.as_mut() {
-                        core.report_snapshot(peer, success);
-                        let id = self.nodes[node].id;
-                        self.record(|| format!("n{id} report_snapshot(n{peer}, {success})"));
-                        self.pump(node)?;
+                let n = &mut self.nodes[node];
+                if n.incarnation == incarnation {
+                    if let Some(rl) = n.rl.as_mut() {
+                        // The transport frees the peer, then reports.
+                        rl.transport_mut().busy.remove(&peer);
+                        n.inbox
+                            .inbound
+                            .push_back(Inbound::SnapshotSent { peer, success });
+                        let id = n.id;
+                        self.record(|| format!("n{id} snapshot to n{peer} sent: {success}"));
+                        self.run_node(node)?;
                     }
+                }
+            }
+            Event::Wake(i, inc) => {
+                if self.nodes[i].incarnation == inc {
+                    self.run_node(i)?;
                 }
             }
             Event::Client(c, op) => self.client_act(c, op)?,
             Event::Partition => self.change_partition(),
             Event::Crash => self.crash_random()?,
+            Event::CrashNow(i, inc) => {
+                if self.nodes[i].incarnation == inc {
+                    self.crash(i)?;
+                }
+            }
+            Event::Stop => self.stop_random()?,
+            Event::StopCheck(i, inc, deadline) => self.stop_check(i, inc, deadline)?,
             Event::Transfer => self.transfer_leadership()?,
             Event::Restart(i) => {
-                if self.nodes[i].core.is_none() {
+                if self.nodes[i].rl.is_none() {
                     self.start_node(i)?;
                 }
             }
@@ -319,6 +407,173 @@ impl Sim {
             Event::Replay => self.replay()?,
         }
         Ok(())
+    }
+
+    // ----- the driver -----
+
+    /// Runs node `i`'s loop as the production driver would, for as long as
+    /// it is free and has something queued.
+    pub(super) fn run_node(&mut self, i: usize) -> Result<(), String> {
+        loop {
+            let now = self.now;
+            let node = &mut self.nodes[i];
+            let Some(rl) = node.rl.as_mut() else {
+                return Ok(());
+            };
+            if now < node.busy_until {
+                return Ok(());
+            }
+            if let Some(until) = node.hold_until {
+                // The ack wait: only peer traffic is taken meanwhile.
+                let more = !node.inbox.proposals.is_empty();
+                while rl.waiting_for_acks(more) {
+                    let Some(ev) = node.inbox.inbound.pop_front() else {
+                        break;
+                    };
+                    rl.on_inbound(ev);
+                }
+                if rl.waiting_for_acks(more) && now < until {
+                    return Ok(());
+                }
+                node.hold_until = None;
+                self.round(i)?;
+                continue;
+            }
+            // One event, with the production driver's priorities.
+            let inbox = &mut node.inbox;
+            if inbox.ticks > 0 {
+                inbox.ticks -= 1;
+                rl.on_tick();
+            } else if let Some(c) = inbox.control.pop_front() {
+                rl.on_control(c);
+            } else if let Some(ev) = inbox.inbound.pop_front() {
+                rl.on_inbound(ev);
+            } else if let Some((_, p)) = inbox.proposals.pop_front() {
+                rl.on_proposal(p);
+            } else if let Some((_, r)) = inbox.reads.pop_front() {
+                rl.on_read(r);
+            } else {
+                return Ok(());
+            }
+            rl.clock().env.time.set(now);
+            if let Some(until) = rl.hold_proposals_until(!inbox.proposals.is_empty()) {
+                node.hold_until = Some(until);
+                let inc = node.incarnation;
+                self.schedule_at(until, Event::Wake(i, inc));
+                continue;
+            }
+            self.round(i)?;
+        }
+    }
+
+    /// Collects node `i`'s queued input and runs one round of its loop.
+    fn round(&mut self, i: usize) -> Result<(), String> {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let rl = node.rl.as_mut().expect("round of a running node");
+        let env = rl.clock().env.clone();
+        env.time.set(now);
+        rl.collect(&mut node.inbox);
+        let before = (rl.node().role(), rl.node().term());
+        let result = rl.round();
+        let after = (rl.node().role(), rl.node().term());
+        let id = node.id;
+        if before != after {
+            self.record(|| format!("n{id} round: {before:?} -> {after:?}"));
+        }
+        self.flush_outbox(i);
+        let node = &mut self.nodes[i];
+        match result {
+            Ok(()) => {
+                let end = env.time.get();
+                if end > now {
+                    node.busy_until = end;
+                    let inc = node.incarnation;
+                    self.schedule_at(end, Event::Wake(i, inc));
+                }
+                if self.rng.gen_bool(self.sc.flush_probability) {
+                    if let Some(rl) = self.nodes[i].rl.as_mut() {
+                        rl.store_mut().inner.flush_state_machine();
+                    }
+                }
+                self.poll_clients()?;
+                self.check_stranded(i)?;
+                if env.crash_armed.get() {
+                    // An armed crash that met no storage call: it strikes
+                    // as the round ends.
+                    env.crash_armed.set(false);
+                    let inc = self.nodes[i].incarnation;
+                    self.schedule_at(end, Event::CrashNow(i, inc));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(v) = env.violation.borrow_mut().take() {
+                    return Err(v);
+                }
+                if !env.crashed.get() {
+                    return Err(format!("n{id}: the loop stopped on a storage error: {e}"));
+                }
+                // Replies sent before the crash point were sent.
+                self.poll_clients()?;
+                self.crash(i)
+            }
+        }
+    }
+
+    /// Hands what node `i`'s transport sent this round to the network.
+    fn flush_outbox(&mut self, i: usize) {
+        let Some(rl) = self.nodes[i].rl.as_mut() else {
+            return;
+        };
+        let t = rl.transport_mut();
+        let outbox = std::mem::take(&mut t.outbox);
+        let snapshots = std::mem::take(&mut t.snapshots);
+        for (at, m) in outbox {
+            self.send(i, m, at);
+        }
+        for (at, message, source) in snapshots {
+            self.send_snapshot(i, message, source, at);
+        }
+    }
+
+    /// A snapshot image reaches its receiver: staged as the real receiver
+    /// stages it, then handed to its loop.
+    fn snapshot_arrives(
+        &mut self,
+        from: usize,
+        incarnation: u64,
+        message: Message,
+        source: MemSnapshot,
+    ) -> Result<(), String> {
+        let to = (message.to - 1) as usize;
+        let n = self.nodes.len();
+        let peer = message.to;
+        let reachable = !self.blocked[from * n + to] && self.nodes[to].rl.is_some();
+        let delay = self.rng.gen_range(1..=self.sc.max_delay);
+        let report = |success| Event::SnapshotReport {
+            node: from,
+            incarnation,
+            peer,
+            success,
+        };
+        if !reachable {
+            self.stats().dropped += 1;
+            self.schedule(delay, report(false));
+            return Ok(());
+        }
+        let rl = self.nodes[to].rl.as_ref().expect("checked above");
+        let staged = stage_image(rl.store(), source, SNAPSHOT_CHUNK_BYTES)
+            .map_err(|e| format!("n{peer}: staging a snapshot failed: {e}"))?;
+        self.nodes[to]
+            .inbox
+            .inbound
+            .push_back(Inbound::Snapshot(Box::new(IncomingSnapshot {
+                message,
+                staged,
+            })));
+        self.schedule(delay, report(true));
+        self.run_node(to)
     }
 
     // ----- nodes -----
@@ -338,70 +593,85 @@ impl Sim {
             check_quorum: sc.check_quorum,
             ..Config::new(node.id, voters)
         };
-        let rec = node.log.load().map_err(|e| e.to_string())?;
-        if node.sm.applied_index() < rec.snapshot.index {
-            // The state machine lost applies past the snapshot: start from
-            // the snapshot image, as a real node must.
-            let (meta, data) = node
-                .log
-                .snapshot_image()
-                .cloned()
-                .ok_or("snapshot without an image")?;
-            node.sm.restore(meta, &data).map_err(|e| e.to_string())?;
-        }
+        let store = node.store.take().expect("a stopped node has its store");
+        let rec = store
+            .load()
+            .map_err(|e| format!("node {} cannot restart: {e}", node.id))?;
         let init = InitialState {
             hard_state: rec.hard_state,
             snapshot: rec.snapshot,
             entries: rec.entries,
-            applied: node.sm.applied_index(),
+            applied: store.applied_index(),
         };
         let seed = self.seed ^ (node.id << 40) ^ node.incarnation.wrapping_mul(0x9E37_79B9);
         let core = RaftNode::new(cfg, init, seed)
             .map_err(|e| format!("node {} cannot restart: {e}", node.id))?;
         let id = node.id;
         let (snap, commit) = (core.snapshot_meta().index, core.commit_index());
-        self.checker.on_commit(id, &core, snap, commit)?;
+        self.shared
+            .checker
+            .borrow_mut()
+            .on_commit(id, &core, snap, commit)?;
+        let env = Rc::new(NodeEnv {
+            id,
+            time: std::cell::Cell::new(self.now),
+            rng: std::cell::RefCell::new(SmallRng::seed_from_u64(seed ^ 0xE4F1)),
+            persist_delay: sc.persist_delay,
+            flush_probability: sc.flush_probability,
+            queue_full: std::cell::Cell::new(if self.chaos { self.loss / 4.0 } else { 0.0 }),
+            crash_armed: std::cell::Cell::new(false),
+            crashed: std::cell::Cell::new(false),
+            violation: std::cell::RefCell::new(None),
+            shared: self.shared.clone(),
+        });
+        let applied = store.applied_index();
+        let rl = RaftLoop::new(
+            core,
+            SimStore {
+                inner: store,
+                env: env.clone(),
+            },
+            SimTransport {
+                env: env.clone(),
+                outbox: Vec::new(),
+                snapshots: Vec::new(),
+                busy: Default::default(),
+            },
+            SimClock { env },
+            LoopSettings {
+                snapshot_threshold: sc.snapshot_threshold,
+                names: Default::default(),
+            },
+            watch::channel(NodeStatus::default()).0,
+        );
+        node.rl = Some(rl);
         node.last_commit = commit;
-        node.core = Some(core);
-        let applied = node.sm.applied_index();
+        node.busy_until = 0;
+        node.hold_until = None;
+        node.stopping = false;
+        node.inbox = NodeInbox::default();
         self.record(|| format!("n{id} START applied={applied} commit={commit} snap={snap}"));
         Ok(())
     }
 
+    /// Takes node `i` down: its loop and everything queued for it are
+    /// gone (clients waiting on it see their replies dropped), its store
+    /// keeps only what was durable.
     fn crash(&mut self, i: usize) -> Result<(), String> {
         let node = &mut self.nodes[i];
-        if node.core.is_none() {
+        let Some(rl) = node.rl.take() else {
             return Ok(());
-        }
-        node.core = None;
-        node.busy = None;
-        node.staged.clear();
-        node.sm.crash();
+        };
+        let (mut store, _) = rl.into_parts();
+        store.inner.crash();
+        node.store = Some(store.inner);
+        node.inbox = NodeInbox::default();
         node.incarnation += 1;
-        self.stats.crashes += 1;
+        node.stopping = false;
         let id = node.id;
+        self.stats().crashes += 1;
         self.record(|| format!("n{id} CRASH"));
-        self.abandon_ops_on(i);
-        Ok(())
-    }
-
-    fn transfer_leadership(&mut self) -> Result<(), String> {
-        if !self.chaos {
-            return Ok(());
-        }
-        if let Some(l) = self.current_leader() {
-            let id = self.nodes[l].id;
-            if let Some(core) = self.nodes[l].core.as_mut() {
-                if let Ok(to) = core.transfer_leadership(None) {
-                    self.stats.transfers += 1;
-                    self.record(|| format!("n{id} TRANSFER to n{to}"));
-                }
-            }
-            self.pump(l)?;
-        }
-        let next = self.rng.gen_range(1..=2 * self.sc.crash_every_ticks) * TICK;
-        self.schedule(next, Event::Transfer);
-        Ok(())
+        self.poll_clients()
     }
 
     fn crash_random(&mut self) -> Result<(), String> {
@@ -412,7 +682,19 @@ impl Sim {
             Some(l) if self.rng.gen_bool(0.5) => l,
             _ => self.rng.gen_range(0..self.nodes.len()),
         };
-        self.crash(i)?;
+        if let Some(rl) = self.nodes[i].rl.as_ref() {
+            if self.rng.gen_bool(0.5) {
+                // At its next storage call: in the middle of a round.
+                rl.clock().env.crash_armed.set(true);
+                let id = self.nodes[i].id;
+                self.record(|| format!("n{id} crash armed"));
+            } else if self.now < self.nodes[i].busy_until {
+                let (at, inc) = (self.nodes[i].busy_until, self.nodes[i].incarnation);
+                self.schedule_at(at, Event::CrashNow(i, inc));
+            } else {
+                self.crash(i)?;
+            }
+        }
         let down = self.rng.gen_range(1..=self.sc.max_down_ticks) * TICK;
         self.schedule(down, Event::Restart(i));
         let next = self.rng.gen_range(1..=2 * self.sc.crash_every_ticks) * TICK;
@@ -420,166 +702,99 @@ impl Sim {
         Ok(())
     }
 
-    /// Takes and handles Readys of node `i` until it has none, or one is
-    /// left "being persisted" for a random delay.
-    pub(super) fn pump(&mut self, i: usize) -> Result<(), String> {
-        loop {
-            let node = &mut self.nodes[i];
-            let Some(core) = node.core.as_mut() else {
-                return Ok(());
-            };
-            if node.busy.is_some() || !core.has_ready() {
-                return Ok(());
-            }
-            let mut rd = core.ready();
-            // A leader's appends leave before its own persist completes,
-            // as the real runtime sends them; a crash during the delay
-            // below then loses the leader's copy but not the followers'.
-            let early = std::mem::take(&mut rd.early_messages);
-            for m in early {
-                self.send(i, m);
-            }
-            // Committed entries that are durable here already may be
-            // applied before this Ready's persist, as the runtime does.
-            if rd.can_apply_before_persist() {
-                let committed = std::mem::take(&mut rd.committed_entries);
-                let reads = std::mem::take(&mut rd.read_states);
-                self.apply_and_answer(i, &committed, reads)?;
-            }
-            let node = &mut self.nodes[i];
-            let delay = if self.sc.persist_delay == 0 {
-                0
-            } else {
-                self.rng.gen_range(0..=self.sc.persist_delay)
-            };
-            if delay == 0 {
-                self.finish_ready(i, rd)?;
-            } else {
-                let inc = node.incarnation;
-                node.busy = Some(rd);
-                self.schedule(delay, Event::ReadyDone(i, inc));
-                return Ok(());
-            }
-        }
-    }
-
-    /// Handles one Ready in the documented order.
-    fn finish_ready(&mut self, i: usize, rd: Ready) -> Result<(), String> {
-        let id = self.nodes[i].id;
-        // 1. Snapshot.
-        if let Some(meta) = rd.snapshot {
-            let node = &mut self.nodes[i];
-            let pos = node
-                .staged
-                .iter()
-                .rposition(|(m, _)| *m == meta)
-                .ok_or_else(|| {
-                    format!("n{id}: core installs snapshot {meta:?} that was never staged")
-                })?;
-            let (_, data) = node.staged.swap_remove(pos);
-            node.staged.retain(|(m, _)| m.index > meta.index);
-            node.sm.restore(meta, &data).map_err(|e| e.to_string())?;
-            node.log
-                .reset_to_snapshot(meta)
-                .map_err(|e| e.to_string())?;
-            node.log.set_snapshot_image(meta, data.to_vec());
-            self.stats.snapshots_installed += 1;
-            self.record(|| format!("n{id} INSTALL snapshot {meta:?}"));
-        }
-        // 2. Persist.
-        if rd.hard_state.is_some() || !rd.entries.is_empty() {
-            let node = &mut self.nodes[i];
-            let prev_term = rd
-                .entries
-                .first()
-                .and_then(|e| node.log.term_at(e.index - 1));
-            if let Some(first) = rd.entries.first() {
-                if first.index > node.log.last_index() + 1 {
-                    return Err(format!(
-                        "n{id}: Ready entries start at {} but the durable log ends at {}",
-                        first.index,
-                        node.log.last_index()
-                    ));
-                }
-            }
-            self.checker.on_persist(id, prev_term, &rd.entries)?;
-            let node = &mut self.nodes[i];
-            node.log
-                .save(rd.hard_state.as_ref(), &rd.entries)
-                .map_err(|e| format!("n{id}: {e}"))?;
-            if self.trace.enabled() && !rd.entries.is_empty() {
-                let (a, b) = (rd.entries[0].index, rd.entries[rd.entries.len() - 1].index);
-                let hs = rd.hard_state;
-                self.record(|| format!("n{id} persist {a}..={b} hs={hs:?}"));
-            } else if self.trace.enabled() {
-                let hs = rd.hard_state;
-                self.record(|| format!("n{id} persist hs={hs:?}"));
-            }
-        }
-        // 3. Send.
-        for m in rd.messages {
-            self.send(i, m);
-        }
-        // 4–5. Apply, answer reads (unless done before the persist).
-        self.apply_and_answer(i, &rd.committed_entries, rd.read_states)?;
-        // 6. Advance.
-        let node = &mut self.nodes[i];
-        let Some(core) = node.core.as_mut() else {
+    fn transfer_leadership(&mut self) -> Result<(), String> {
+        if !self.chaos {
             return Ok(());
-        };
-        core.advance();
-        if self.rng.gen_bool(self.sc.flush_probability) {
-            self.nodes[i].sm.flush();
         }
-        self.maybe_compact(i)
-    }
-
-    /// Steps 4 and 5 of a Ready: apply `committed`, then answer `reads`.
-    fn apply_and_answer(
-        &mut self,
-        i: usize,
-        committed: &[Entry],
-        reads: Vec<ReadState>,
-    ) -> Result<(), String> {
-        let id = self.nodes[i].id;
-        if !committed.is_empty() {
-            let node = &mut self.nodes[i];
-            node.sm
-                .apply(committed)
-                .map_err(|e| format!("n{id}: apply: {e}"))?;
-            self.checker.on_apply(id, committed)?;
-            if self.trace.enabled() {
-                let (a, b) = (committed[0].index, committed[committed.len() - 1].index);
-                self.record(|| format!("n{id} apply {a}..={b}"));
-            }
-            self.on_applied(i, committed)?;
+        if let Some(l) = self.current_leader() {
+            let id = self.nodes[l].id;
+            self.stats().transfers += 1;
+            self.record(|| format!("n{id} TRANSFER requested"));
+            self.nodes[l]
+                .inbox
+                .control
+                .push_back(Control::TransferLeadership);
+            self.run_node(l)?;
         }
-        for rs in reads {
-            self.on_read_state(i, rs)?;
-        }
+        let next = self.rng.gen_range(1..=2 * self.sc.crash_every_ticks) * TICK;
+        self.schedule(next, Event::Transfer);
         Ok(())
     }
 
-    /// Snapshot + compaction every `snapshot_threshold` applied entries.
-    fn maybe_compact(&mut self, i: usize) -> Result<(), String> {
-        let th = self.sc.snapshot_threshold;
-        let node = &mut self.nodes[i];
-        let Some(core) = node.core.as_mut() else {
-            return Ok(());
-        };
-        if th == 0 || node.sm.applied_index() < node.log.snapshot().index + th {
+    /// A clean stop, as on SIGTERM: a leader hands over first (waiting at
+    /// most an election timeout), then the node stops taking requests,
+    /// answers everyone waiting and goes down; it restarts later.
+    fn stop_random(&mut self) -> Result<(), String> {
+        if !self.chaos {
             return Ok(());
         }
-        // The image must be durable before the log prefix goes.
-        node.sm.flush();
-        let (meta, data) = node.sm.snapshot().map_err(|e| e.to_string())?;
-        node.log.set_snapshot_image(meta, data);
-        node.log.compact(meta).map_err(|e| e.to_string())?;
-        core.compact(meta)
-            .map_err(|e| format!("n{}: core refused compaction: {e}", node.id))?;
-        self.stats.compactions += 1;
+        let next = self.rng.gen_range(1..=4 * self.sc.crash_every_ticks) * TICK;
+        self.schedule(next, Event::Stop);
+        let i = match self.current_leader() {
+            Some(l) if self.rng.gen_bool(0.7) => l,
+            _ => self.rng.gen_range(0..self.nodes.len()),
+        };
+        let node = &mut self.nodes[i];
+        if !node.serving() {
+            return Ok(());
+        }
+        node.stopping = true;
+        let (id, inc) = (node.id, node.incarnation);
+        let leads = node
+            .rl
+            .as_ref()
+            .is_some_and(|rl| rl.node().role() == Role::Leader);
+        if leads {
+            node.inbox.control.push_back(Control::TransferLeadership);
+        }
+        self.record(|| format!("n{id} STOP requested"));
+        let deadline = self.now + u64::from(self.sc.election_ticks) * TICK;
+        self.schedule(0, Event::StopCheck(i, inc, deadline));
+        self.run_node(i)
+    }
+
+    fn stop_check(&mut self, i: usize, inc: u64, deadline: u64) -> Result<(), String> {
+        let node = &self.nodes[i];
+        if node.incarnation != inc {
+            return Ok(());
+        }
+        let Some(rl) = node.rl.as_ref() else {
+            return Ok(());
+        };
+        let leads = rl.node().role() == Role::Leader;
+        if (leads && self.now < deadline) || self.now < node.busy_until {
+            // Still handing over, or its round (fsync) is not done.
+            self.schedule(TICK / 2, Event::StopCheck(i, inc, deadline));
+            return Ok(());
+        }
+        // The driver's shutdown: queued requests go to the loop, which
+        // answers everyone; the store is flushed.
+        let node = &mut self.nodes[i];
+        let mut rl = node.rl.take().expect("checked above");
+        let mut waiting = Vec::new();
+        for (op, p) in node.inbox.proposals.drain(..) {
+            waiting.push(op);
+            rl.on_proposal(p);
+        }
+        for (op, r) in node.inbox.reads.drain(..) {
+            waiting.push(op);
+            rl.on_read(r);
+        }
+        rl.shutdown(&Ok(()));
+        let (mut store, _) = rl.into_parts();
+        store.flush().map_err(|e| e.to_string())?;
+        store.inner.flush_state_machine();
+        node.store = Some(store.inner);
+        node.inbox = NodeInbox::default();
+        node.incarnation += 1;
+        node.stopping = false;
         let id = node.id;
-        self.record(|| format!("n{id} compact to {meta:?}"));
+        self.stats().stops += 1;
+        self.record(|| format!("n{id} STOPPED cleanly"));
+        // Every client waiting on it got an answer, not a dropped reply.
+        self.check_answered_on_stop(i, inc)?;
+        let down = self.rng.gen_range(1..=self.sc.max_down_ticks) * TICK;
+        self.schedule(down, Event::Restart(i));
         Ok(())
     }
 
@@ -593,8 +808,13 @@ impl Sim {
         self.long_delay = 0.0;
         self.record(|| "HEAL: no more faults".into());
         for i in 0..self.nodes.len() {
-            if self.nodes[i].core.is_none() {
-                self.start_node(i)?;
+            match self.nodes[i].rl.as_ref() {
+                None => self.start_node(i)?,
+                Some(rl) => {
+                    let env = &rl.clock().env;
+                    env.queue_full.set(0.0);
+                    env.crash_armed.set(false);
+                }
             }
         }
         self.liveness = Some(Liveness {
@@ -626,27 +846,27 @@ impl Sim {
         let elapsed = (self.now - lv.healed_at) / TICK;
         match lv.committed_at {
             None => {
-                // Did the probe make it? (Committed = applied somewhere with
-                // the term it was proposed in.)
-                if let Some((i, inc, index, term)) = lv.probe {
-                    if self.checker.applied_len() >= index {
-                        if self.checker.committed_term(index) == Some(term) {
+                if let Some((i, inc, term, mut rx)) = lv.probe.take() {
+                    match rx.try_recv() {
+                        Ok(Ok(applied)) => {
                             lv.committed_at = Some(self.now);
-                            self.stats.heal_to_commit_ticks = elapsed;
+                            self.stats().heal_to_commit_ticks = elapsed;
+                            let index = applied.index;
                             self.record(|| format!("LIVENESS probe committed at {index}"));
                             return Ok(());
                         }
-                        lv.probe = None;
-                    } else {
-                        let node = &self.nodes[i];
-                        let gone = node.incarnation != inc
-                            || node
-                                .core
-                                .as_ref()
-                                .is_none_or(|c| c.term() != term || c.role() != Role::Leader);
-                        if gone {
-                            lv.probe = None;
+                        Err(oneshot::error::TryRecvError::Empty) => {
+                            let node = &self.nodes[i];
+                            let gone = node.incarnation != inc
+                                || node.rl.as_ref().is_none_or(|rl| {
+                                    rl.node().term() != term || rl.node().role() != Role::Leader
+                                });
+                            if !gone {
+                                lv.probe = Some((i, inc, term, rx));
+                            }
                         }
+                        // Refused or lost: propose again.
+                        _ => {}
                     }
                 }
                 if elapsed > self.sc.liveness_ticks {
@@ -662,41 +882,49 @@ impl Sim {
                             value: format!("seed-{}", self.seed),
                             cas: None,
                         };
-                        let core = self.nodes[i].core.as_mut().expect("leader is up");
-                        if let Ok(out) = core.propose(vec![cmd.encode()]) {
-                            lv.probe =
-                                Some((i, self.nodes[i].incarnation, out.first_index, out.term));
-                            let id = self.nodes[i].id;
-                            self.record(|| {
-                                format!(
-                                    "LIVENESS probe proposed at n{id} index {}",
-                                    out.first_index
-                                )
-                            });
-                            self.pump(i)?;
-                        }
+                        let (tx, rx) = oneshot::channel();
+                        let node = &mut self.nodes[i];
+                        let term = node.rl.as_ref().map_or(0, |rl| rl.node().term());
+                        let op = self.next_op;
+                        self.next_op += 1;
+                        node.inbox.proposals.push_back((
+                            op,
+                            Proposal {
+                                cmd: cmd.encode(),
+                                reply: tx,
+                            },
+                        ));
+                        lv.probe = Some((i, node.incarnation, term, rx));
+                        let id = node.id;
+                        self.record(|| format!("LIVENESS probe proposed at n{id}"));
+                        self.run_node(i)?;
                     }
                 }
             }
             Some(at) => {
-                let target = self.checker.applied_len();
-                let converged = self
-                    .nodes
-                    .iter()
-                    .all(|n| n.core.is_some() && n.sm.applied_index() == target)
-                    && self.clients.iter().all(|c| c.is_idle());
+                let target = self.shared.checker.borrow().applied_len();
+                let converged = self.nodes.iter().all(|n| {
+                    n.rl.as_ref()
+                        .is_some_and(|rl| rl.store().applied_index() == target)
+                }) && self.clients.iter().all(|c| c.is_idle());
                 if converged {
-                    let reference: Vec<(String, String, u64)> = self
-                        .checker
+                    let checker = self.shared.checker.borrow();
+                    let reference: Vec<(String, String, u64)> = checker
                         .reference()
                         .items()
                         .map(|(k, v, i)| (k.to_string(), v.to_string(), i))
                         .collect();
                     for n in &self.nodes {
-                        let mine: Vec<(String, String, u64)> =
-                            n.sm.items()
-                                .map(|(k, v, i)| (k.to_string(), v.to_string(), i))
-                                .collect();
+                        let sm =
+                            n.rl.as_ref()
+                                .expect("converged")
+                                .store()
+                                .inner
+                                .state_machine();
+                        let mine: Vec<(String, String, u64)> = sm
+                            .items()
+                            .map(|(k, v, i)| (k.to_string(), v.to_string(), i))
+                            .collect();
                         if mine != reference {
                             return Err(format!(
                                 "replica n{} converged to a different state than the reference",
@@ -704,11 +932,15 @@ impl Sim {
                             ));
                         }
                     }
+                    drop(checker);
                     self.record(|| format!("CONVERGED at index {target}"));
                     self.done = true;
                 } else if (self.now - at) / TICK > self.sc.converge_ticks {
-                    let applied: Vec<u64> =
-                        self.nodes.iter().map(|n| n.sm.applied_index()).collect();
+                    let applied: Vec<u64> = self
+                        .nodes
+                        .iter()
+                        .map(|n| n.rl.as_ref().map_or(0, |rl| rl.store().applied_index()))
+                        .collect();
                     return Err(format!(
                         "liveness: replicas did not converge within {} ticks (applied {applied:?}, \
                          canonical {target})",
@@ -725,7 +957,7 @@ impl Sim {
         self.nodes
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| n.core.as_ref().map(|c| (i, c)))
+            .filter_map(|(i, n)| n.rl.as_ref().map(|rl| (i, rl.node())))
             .filter(|(_, c)| c.role() == Role::Leader)
             .max_by_key(|(_, c)| c.term())
             .map(|(i, _)| i)
@@ -737,11 +969,13 @@ impl Sim {
     fn check_nodes(&mut self) -> Result<(), String> {
         for i in 0..self.nodes.len() {
             let node = &self.nodes[i];
-            let Some(core) = node.core.as_ref() else {
+            let Some(rl) = node.rl.as_ref() else {
                 continue;
             };
+            let core = rl.node();
+            let mut checker = self.shared.checker.borrow_mut();
             if core.role() == Role::Leader {
-                self.checker.observe_leader(node.id, core.term(), core)?;
+                checker.observe_leader(node.id, core.term(), core)?;
             }
             let commit = core.commit_index();
             if commit < node.last_commit {
@@ -752,7 +986,8 @@ impl Sim {
             }
             if commit > node.last_commit {
                 let from = node.last_commit;
-                self.checker.on_commit(node.id, core, from, commit)?;
+                checker.on_commit(node.id, core, from, commit)?;
+                drop(checker);
                 self.nodes[i].last_commit = commit;
             }
         }

@@ -31,6 +31,7 @@
 pub mod checker;
 mod client;
 mod cluster;
+mod env;
 mod network;
 pub mod trace;
 
@@ -201,6 +202,8 @@ pub struct Stats {
     pub crashes: u64,
     /// Leadership transfers started.
     pub transfers: u64,
+    /// Clean stops (a leader hands over first).
+    pub stops: u64,
     /// Partition changes.
     pub partitions: u64,
     /// Log compactions.
@@ -229,6 +232,7 @@ impl Stats {
         self.redirects += o.redirects;
         self.crashes += o.crashes;
         self.transfers += o.transfers;
+        self.stops += o.stops;
         self.partitions += o.partitions;
         self.compactions += o.compactions;
         self.snapshots_sent += o.snapshots_sent;

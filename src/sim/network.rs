@@ -6,11 +6,14 @@ use rand::Rng;
 
 use super::cluster::{Event, Sim};
 use super::TICK;
+use crate::node::Inbound;
 use crate::raft::{Message, MessageBody};
+use crate::storage::mem::MemSnapshot;
 
 impl Sim {
-    /// Sends `m` from node `from` through the faulty network.
-    pub(super) fn send(&mut self, from: usize, m: Message) {
+    /// Sends `m`, which node `from` sent at time `at`, through the faulty
+    /// network.
+    pub(super) fn send(&mut self, from: usize, m: Message, at: u64) {
         let to = (m.to - 1) as usize;
         let n = self.nodes.len();
         if self.sc.replay > 0.0 && self.chaos {
@@ -27,58 +30,21 @@ impl Sim {
                     let k = self.rng.gen_range(0..self.history.len());
                     self.history.swap_remove(k);
                 }
-                if !matches!(m.body, MessageBody::InstallSnapshot { .. }) {
-                    self.history.push(m.clone());
-                }
+                self.history.push(m.clone());
             }
-        }
-        let mut image = None;
-        if let MessageBody::InstallSnapshot { meta } = m.body {
-            self.stats.snapshots_sent += 1;
-            let img = self.nodes[from]
-                .log
-                .snapshot_image()
-                .filter(|(im, _)| *im == meta)
-                .map(|(_, d)| std::sync::Arc::new(d.clone()));
-            image = Some(img.expect("leader sends only the snapshot it holds"));
         }
         let lost = self.blocked[from * n + to] || (self.loss > 0.0 && self.rng.gen_bool(self.loss));
         if lost {
-            self.stats.dropped += 1;
-            if self.trace.enabled() {
+            self.stats().dropped += 1;
+            if self.shared.trace.borrow().enabled() {
                 let s = summarize(&m);
                 self.record(|| format!("DROP {s}"));
-            }
-            if image.is_some() {
-                let inc = self.nodes[from].incarnation;
-                let delay = 2 * self.sc.max_delay + 1;
-                self.schedule(
-                    delay,
-                    Event::SnapshotReport {
-                        node: from,
-                        incarnation: inc,
-                        peer: m.to,
-                        success: false,
-                    },
-                );
             }
             return;
         }
         let mut delay = self.rng.gen_range(1..=self.sc.max_delay);
         if self.long_delay > 0.0 && self.rng.gen_bool(self.long_delay) {
             delay += self.rng.gen_range(1..=self.sc.long_delay_ticks * TICK);
-        }
-        if image.is_some() {
-            let inc = self.nodes[from].incarnation;
-            self.schedule(
-                delay + 1,
-                Event::SnapshotReport {
-                    node: from,
-                    incarnation: inc,
-                    peer: m.to,
-                    success: true,
-                },
-            );
         }
         if self.duplicate > 0.0 && self.rng.gen_bool(self.duplicate) {
             // A duplicate is often a late retransmission: replayed long
@@ -88,41 +54,68 @@ impl Sim {
             } else {
                 self.rng.gen_range(1..=self.sc.long_delay_ticks * TICK)
             };
-            self.schedule(d2, Event::Deliver(m.clone(), image.clone()));
+            self.schedule_at(at + d2, Event::Deliver(m.clone()));
         }
-        self.schedule(delay, Event::Deliver(m, image));
+        self.schedule_at(at + delay, Event::Deliver(m));
     }
 
-    /// A message arrives at its destination (unless cut off or crashed).
-    pub(super) fn deliver(
+    /// Starts a snapshot transfer node `from` began at time `at`: the image
+    /// arrives whole after a network delay, or the transfer fails.
+    pub(super) fn send_snapshot(
         &mut self,
-        m: Message,
-        image: Option<std::sync::Arc<Vec<u8>>>,
-    ) -> Result<(), String> {
+        from: usize,
+        message: Message,
+        source: MemSnapshot,
+        at: u64,
+    ) {
+        let to = (message.to - 1) as usize;
+        let n = self.nodes.len();
+        let incarnation = self.nodes[from].incarnation;
+        let lost = self.blocked[from * n + to] || (self.loss > 0.0 && self.rng.gen_bool(self.loss));
+        let delay = self.rng.gen_range(1..=self.sc.max_delay);
+        if lost {
+            self.stats().dropped += 1;
+            let peer = message.to;
+            self.schedule_at(
+                at + 2 * delay + 1,
+                Event::SnapshotReport {
+                    node: from,
+                    incarnation,
+                    peer,
+                    success: false,
+                },
+            );
+            return;
+        }
+        self.schedule_at(
+            at + delay,
+            Event::SnapshotArrive {
+                from,
+                incarnation,
+                message,
+                source,
+            },
+        );
+    }
+
+    /// A message arrives at its destination (unless cut off or down).
+    pub(super) fn deliver(&mut self, m: Message) -> Result<(), String> {
         let (from, to) = ((m.from - 1) as usize, (m.to - 1) as usize);
         let n = self.nodes.len();
-        if self.blocked[from * n + to] || self.nodes[to].core.is_none() {
-            self.stats.dropped += 1;
+        if self.blocked[from * n + to] || self.nodes[to].rl.is_none() {
+            self.stats().dropped += 1;
             return Ok(());
         }
-        self.stats.delivered += 1;
-        if self.trace.enabled() {
+        self.stats().delivered += 1;
+        if self.shared.trace.borrow().enabled() {
             let s = summarize(&m);
             self.record(|| format!("recv {s}"));
         }
-        let node = &mut self.nodes[to];
-        if let (Some(img), MessageBody::InstallSnapshot { meta }) = (image, &m.body) {
-            node.staged.push((*meta, img));
-        }
-        let core = node.core.as_mut().expect("checked above");
-        let before = (core.role(), core.term());
-        core.step(m);
-        let after = (core.role(), core.term());
-        if before != after {
-            let id = node.id;
-            self.record(|| format!("n{id} step: {before:?} -> {after:?}"));
-        }
-        self.pump(to)
+        self.nodes[to]
+            .inbox
+            .inbound
+            .push_back(Inbound::Messages(vec![m]));
+        self.run_node(to)
     }
 
     /// Delivers a copy of an old message (the network may duplicate and
@@ -136,11 +129,11 @@ impl Sim {
             return Ok(());
         }
         let m = self.history[self.rng.gen_range(0..self.history.len())].clone();
-        if self.trace.enabled() {
+        if self.shared.trace.borrow().enabled() {
             let s = summarize(&m);
             self.record(|| format!("REPLAY {s}"));
         }
-        self.deliver(m, None)
+        self.deliver(m)
     }
 
     /// Switches to a new random partition layout.
@@ -202,8 +195,8 @@ impl Sim {
                 }
             }
         }
-        self.stats.partitions += 1;
-        if self.trace.enabled() {
+        self.stats().partitions += 1;
+        if self.shared.trace.borrow().enabled() {
             let cuts: Vec<String> = (0..n * n)
                 .filter(|&k| self.blocked[k])
                 .map(|k| format!("{}->{}", k / n + 1, k % n + 1))

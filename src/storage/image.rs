@@ -426,6 +426,123 @@ impl ImageDecoder {
     }
 }
 
+/// One piece of a streamed image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageChunk {
+    /// Position in the stream, from 0.
+    pub seq: u32,
+    /// Byte offset of `data` in the image.
+    pub offset: u64,
+    /// Whole frames of the image.
+    pub data: Vec<u8>,
+    /// crc32 of `data`.
+    pub crc32: u32,
+    /// On the last chunk: length and crc32 of the whole image.
+    pub trailer: Option<ImageTrailer>,
+}
+
+/// An image built from a stream of items (sorted by key), cut into
+/// checksummed chunks of about `chunk_bytes`; the last chunk carries the
+/// [`ImageTrailer`]. Memory use is bounded by one chunk. Every store's
+/// snapshot source streams its image through this, so the sled store and
+/// the in-memory one produce the same bytes for the same state.
+pub struct ImageChunks<I> {
+    items: I,
+    meta: SnapshotMeta,
+    writer: Option<ImageWriter>,
+    chunk_bytes: usize,
+    offset: u64,
+    seq: u32,
+    crc: crc32fast::Hasher,
+    done: bool,
+}
+
+impl<I: Iterator<Item = Result<KvItem, StorageError>>> ImageChunks<I> {
+    /// The image of `items` (the state at `meta`), in chunks.
+    pub fn new(meta: SnapshotMeta, items: I, chunk_bytes: usize) -> Self {
+        ImageChunks {
+            items,
+            meta,
+            writer: None,
+            chunk_bytes: chunk_bytes.max(1),
+            offset: 0,
+            seq: 0,
+            crc: crc32fast::Hasher::new(),
+            done: false,
+        }
+    }
+
+    /// The snapshot the image describes.
+    pub fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    fn cut(&mut self, data: Vec<u8>, last: bool) -> ImageChunk {
+        self.crc.update(&data);
+        let chunk = ImageChunk {
+            seq: self.seq,
+            offset: self.offset,
+            crc32: crc32fast::hash(&data),
+            trailer: None,
+            data,
+        };
+        self.offset += chunk.data.len() as u64;
+        self.seq += 1;
+        if last {
+            ImageChunk {
+                trailer: Some(ImageTrailer {
+                    total_len: self.offset,
+                    crc32: self.crc.clone().finalize(),
+                }),
+                ..chunk
+            }
+        } else {
+            chunk
+        }
+    }
+
+    fn step(&mut self) -> Result<(ImageChunk, bool), StorageError> {
+        if self.writer.is_none() {
+            self.writer = Some(ImageWriter::new(self.meta)?);
+        }
+        loop {
+            let w = self.writer.as_mut().expect("writer was just created");
+            if w.output_len() >= self.chunk_bytes {
+                let data = w.take_output();
+                return Ok((self.cut(data, false), false));
+            }
+            match self.items.next() {
+                Some(Ok(it)) => w.push(&it.key, &it.value, it.index)?,
+                Some(Err(e)) => return Err(e),
+                None => {
+                    let tail = self.writer.take().expect("writer exists").finish()?;
+                    return Ok((self.cut(tail, true), true));
+                }
+            }
+        }
+    }
+}
+
+impl<I: Iterator<Item = Result<KvItem, StorageError>>> Iterator for ImageChunks<I> {
+    type Item = Result<ImageChunk, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok((chunk, last)) => {
+                self.done = last;
+                Some(Ok(chunk))
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// Builds a whole image from items sorted by key.
 pub fn encode_image<'k>(
     meta: SnapshotMeta,

@@ -1,5 +1,7 @@
-//! In-memory [`LogStore`] and [`StateMachine`], used by the deterministic
-//! simulation (and handy in tests).
+//! In-memory storage, used by the deterministic simulation (and handy in
+//! tests): [`MemLogStore`], [`MemStateMachine`], and [`MemStore`], the two
+//! together with the snapshot operations of [`SnapshotStore`] — the whole
+//! [`NodeStore`] the Raft loop runs on.
 //!
 //! They model durability explicitly, so that a simulated crash loses
 //! exactly what a real one would:
@@ -13,14 +15,21 @@
 //!   rolls back to the last [`MemStateMachine::flush`]; on restart the core
 //!   hands the lost committed entries out again.
 //!
+//! * [`MemStore`] follows the sled store where the loop depends on it:
+//!   compaction makes the applied state durable before the log prefix goes
+//!   (the state machine *is* the snapshot), installing a staged image is
+//!   one durable step, images use the same [format](super::image).
+//!
 //! The key-value semantics come from [`crate::kv::decide`], the same
 //! function the sled state machine uses.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::{LogStore, RecoveredLog, StateMachine, StorageError};
+use super::image::{decode_image, encode_image, ImageChunks, ImageDecoder, ImageTrailer};
+use super::{
+    LogStore, NodeStore, RecoveredLog, SnapshotSource, SnapshotStore, SnapshotWriter,
+    StagedSnapshot, StateMachine, StorageError,
+};
 use crate::kv::{decide, ApplyResult, Effect, KvCommand, KvItem};
 use crate::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
 
@@ -31,10 +40,6 @@ pub struct MemLogStore {
     snapshot: SnapshotMeta,
     /// Entries after `snapshot.index`, contiguous.
     entries: Vec<Entry>,
-    /// The state-machine image matching `snapshot` (index 0 = none), kept
-    /// durable next to the log so the node can restart from it and serve
-    /// it to lagging followers.
-    image: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 impl MemLogStore {
@@ -75,16 +80,6 @@ impl MemLogStore {
         self.entries
             .get((index - self.snapshot.index - 1) as usize)
             .map(|e| e.term)
-    }
-
-    /// Stores the state-machine image for `meta` (durably).
-    pub fn set_snapshot_image(&mut self, meta: SnapshotMeta, data: Vec<u8>) {
-        self.image = Some((meta, data));
-    }
-
-    /// The stored state-machine image, if any.
-    pub fn snapshot_image(&self) -> Option<&(SnapshotMeta, Vec<u8>)> {
-        self.image.as_ref()
     }
 }
 
@@ -165,13 +160,6 @@ struct SmState {
     data: KvMap,
 }
 
-/// The serialised form of a snapshot image.
-#[derive(Serialize, Deserialize)]
-struct Image {
-    meta: SnapshotMeta,
-    items: Vec<KvItem>,
-}
-
 /// An in-memory key-value state machine with an explicit durability point.
 #[derive(Clone, Debug, Default)]
 pub struct MemStateMachine {
@@ -208,6 +196,28 @@ impl MemStateMachine {
     /// True when no key is stored.
     pub fn is_empty(&self) -> bool {
         self.live.data.is_empty()
+    }
+
+    /// Replaces the whole state by `items` at `meta`, durably (an
+    /// installed snapshot).
+    fn install(&mut self, meta: SnapshotMeta, items: Vec<KvItem>) {
+        self.live = SmState {
+            applied: meta.index,
+            applied_term: meta.term,
+            data: items
+                .into_iter()
+                .map(|it| (it.key, (it.value, it.index)))
+                .collect(),
+        };
+        self.flush();
+    }
+
+    /// The applied index and the term of the entry at it.
+    pub fn applied(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            index: self.live.applied,
+            term: self.live.applied_term,
+        }
     }
 
     /// Every key with its value and mod index, sorted (for comparing
@@ -300,54 +310,274 @@ impl StateMachine for MemStateMachine {
     }
 
     fn snapshot(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
-        let meta = SnapshotMeta {
-            index: self.live.applied,
-            term: self.live.applied_term,
-        };
-        let image = Image {
-            meta,
-            items: self
-                .live
-                .data
-                .iter()
-                .map(|(k, (v, i))| KvItem {
-                    key: k.clone(),
-                    value: v.clone(),
-                    index: *i,
-                })
-                .collect(),
-        };
-        let data = bincode::serde::encode_to_vec(&image, bincode::config::standard())
-            .map_err(|e| StorageError::Io(format!("encoding snapshot: {e}")))?;
+        let meta = self.applied();
+        let data = encode_image(meta, self.items())?;
         Ok((meta, data))
     }
 
     fn restore(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let corrupt = |reason: String| StorageError::Corruption {
-            tree: "memory snapshot".into(),
-            key: format!("{}", meta.index),
-            reason,
-        };
-        let (image, _): (Image, usize) =
-            bincode::serde::decode_from_slice(data, bincode::config::standard())
-                .map_err(|e| corrupt(format!("undecodable image: {e}")))?;
-        if image.meta != meta {
-            return Err(corrupt(format!(
-                "image is for {:?}, expected {meta:?}",
-                image.meta
+        let (got, items) = decode_image(data)?;
+        if got != meta {
+            return Err(StorageError::Corruption {
+                tree: "memory snapshot".into(),
+                key: format!("{}", meta.index),
+                reason: format!("image is for {got:?}, expected {meta:?}"),
+            });
+        }
+        // Installing a snapshot is atomic and durable, like the sled one.
+        self.install(meta, items);
+        Ok(())
+    }
+}
+
+/// A whole node's storage in memory: a [`MemLogStore`] and a
+/// [`MemStateMachine`] with the snapshot operations between them.
+///
+/// Durability: the log is durable when `save` returns; the state machine
+/// at its last flush, which compaction and installs do themselves (a
+/// crash, [`MemStore::crash`], loses the applies after it).
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    log: MemLogStore,
+    sm: MemStateMachine,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The log store.
+    pub fn log(&self) -> &MemLogStore {
+        &self.log
+    }
+
+    /// The state machine.
+    pub fn state_machine(&self) -> &MemStateMachine {
+        &self.sm
+    }
+
+    /// Makes the applied state durable.
+    pub fn flush_state_machine(&mut self) {
+        self.sm.flush();
+    }
+
+    /// Simulates a crash: what was applied since the state machine's last
+    /// flush is lost; the log (durable at every `save`) is kept.
+    pub fn crash(&mut self) {
+        self.sm.crash();
+    }
+}
+
+impl LogStore for MemStore {
+    fn load(&self) -> Result<RecoveredLog, StorageError> {
+        let rec = self.log.load()?;
+        if self.sm.applied_index() < rec.snapshot.index {
+            return Err(StorageError::Inconsistent(format!(
+                "the state machine has applied up to {} but the log was compacted up to {}",
+                self.sm.applied_index(),
+                rec.snapshot.index
             )));
         }
-        self.live = SmState {
-            applied: meta.index,
-            applied_term: meta.term,
-            data: image
-                .items
-                .into_iter()
-                .map(|it| (it.key, (it.value, it.index)))
-                .collect(),
+        Ok(rec)
+    }
+
+    fn save(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        self.log.save(hard_state, entries)
+    }
+
+    fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        if meta.index <= self.log.snapshot().index {
+            return Ok(());
+        }
+        if meta.index > self.sm.applied_index() {
+            return Err(StorageError::Inconsistent(format!(
+                "cannot compact the log up to {}: only {} is applied",
+                meta.index,
+                self.sm.applied_index()
+            )));
+        }
+        // The state machine is the snapshot: durable before the log goes.
+        self.sm.flush();
+        self.log.compact(meta)
+    }
+
+    fn reset_to_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        self.log.reset_to_snapshot(meta)
+    }
+}
+
+impl StateMachine for MemStore {
+    fn applied_index(&self) -> u64 {
+        self.sm.applied_index()
+    }
+
+    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, StorageError> {
+        self.sm.apply(entries)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<(String, u64)>, StorageError> {
+        self.sm.get(key)
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KvItem>, bool), StorageError> {
+        self.sm.scan(prefix, after, limit)
+    }
+
+    fn snapshot(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+        self.sm.snapshot()
+    }
+
+    fn restore(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        self.sm.restore(meta, data)
+    }
+}
+
+/// The items of a [`MemSnapshot`], as its image is built.
+pub type MemItems =
+    std::iter::Map<std::vec::IntoIter<KvItem>, fn(KvItem) -> Result<KvItem, StorageError>>;
+
+/// A frozen copy of the in-memory state at one applied index.
+#[derive(Clone, Debug)]
+pub struct MemSnapshot {
+    meta: SnapshotMeta,
+    items: Vec<KvItem>,
+}
+
+impl SnapshotSource for MemSnapshot {
+    type Chunks = ImageChunks<MemItems>;
+
+    fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    fn chunks(self, chunk_bytes: usize) -> Self::Chunks {
+        let ok: fn(KvItem) -> Result<KvItem, StorageError> = Ok;
+        ImageChunks::new(self.meta, self.items.into_iter().map(ok), chunk_bytes)
+    }
+}
+
+/// An incoming image being verified and collected in memory.
+#[derive(Debug, Default)]
+pub struct MemStaging {
+    decoder: ImageDecoder,
+    items: Vec<KvItem>,
+    crc: crc32fast::Hasher,
+}
+
+impl SnapshotWriter for MemStaging {
+    type Staged = MemStaged;
+
+    fn write(&mut self, piece: &[u8]) -> Result<(), StorageError> {
+        self.crc.update(piece);
+        let items = &mut self.items;
+        self.decoder.push(piece, |item| {
+            items.push(item);
+            Ok(())
+        })
+    }
+
+    fn finish(self, trailer: &ImageTrailer) -> Result<MemStaged, StorageError> {
+        let (meta, _) = self.decoder.finish()?;
+        let bad = |reason: String| StorageError::Corruption {
+            tree: "snapshot image".into(),
+            key: "whole image".into(),
+            reason,
         };
-        // Installing a snapshot is atomic and durable, like the sled one.
-        self.flush();
+        if self.decoder.bytes() != trailer.total_len {
+            return Err(bad(format!(
+                "received {} bytes, the sender announced {}",
+                self.decoder.bytes(),
+                trailer.total_len
+            )));
+        }
+        let crc = self.crc.finalize();
+        if crc != trailer.crc32 {
+            return Err(bad(format!(
+                "crc32 of the image is {crc:#010x}, the sender announced {:#010x}",
+                trailer.crc32
+            )));
+        }
+        Ok(MemStaged {
+            meta,
+            items: self.items,
+            bytes: trailer.total_len,
+        })
+    }
+}
+
+/// A verified image held in memory, waiting to be installed.
+#[derive(Clone, Debug)]
+pub struct MemStaged {
+    meta: SnapshotMeta,
+    items: Vec<KvItem>,
+    bytes: u64,
+}
+
+impl StagedSnapshot for MemStaged {
+    fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    fn items(&self) -> u64 {
+        self.items.len() as u64
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl SnapshotStore for MemStore {
+    type Source = MemSnapshot;
+    type Staged = MemStaged;
+    type Writer = MemStaging;
+
+    fn applied(&self) -> SnapshotMeta {
+        self.sm.applied()
+    }
+
+    fn begin_snapshot(&self) -> Result<MemSnapshot, StorageError> {
+        Ok(MemSnapshot {
+            meta: self.sm.applied(),
+            items: self
+                .sm
+                .items()
+                .map(|(k, v, i)| KvItem {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                    index: i,
+                })
+                .collect(),
+        })
+    }
+
+    fn stage_snapshot(&self) -> Result<MemStaging, StorageError> {
+        Ok(MemStaging::default())
+    }
+
+    fn install_staged(&mut self, staged: MemStaged) -> Result<(), StorageError> {
+        // One step: nothing can happen between the two in memory.
+        self.sm.install(staged.meta, staged.items);
+        self.log.reset_to_snapshot(staged.meta)
+    }
+}
+
+impl NodeStore for MemStore {
+    fn flush(&self) -> Result<(), StorageError> {
+        // The log is durable at every save; the state machine's flush is
+        // explicit (`flush_state_machine`) so that the simulation decides
+        // when applies become durable.
         Ok(())
     }
 }

@@ -10,9 +10,17 @@
 //! * [`StateMachine`] keeps the applied key-value data; the data and the
 //!   applied index change together, atomically.
 //!
-//! Both are implemented on sled (`sled_store`, the real node) and in memory
-//! (`mem`, used by the deterministic simulation), so the simulation runs the
-//! same logic the node does.
+//! * [`SnapshotStore`] is what the Raft loop needs beyond those two to
+//!   ship and receive whole states: a consistent view of the applied state
+//!   to stream to a follower ([`SnapshotSource`]), staging an incoming
+//!   image without touching the live state ([`SnapshotWriter`] →
+//!   [`StagedSnapshot`]), and installing a staged image atomically.
+//! * [`NodeStore`] is all three together: the storage the Raft loop
+//!   (`crate::node`) is generic over.
+//!
+//! Every trait is implemented on sled (`sled_store`, the real node) and in
+//! memory ([`mem::MemStore`], used by the deterministic simulation), so the
+//! simulation runs the same loop over storage with the same contract.
 
 use crate::kv::{ApplyResult, KvItem};
 use crate::raft::{Entry, HardState, SnapshotMeta};
@@ -23,10 +31,11 @@ pub mod mem;
 pub mod record;
 pub mod sled_store;
 
-pub use sled_store::{ImageChunk, SledStore, SnapshotSession, StagedImage, StagingWriter};
+pub use image::{ImageChunk, ImageChunks, ImageTrailer};
+pub use sled_store::{SledStore, SnapshotSession, StagedImage, StagingWriter};
 
 /// Errors of the storage layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// A record failed its checksum or could not be decoded.
     #[error("corrupt record in tree `{tree}` at key {key}: {reason}")]
@@ -136,4 +145,86 @@ pub trait StateMachine {
     /// other order would leave a log starting after the state machine, with
     /// the entries in between lost.
     fn restore(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), StorageError>;
+}
+
+/// A consistent view of the applied state at one index, to be streamed to
+/// a follower while the state machine keeps applying. Dropping it ends the
+/// view.
+pub trait SnapshotSource: Send + 'static {
+    /// The chunks of the view's image.
+    type Chunks: Iterator<Item = Result<ImageChunk, StorageError>> + Send;
+
+    /// The applied index (and its term) the view shows.
+    fn meta(&self) -> SnapshotMeta;
+
+    /// The view as an [image](image) in chunks of about `chunk_bytes`; the
+    /// last chunk carries the [`ImageTrailer`]. Reading may block (run it
+    /// off the Raft loop).
+    fn chunks(self, chunk_bytes: usize) -> Self::Chunks;
+}
+
+/// Receives an incoming image piece by piece, verifying every frame, into
+/// storage that is not the live state machine. Dropping it unfinished
+/// discards what was staged.
+pub trait SnapshotWriter: Send + 'static {
+    /// What a finished writer produces.
+    type Staged: StagedSnapshot;
+
+    /// Verifies and stages the next piece of the image (any size; frames
+    /// may span pieces).
+    fn write(&mut self, piece: &[u8]) -> Result<(), StorageError>;
+
+    /// Checks that the whole image arrived intact (end marker, the
+    /// trailer's length and crc32) and makes it durable.
+    fn finish(self, trailer: &ImageTrailer) -> Result<Self::Staged, StorageError>;
+}
+
+/// A complete, verified, durable image waiting to be installed with
+/// [`SnapshotStore::install_staged`]. Dropping it discards the image.
+pub trait StagedSnapshot: Send + 'static {
+    /// The snapshot the image holds.
+    fn meta(&self) -> SnapshotMeta;
+    /// Keys in the image.
+    fn items(&self) -> u64;
+    /// Size of the image in bytes.
+    fn bytes(&self) -> u64;
+}
+
+/// The snapshot operations of a node's store.
+///
+/// Rules every implementation keeps:
+/// * [`SnapshotStore::begin_snapshot`] is cheap (the Raft loop calls it)
+///   and its view does not change while `apply` goes on.
+/// * Staging never changes what [`StateMachine`] reads or what
+///   [`LogStore::load`] returns.
+/// * [`SnapshotStore::install_staged`] is atomic and durable: after a
+///   crash the store holds either its old state and log, or the image as
+///   state machine, the image's meta as snapshot and an empty log.
+pub trait SnapshotStore {
+    /// A consistent view being read.
+    type Source: SnapshotSource;
+    /// A verified image waiting to be installed.
+    type Staged: StagedSnapshot;
+    /// Stages an incoming image.
+    type Writer: SnapshotWriter<Staged = Self::Staged>;
+
+    /// The applied index and the term of the entry at it.
+    fn applied(&self) -> SnapshotMeta;
+
+    /// A consistent view of the state machine at the applied index.
+    fn begin_snapshot(&self) -> Result<Self::Source, StorageError>;
+
+    /// Starts staging an incoming image. May wait for an earlier staging
+    /// to finish (run it off the Raft loop).
+    fn stage_snapshot(&self) -> Result<Self::Writer, StorageError>;
+
+    /// Makes `staged` the state machine, records its meta as the latest
+    /// snapshot and empties the log, in one durable step.
+    fn install_staged(&mut self, staged: Self::Staged) -> Result<(), StorageError>;
+}
+
+/// Everything the Raft loop does to its node's storage.
+pub trait NodeStore: LogStore + StateMachine + SnapshotStore {
+    /// Makes everything written so far durable (before a clean exit).
+    fn flush(&self) -> Result<(), StorageError>;
 }

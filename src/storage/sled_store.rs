@@ -136,7 +136,7 @@ pub use self::durability::{
     sled_config, sled_config_with, CACHE_CAPACITY, FLUSH_EVERY_MS, SEGMENT_SIZE,
 };
 use self::durability::{Durability, SyncError};
-pub use self::snapshot::{ImageChunk, ImageChunks, SessionItems, SnapshotSession};
+pub use self::snapshot::{SessionItems, SnapshotSession};
 pub use self::snapshot::{StagedImage, StagingWriter, IMAGE_CHUNK_BYTES, MAX_UNDO_BYTES};
 use self::watermark::Watermark;
 use super::identity::Identity;

@@ -67,7 +67,7 @@ use super::{
 };
 use crate::kv::KvItem;
 use crate::raft::SnapshotMeta;
-use crate::storage::image::{ImageDecoder, ImageTrailer, ImageWriter};
+use crate::storage::image::{ImageChunks, ImageDecoder, ImageTrailer};
 use crate::storage::{record, StorageError};
 
 /// Target size of one image chunk (a chunk holds whole frames, so one
@@ -242,18 +242,9 @@ impl SnapshotSession {
     /// The state at [`SnapshotSession::meta`] as an
     /// [image](crate::storage::image), cut into checksummed chunks of about
     /// `chunk_bytes`; the last chunk carries the [`ImageTrailer`].
-    pub fn chunks(self, chunk_bytes: usize) -> ImageChunks {
+    pub fn chunks(self, chunk_bytes: usize) -> ImageChunks<SessionItems> {
         let meta = self.meta;
-        ImageChunks {
-            items: self.items(),
-            meta,
-            writer: None,
-            chunk_bytes: chunk_bytes.max(1),
-            offset: 0,
-            seq: 0,
-            crc: crc32fast::Hasher::new(),
-            done: false,
-        }
+        ImageChunks::new(meta, self.items(), chunk_bytes)
     }
 }
 
@@ -339,106 +330,6 @@ impl Iterator for SessionItems {
                 self.finished = true;
                 self.ready.clear();
                 return Some(Err(e));
-            }
-        }
-    }
-}
-
-/// One piece of a streamed image.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageChunk {
-    /// Position in the stream, from 0.
-    pub seq: u32,
-    /// Byte offset of `data` in the image.
-    pub offset: u64,
-    /// Whole frames of the image.
-    pub data: Vec<u8>,
-    /// crc32 of `data`.
-    pub crc32: u32,
-    /// On the last chunk: length and crc32 of the whole image.
-    pub trailer: Option<ImageTrailer>,
-}
-
-/// A session's image as a sequence of chunks (see
-/// [`SnapshotSession::chunks`]). Memory use is bounded by one chunk.
-pub struct ImageChunks {
-    items: SessionItems,
-    meta: SnapshotMeta,
-    writer: Option<ImageWriter>,
-    chunk_bytes: usize,
-    offset: u64,
-    seq: u32,
-    crc: crc32fast::Hasher,
-    done: bool,
-}
-
-impl ImageChunks {
-    /// The snapshot the image describes.
-    pub fn meta(&self) -> SnapshotMeta {
-        self.meta
-    }
-
-    fn cut(&mut self, data: Vec<u8>, last: bool) -> ImageChunk {
-        self.crc.update(&data);
-        let chunk = ImageChunk {
-            seq: self.seq,
-            offset: self.offset,
-            crc32: crc32fast::hash(&data),
-            trailer: None,
-            data,
-        };
-        self.offset += chunk.data.len() as u64;
-        self.seq += 1;
-        if last {
-            ImageChunk {
-                trailer: Some(ImageTrailer {
-                    total_len: self.offset,
-                    crc32: self.crc.clone().finalize(),
-                }),
-                ..chunk
-            }
-        } else {
-            chunk
-        }
-    }
-
-    fn step(&mut self) -> Result<(ImageChunk, bool), StorageError> {
-        if self.writer.is_none() {
-            self.writer = Some(ImageWriter::new(self.meta)?);
-        }
-        loop {
-            let w = self.writer.as_mut().expect("writer was just created");
-            if w.output_len() >= self.chunk_bytes {
-                let data = w.take_output();
-                return Ok((self.cut(data, false), false));
-            }
-            match self.items.next() {
-                Some(Ok(it)) => w.push(&it.key, &it.value, it.index)?,
-                Some(Err(e)) => return Err(e),
-                None => {
-                    let tail = self.writer.take().expect("writer exists").finish()?;
-                    return Ok((self.cut(tail, true), true));
-                }
-            }
-        }
-    }
-}
-
-impl Iterator for ImageChunks {
-    type Item = Result<ImageChunk, StorageError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        match self.step() {
-            Ok((chunk, last)) => {
-                self.done = last;
-                Some(Ok(chunk))
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
             }
         }
     }
@@ -935,4 +826,70 @@ fn switch_in_memory(inner: &Arc<Inner>, staged: &mut StagedImage) {
         .store(staged.meta.index, Ordering::Release);
     drop(staged.guard.take());
     inner.clear_inactive_later();
+}
+
+impl crate::storage::SnapshotSource for SnapshotSession {
+    type Chunks = ImageChunks<SessionItems>;
+
+    fn meta(&self) -> SnapshotMeta {
+        SnapshotSession::meta(self)
+    }
+
+    fn chunks(self, chunk_bytes: usize) -> Self::Chunks {
+        SnapshotSession::chunks(self, chunk_bytes)
+    }
+}
+
+impl crate::storage::SnapshotWriter for StagingWriter {
+    type Staged = StagedImage;
+
+    fn write(&mut self, piece: &[u8]) -> Result<(), StorageError> {
+        StagingWriter::write(self, piece)
+    }
+
+    fn finish(self, trailer: &ImageTrailer) -> Result<StagedImage, StorageError> {
+        StagingWriter::finish(self, trailer)
+    }
+}
+
+impl crate::storage::StagedSnapshot for StagedImage {
+    fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    fn items(&self) -> u64 {
+        self.items
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl crate::storage::SnapshotStore for SledStore {
+    type Source = SnapshotSession;
+    type Staged = StagedImage;
+    type Writer = StagingWriter;
+
+    fn applied(&self) -> SnapshotMeta {
+        SledStore::applied(self)
+    }
+
+    fn begin_snapshot(&self) -> Result<SnapshotSession, StorageError> {
+        SledStore::begin_snapshot(self)
+    }
+
+    fn stage_snapshot(&self) -> Result<StagingWriter, StorageError> {
+        SledStore::stage_snapshot(self)
+    }
+
+    fn install_staged(&mut self, staged: StagedImage) -> Result<(), StorageError> {
+        SledStore::install_staged(self, staged)
+    }
+}
+
+impl crate::storage::NodeStore for SledStore {
+    fn flush(&self) -> Result<(), StorageError> {
+        SledStore::flush(self)
+    }
 }

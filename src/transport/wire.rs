@@ -78,15 +78,22 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         .expect("encoding into a Vec cannot fail")
 }
 
+/// Why an RPC body did not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Not a valid encoding of the expected body.
+    #[error(transparent)]
+    Undecodable(#[from] bincode::error::DecodeError),
+    /// A valid body followed by more bytes.
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+}
+
 /// Decodes an RPC body; trailing bytes are an error.
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
     if used != bytes.len() {
-        return Err(format!(
-            "{} trailing bytes after the message",
-            bytes.len() - used
-        ));
+        return Err(WireError::TrailingBytes(bytes.len() - used));
     }
     Ok(value)
 }

@@ -23,15 +23,20 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::node::{error_chain, Inbound, Inbox, IncomingSnapshot, ReceiveProgress};
 use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta};
 use crate::storage::sled_store::IMAGE_CHUNK_BYTES;
-use crate::storage::{ImageChunk, SledStore, SnapshotSession, StagingWriter, StorageError};
+use crate::storage::{
+    ImageChunk, SnapshotSource, SnapshotStore, SnapshotWriter, StagedSnapshot, StorageError,
+};
 
-use super::handle::Inbound;
 use super::wire::{self, RpcHeader, SnapshotChunk};
+use super::PeerState;
 
 /// Chunks the image generator may run ahead of the network.
 const QUEUED_CHUNKS: usize = 4;
@@ -44,8 +49,6 @@ const STALE_TRANSFER: Duration = Duration::from_secs(60);
 pub(crate) struct Outgoing {
     /// Display name of the receiver.
     pub peer_name: String,
-    /// Receiver's id.
-    pub peer: NodeId,
     /// `http://host:port` of the receiver.
     pub base_url: String,
     /// Envelope of every chunk.
@@ -57,14 +60,35 @@ pub(crate) struct Outgoing {
     pub chunk_timeout: Duration,
 }
 
-/// Streams `session`'s image to a peer; returns whether every chunk was
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    /// The image could not be read.
+    #[error("cannot read the snapshot image: {0}")]
+    Image(#[source] StorageError),
+    /// A chunk's request failed.
+    #[error("{}", error_chain(.0))]
+    Http(#[from] reqwest::Error),
+    /// The receiver refused a chunk.
+    #[error("chunk {seq} rejected with {status}: {body}")]
+    Rejected {
+        seq: u32,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    /// The image generator stopped before the last chunk.
+    #[error("the snapshot image ended without its trailer")]
+    Truncated,
+}
+
+/// Streams `source`'s image to a peer; returns whether every chunk was
 /// accepted. The image is generated on a blocking thread.
-pub(crate) async fn send_snapshot(
+pub(crate) async fn send_snapshot<Src: SnapshotSource>(
     client: reqwest::Client,
     out: Outgoing,
-    session: SnapshotSession,
+    source: Src,
 ) -> bool {
-    let meta = session.meta();
+    let meta = source.meta();
     let transfer_id: u64 = rand::random();
     let started = Instant::now();
     info!(
@@ -75,7 +99,7 @@ pub(crate) async fn send_snapshot(
     );
     let (tx, mut rx) = mpsc::channel::<Result<ImageChunk, StorageError>>(QUEUED_CHUNKS);
     let producer = tokio::task::spawn_blocking(move || {
-        for chunk in session.chunks(IMAGE_CHUNK_BYTES) {
+        for chunk in source.chunks(IMAGE_CHUNK_BYTES) {
             let failed = chunk.is_err();
             if tx.blocking_send(chunk).is_err() || failed {
                 break;
@@ -83,9 +107,9 @@ pub(crate) async fn send_snapshot(
         }
     });
     let url = format!("{}/raft/snapshot", out.base_url);
-    let result: Result<(u64, u32), String> = async {
+    let result: Result<(u64, u32), TransferError> = async {
         while let Some(chunk) = rx.recv().await {
-            let chunk = chunk.map_err(|e| format!("cannot read the snapshot image: {e}"))?;
+            let chunk = chunk.map_err(TransferError::Image)?;
             let last = chunk.trailer.is_some();
             let (seq, end) = (chunk.seq, chunk.offset + chunk.data.len() as u64);
             let body = wire::encode(&SnapshotChunk {
@@ -104,19 +128,18 @@ pub(crate) async fn send_snapshot(
                 .timeout(out.chunk_timeout)
                 .body(body)
                 .send()
-                .await
-                .map_err(|e| super::error_chain(&e))?;
+                .await?;
             if !resp.status().is_success() {
                 let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                return Err(format!("chunk {seq} rejected with {status}: {text}"));
+                let body = resp.text().await.unwrap_or_default();
+                return Err(TransferError::Rejected { seq, status, body });
             }
             debug!(peer = %out.peer_name, seq, bytes = end, "snapshot chunk delivered");
             if last {
                 return Ok((end, seq + 1));
             }
         }
-        Err("the snapshot image ended without its trailer".into())
+        Err(TransferError::Truncated)
     }
     .await;
     // Stops the generator at its next chunk if we gave up early.
@@ -152,22 +175,7 @@ pub enum ChunkReject {
     Busy(String),
 }
 
-/// Progress of the transfer being received, for `/cluster/status`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReceiveProgress {
-    /// The sender.
-    pub from: NodeId,
-    /// Index of the snapshot.
-    pub index: u64,
-    /// Term of the entry at `index`.
-    pub term: u64,
-    /// Bytes staged so far.
-    pub bytes: u64,
-    /// Chunks staged so far.
-    pub chunks: u32,
-}
-
-struct Receiving {
+struct Receiving<W> {
     transfer_id: u64,
     from: NodeId,
     term: u64,
@@ -176,43 +184,40 @@ struct Receiving {
     next_seq: u32,
     /// Out while a chunk is being written on a blocking thread; `None`
     /// afterwards means that write was abandoned (its request was dropped).
-    writer: Option<StagingWriter>,
+    writer: Option<W>,
     started: Instant,
     last_activity: Instant,
 }
 
-/// The follower side: at most one transfer at a time, staged into the
-/// store's inactive key-value tree.
-pub(crate) struct SnapshotReceiver {
-    store: Option<SledStore>,
-    state: tokio::sync::Mutex<Option<Receiving>>,
-    progress: std::sync::Mutex<Option<ReceiveProgress>>,
+/// The follower side: at most one transfer at a time, staged by the
+/// store ([`SnapshotStore::stage_snapshot`]: for sled, into the inactive
+/// key-value tree).
+pub(crate) struct SnapshotReceiver<S: SnapshotStore> {
+    store: Option<S>,
+    state: tokio::sync::Mutex<Option<Receiving<S::Writer>>>,
+    peers: Arc<PeerState>,
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> ChunkReject {
     ChunkReject::Busy(format!("staging task failed: {e}"))
 }
 
-impl SnapshotReceiver {
-    /// A receiver staging into `store` (`None`: refuses every snapshot).
-    pub(crate) fn new(store: Option<SledStore>) -> Self {
+impl<S> SnapshotReceiver<S>
+where
+    S: SnapshotStore + Clone + Send + Sync + 'static,
+{
+    /// A receiver staging into `store` (`None`: refuses every snapshot),
+    /// reporting its progress to `peers`.
+    pub(crate) fn new(store: Option<S>, peers: Arc<PeerState>) -> Self {
         SnapshotReceiver {
             store,
             state: tokio::sync::Mutex::new(None),
-            progress: std::sync::Mutex::new(None),
+            peers,
         }
     }
 
-    /// The transfer being received, if any.
-    pub(crate) fn progress(&self) -> Option<ReceiveProgress> {
-        self.progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     fn set_progress(&self, p: Option<ReceiveProgress>) {
-        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = p;
+        self.peers.set_receiving(p);
     }
 
     /// Handles one chunk (envelope already checked); after the last one,
@@ -221,7 +226,7 @@ impl SnapshotReceiver {
         &self,
         chunk: SnapshotChunk,
         from_name: &str,
-        inbound: &mpsc::Sender<Inbound>,
+        inbox: &Inbox<S::Staged>,
     ) -> Result<(), ChunkReject> {
         let MessageBody::InstallSnapshot { meta } = chunk.message.body else {
             return Err(ChunkReject::Invalid(
@@ -357,8 +362,8 @@ impl SnapshotReceiver {
             "snapshot received and staged"
         );
         let message = chunk.message;
-        inbound
-            .send(Inbound::Snapshot(Box::new(super::handle::StagedSnapshot {
+        inbox
+            .deliver(Inbound::Snapshot(Box::new(IncomingSnapshot {
                 message,
                 staged,
             })))

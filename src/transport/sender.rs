@@ -1,5 +1,5 @@
-//! Peer transport: Raft messages to other nodes over HTTP with bincode
-//! bodies.
+//! The sending side: Raft messages to other nodes over HTTP with bincode
+//! bodies, and [`HttpTransport`], the loop's [`PeerTransport`].
 //!
 //! The Raft loop never waits on the network. It drops each peer's messages
 //! into that peer's queue and moves on; one sender task per peer takes
@@ -15,19 +15,20 @@
 //! than letting a dead peer eat memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info};
 
+use crate::node::{error_chain, Inbound, Inbox, Membership, PeerTransport};
 use crate::raft::{Message, MessageBody, NodeId};
-use crate::storage::SnapshotSession;
+use crate::storage::SnapshotSource;
 
-use super::handle::{Inbound, PeerHealth};
-use super::membership::Membership;
 use super::snapshot::{send_snapshot, Outgoing};
 use super::wire::{self, MessageBatch, RpcHeader, WIRE_VERSION};
+use super::{PeerHealth, PeerState};
 
 /// Most messages queued for one peer before new ones are dropped.
 const MAX_QUEUED_MESSAGES: usize = 8192;
@@ -49,9 +50,9 @@ pub(crate) struct PeerLink {
     base_url: String,
     queue: Mutex<Queue>,
     notify: Notify,
-    pub(crate) health: Arc<PeerHealth>,
+    health: Arc<PeerHealth>,
     /// A snapshot transfer is under way (at most one per peer).
-    snapshot_busy: std::sync::atomic::AtomicBool,
+    snapshot_busy: AtomicBool,
 }
 
 fn message_size(m: &Message) -> usize {
@@ -120,7 +121,7 @@ fn route_for(batch: &[Message]) -> &'static str {
 
 /// Timing of the transport.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct TransportTiming {
+pub struct TransportTiming {
     /// Deadline of one message batch.
     pub rpc_timeout: Duration,
     /// Deadline of one snapshot chunk (a transfer has no overall deadline:
@@ -130,26 +131,48 @@ pub(crate) struct TransportTiming {
     pub max_backoff: Duration,
 }
 
-/// All peer links, owned by the Raft loop.
-pub(crate) struct Transport {
+/// Why a batch was not delivered.
+#[derive(Debug, thiserror::Error)]
+enum SendFailure {
+    /// The peer answered with an error status.
+    #[error("rejected with {status}: {body}")]
+    Rejected {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    /// The request failed (connect, timeout, reset).
+    #[error("{}", error_chain(.0))]
+    Http(#[from] reqwest::Error),
+}
+
+/// All peer links: the Raft loop's [`PeerTransport`] in production. Its
+/// sender tasks stop when it is dropped (with the loop).
+pub struct HttpTransport<I> {
     links: HashMap<NodeId, Arc<PeerLink>>,
     client: reqwest::Client,
     header: RpcHeader,
-    inbound: mpsc::Sender<Inbound>,
+    inbox: Inbox<I>,
     runtime: tokio::runtime::Handle,
     timing: TransportTiming,
+    stop: watch::Sender<bool>,
 }
 
-impl Transport {
-    /// Creates the links and spawns one sender task per peer on `runtime`.
-    pub(crate) fn start(
+impl<I> Drop for HttpTransport<I> {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl<I: Send + 'static> HttpTransport<I> {
+    /// Creates the links and spawns one sender task per peer on `runtime`;
+    /// reports go to `inbox`.
+    pub fn start(
         membership: &Membership,
-        health: &HashMap<NodeId, Arc<PeerHealth>>,
-        inbound: mpsc::Sender<Inbound>,
+        peers: &PeerState,
+        inbox: Inbox<I>,
         runtime: tokio::runtime::Handle,
         timing: TransportTiming,
-        stop: watch::Receiver<bool>,
-    ) -> Transport {
+    ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500).min(timing.rpc_timeout))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -164,6 +187,7 @@ impl Transport {
             from_name: membership.self_name.clone(),
             from_addr: membership.self_addr().to_string(),
         };
+        let (stop, stop_rx) = watch::channel(false);
         let mut links = HashMap::new();
         for peer in membership.peers() {
             let link = Arc::new(PeerLink {
@@ -172,8 +196,8 @@ impl Transport {
                 base_url: peer.url(),
                 queue: Mutex::new(Queue::default()),
                 notify: Notify::new(),
-                health: health.get(&peer.id).cloned().unwrap_or_default(),
-                snapshot_busy: Default::default(),
+                health: peers.health(peer.id),
+                snapshot_busy: AtomicBool::new(false),
             });
             let mut h = header.clone();
             h.to = peer.id;
@@ -181,30 +205,32 @@ impl Transport {
                 link.clone(),
                 client.clone(),
                 h,
-                inbound.clone(),
+                inbox.clone(),
                 timing,
-                stop.clone(),
+                stop_rx.clone(),
             ));
             links.insert(peer.id, link);
         }
-        Transport {
+        HttpTransport {
             links,
             client,
             header,
-            inbound,
+            inbox,
             runtime,
             timing,
+            stop,
         }
     }
+}
 
-    /// Queues messages for their peers. Returns the peers whose queue was
-    /// full (their messages were dropped), for `report_unreachable`.
-    pub(crate) fn send(&self, messages: Vec<Message>) -> Vec<NodeId> {
+impl<I: Send + 'static, Src: SnapshotSource> PeerTransport<Src> for HttpTransport<I> {
+    /// Queues messages for their peers; the peers whose queue was full
+    /// (their messages were dropped) go to `dropped`.
+    fn send(&mut self, messages: Vec<Message>, dropped: &mut Vec<NodeId>) {
         let mut by_peer: HashMap<NodeId, Vec<Message>> = HashMap::new();
         for m in messages {
             by_peer.entry(m.to).or_default().push(m);
         }
-        let mut dropped = Vec::new();
         for (peer, msgs) in by_peer {
             match self.links.get(&peer) {
                 Some(link) => {
@@ -218,58 +244,49 @@ impl Transport {
                 ),
             }
         }
-        dropped
     }
 
-    /// True while a snapshot transfer to `peer` is running.
-    pub(crate) fn snapshot_in_progress(&self, peer: NodeId) -> bool {
+    fn snapshot_in_progress(&self, peer: NodeId) -> bool {
         self.links
             .get(&peer)
-            .is_some_and(|l| l.snapshot_busy.load(std::sync::atomic::Ordering::Acquire))
+            .is_some_and(|l| l.snapshot_busy.load(Ordering::Acquire))
     }
 
-    /// Starts streaming `session`'s image to `message.to` (see
-    /// [`super::snapshot`]); the outcome comes back to the loop as
-    /// [`Inbound::SnapshotSent`]. Returns false (dropping the session) when
-    /// a transfer to that peer is already running or the peer is unknown.
-    pub(crate) fn send_snapshot(&self, message: Message, session: SnapshotSession) -> bool {
+    /// Streams the image on a blocking thread and the network (see
+    /// [`super::snapshot`]).
+    fn send_snapshot(&mut self, message: Message, source: Src) -> bool {
         let Some(link) = self.links.get(&message.to).cloned() else {
             return false;
         };
-        if link
-            .snapshot_busy
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if link.snapshot_busy.swap(true, Ordering::AcqRel) {
             return false;
         }
         let mut header = self.header.clone();
         header.to = link.id;
         let out = Outgoing {
             peer_name: link.name.clone(),
-            peer: link.id,
             base_url: link.base_url.clone(),
             header,
             message,
             chunk_timeout: self.timing.snapshot_chunk_timeout,
         };
         let client = self.client.clone();
-        let inbound = self.inbound.clone();
+        let inbox = self.inbox.clone();
         self.runtime.spawn(async move {
-            let peer = out.peer;
-            let success = send_snapshot(client, out, session).await;
-            link.snapshot_busy
-                .store(false, std::sync::atomic::Ordering::Release);
-            let _ = inbound.send(Inbound::SnapshotSent { peer, success }).await;
+            let peer = link.id;
+            let success = send_snapshot(client, out, source).await;
+            link.snapshot_busy.store(false, Ordering::Release);
+            let _ = inbox.deliver(Inbound::SnapshotSent { peer, success }).await;
         });
         true
     }
 }
 
-async fn sender_loop(
+async fn sender_loop<I>(
     link: Arc<PeerLink>,
     client: reqwest::Client,
     header: RpcHeader,
-    inbound: mpsc::Sender<Inbound>,
+    inbox: Inbox<I>,
     timing: TransportTiming,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -306,10 +323,10 @@ async fn sender_loop(
             Ok(resp) if resp.status().is_success() => None,
             Ok(resp) => {
                 let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                Some(format!("rejected with {status}: {text}"))
+                let body = resp.text().await.unwrap_or_default();
+                Some(SendFailure::Rejected { status, body })
             }
-            Err(e) => Some(error_chain(&e)),
+            Err(e) => Some(SendFailure::Http(e)),
         };
         match failure {
             None => {
@@ -324,7 +341,7 @@ async fn sender_loop(
                 } else {
                     debug!(peer = %link.name, error = %why, "send failed");
                 }
-                let _ = inbound.send(Inbound::Unreachable(link.id)).await;
+                let _ = inbox.deliver(Inbound::Unreachable(link.id)).await;
                 backoff = (backoff * 2).clamp(MIN_BACKOFF, timing.max_backoff);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -333,21 +350,6 @@ async fn sender_loop(
             }
         }
     }
-}
-
-/// The error with its causes, e.g. "error sending request: connection refused".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
@@ -391,7 +393,7 @@ mod tests {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             health: Default::default(),
-            snapshot_busy: Default::default(),
+            snapshot_busy: AtomicBool::new(false),
         };
         let hb = || msg(MessageBody::TimeoutNow);
         assert!(link.push((0..MAX_QUEUED_MESSAGES).map(|_| hb()).collect()));
