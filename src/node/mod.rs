@@ -358,7 +358,7 @@ where
             transport,
             SystemClock,
             settings,
-            self.status_tx,
+            Some(self.status_tx),
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let done = driver::spawn(core, self.channels, self.tick, stop_rx)?;

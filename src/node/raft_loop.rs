@@ -107,7 +107,9 @@ pub struct RaftLoop<S: NodeStore, T, C: Clock> {
     transport: T,
     clock: C,
     settings: LoopSettings,
-    status_tx: watch::Sender<NodeStatus>,
+    /// Where the status goes after every round (`None`: nowhere, as in
+    /// the simulation, which reads the core directly).
+    status_tx: Option<watch::Sender<NodeStatus>>,
     /// Proposals and reads collected this round.
     pending_proposals: Vec<Proposal>,
     pending_bytes: usize,
@@ -141,14 +143,15 @@ where
     T: PeerTransport<S::Source>,
     C: Clock,
 {
-    /// A loop around `node` (built from `store`'s recovered state).
+    /// A loop around `node` (built from `store`'s recovered state),
+    /// publishing its status to `status_tx`.
     pub fn new(
         node: RaftNode,
         store: S,
         transport: T,
         clock: C,
         settings: LoopSettings,
-        status_tx: watch::Sender<NodeStatus>,
+        status_tx: Option<watch::Sender<NodeStatus>>,
     ) -> Self {
         let status = node.status();
         let this = RaftLoop {
@@ -298,6 +301,13 @@ where
     pub fn hold_proposals_until(&self, more_queued: bool) -> Option<C::Instant> {
         self.waiting_for_acks(more_queued)
             .then(|| self.clock.after(self.clock.now(), ACK_WAIT))
+    }
+
+    /// True when a round would do nothing: the core has no Ready and no
+    /// proposal or read waits to be handed to it. (A driver may skip its
+    /// own bookkeeping after such a round.)
+    pub fn is_idle(&self) -> bool {
+        self.pending_proposals.is_empty() && self.pending_reads.is_empty() && !self.node.has_ready()
     }
 
     // ----- the round -----
@@ -662,6 +672,9 @@ where
     }
 
     fn publish(&self, running: bool) {
+        let Some(status_tx) = &self.status_tx else {
+            return;
+        };
         let st = self.node.status();
         let new = NodeStatus {
             role: st.role,
@@ -675,7 +688,7 @@ where
             peers: st.peers,
             running,
         };
-        self.status_tx.send_if_modified(|cur| {
+        status_tx.send_if_modified(|cur| {
             if *cur == new {
                 false
             } else {

@@ -300,9 +300,17 @@ impl Sim {
         self.run_node(node)
     }
 
-    /// Takes in every answer the loops have given, checking each.
-    pub(super) fn poll_clients(&mut self) -> Result<(), String> {
+    /// Takes in every answer the loop of `node` (all nodes: `None`) has
+    /// given, checking each.
+    pub(super) fn poll_clients(&mut self, node: Option<usize>) -> Result<(), String> {
         for c in 0..self.clients.len() {
+            let at = match &self.clients[c].op {
+                Op::Idle => continue,
+                Op::Read { node, .. } | Op::Write { node, .. } => *node,
+            };
+            if node.is_some_and(|n| n != at) {
+                continue;
+            }
             let op = std::mem::replace(&mut self.clients[c].op, Op::Idle);
             let op = match op {
                 Op::Idle => Op::Idle,
@@ -546,6 +554,6 @@ impl Sim {
                 ));
             }
         }
-        self.poll_clients()
+        self.poll_clients(Some(i))
     }
 }

@@ -9,14 +9,13 @@
 //! runs a round. A round that fsyncs takes virtual time; the node is busy
 //! until it ends.
 
-use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::checker::Checker;
 use super::client::Client;
@@ -24,8 +23,8 @@ use super::env::{stage_image, NodeEnv, Shared, SimClock, SimStore, SimTransport}
 use super::trace::Trace;
 use super::{Scenario, Stats, TICK};
 use crate::node::{
-    Applied, Control, Inbound, IncomingSnapshot, LoopInput, LoopSettings, NodeStatus, Proposal,
-    RaftLoop, ReadRequest, WriteError,
+    Applied, Control, Inbound, IncomingSnapshot, LoopInput, LoopSettings, Proposal, RaftLoop,
+    ReadRequest, WriteError,
 };
 use crate::raft::{Config, InitialState, Message, NodeId, RaftNode, Role};
 use crate::storage::mem::{MemSnapshot, MemStaged, MemStore};
@@ -45,13 +44,8 @@ pub(super) enum Event {
     Tick(usize),
     /// A message arrives.
     Deliver(Message),
-    /// A snapshot image arrives at `to` from node `from` (incarnation).
-    SnapshotArrive {
-        from: usize,
-        incarnation: u64,
-        message: Message,
-        source: MemSnapshot,
-    },
+    /// A snapshot image arrives (boxed: events are moved around a lot).
+    SnapshotArrive(Box<Transfer>),
     /// The transport of `node` learns how streaming a snapshot to `peer`
     /// went.
     SnapshotReport {
@@ -87,27 +81,52 @@ pub(super) enum Event {
     Transfer,
 }
 
-struct Scheduled {
-    time: u64,
-    seq: u64,
-    event: Event,
+/// A snapshot transfer from node `from` (of that incarnation).
+#[derive(Debug)]
+pub(super) struct Transfer {
+    pub from: usize,
+    pub incarnation: u64,
+    pub message: Message,
+    pub source: MemSnapshot,
 }
 
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.time, self.seq) == (o.time, o.seq)
-    }
+/// The event queue: a heap of keys (earliest first, then in the order
+/// scheduled) over a slab of events, so the heap moves one integer
+/// instead of whole events. A key is `time << 64 | seq << 24 | slot`.
+#[derive(Default)]
+struct EventQueue {
+    heap: BinaryHeap<std::cmp::Reverse<u128>>,
+    slab: Vec<Option<Event>>,
+    free: Vec<usize>,
 }
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
+
+/// Slots (events pending at once) a key can name.
+const SLOT_BITS: u32 = 24;
+
+impl EventQueue {
+    fn push(&mut self, time: u64, seq: u64, event: Event) {
+        let slot = match self.free.pop() {
+            Some(k) => {
+                self.slab[k] = Some(event);
+                k
+            }
+            None => {
+                self.slab.push(Some(event));
+                self.slab.len() - 1
+            }
+        };
+        assert!(slot < 1 << SLOT_BITS && seq < 1 << (64 - SLOT_BITS));
+        let key = (u128::from(time) << 64) | u128::from(seq << SLOT_BITS) | slot as u128;
+        self.heap.push(std::cmp::Reverse(key));
     }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> Ordering {
-        // Reversed: BinaryHeap is a max-heap, we want the earliest first.
-        (o.time, o.seq).cmp(&(self.time, self.seq))
+
+    fn pop(&mut self) -> Option<(u64, Event)> {
+        let std::cmp::Reverse(key) = self.heap.pop()?;
+        let time = (key >> 64) as u64;
+        let slot = (key as u64 & ((1 << SLOT_BITS) - 1)) as usize;
+        let event = self.slab[slot].take().expect("a scheduled event");
+        self.free.push(slot);
+        Some((time, event))
     }
 }
 
@@ -153,6 +172,8 @@ pub(super) struct SimNode {
     pub(super) stopping: bool,
     /// Commit index last seen (this incarnation), for the checks.
     last_commit: u64,
+    /// The term this node was last seen leading (checked once per term).
+    led_term: u64,
 }
 
 impl SimNode {
@@ -189,7 +210,7 @@ pub struct Sim {
     pub(super) rng: SmallRng,
     pub(super) now: u64,
     seq: u64,
-    queue: BinaryHeap<Scheduled>,
+    queue: EventQueue,
     pub(super) nodes: Vec<SimNode>,
     /// `blocked[from * n + to]`: the directed link drops everything.
     pub(super) blocked: Vec<bool>,
@@ -226,6 +247,7 @@ impl Sim {
                 hold_until: None,
                 stopping: false,
                 last_commit: 0,
+                led_term: 0,
             })
             .collect();
         let clients = (0..scenario.clients).map(Client::new).collect();
@@ -234,7 +256,7 @@ impl Sim {
             rng: SmallRng::seed_from_u64(seed),
             now: 0,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             nodes,
             blocked: vec![false; n * n],
             loss: scenario.loss,
@@ -306,15 +328,15 @@ impl Sim {
         let end =
             (self.sc.chaos_ticks + self.sc.liveness_ticks + self.sc.converge_ticks + 10) * TICK;
         while !self.done {
-            let Some(s) = self.queue.pop() else {
+            let Some((time, event)) = self.queue.pop() else {
                 return Err("event queue ran dry".into());
             };
-            if s.time > end {
+            if time > end {
                 return Err("run did not finish in time".into());
             }
-            self.now = s.time;
+            self.now = time;
             self.shared.stats.borrow_mut().events += 1;
-            self.handle(s.event)?;
+            self.handle(event)?;
             self.check_nodes()?;
         }
         let mut stats = self.shared.stats.borrow().clone();
@@ -330,11 +352,7 @@ impl Sim {
 
     pub(super) fn schedule_at(&mut self, time: u64, event: Event) {
         self.seq += 1;
-        self.queue.push(Scheduled {
-            time: time.max(self.now),
-            seq: self.seq,
-            event,
-        });
+        self.queue.push(time.max(self.now), self.seq, event);
     }
 
     pub(super) fn record(&self, f: impl FnOnce() -> String) {
@@ -355,12 +373,10 @@ impl Sim {
                 }
             }
             Event::Deliver(m) => self.deliver(m)?,
-            Event::SnapshotArrive {
-                from,
-                incarnation,
-                message,
-                source,
-            } => self.snapshot_arrives(from, incarnation, message, source)?,
+            Event::SnapshotArrive(t) => {
+                let t = *t;
+                self.snapshot_arrives(t.from, t.incarnation, t.message, t.source)?
+            }
             Event::SnapshotReport {
                 node,
                 incarnation,
@@ -474,8 +490,14 @@ impl Sim {
         let env = rl.clock().env.clone();
         env.time.set(now);
         rl.collect(&mut node.inbox);
+        let idle = rl.is_idle();
         let before = (rl.node().role(), rl.node().term());
         let result = rl.round();
+        if idle && result.is_ok() && !env.crash_armed.get() {
+            // Most rounds are a tick with nothing to do: nothing was sent,
+            // answered or written (compaction needs new applies).
+            return Ok(());
+        }
         let after = (rl.node().role(), rl.node().term());
         let id = node.id;
         if before != after {
@@ -496,7 +518,7 @@ impl Sim {
                         rl.store_mut().inner.flush_state_machine();
                     }
                 }
-                self.poll_clients()?;
+                self.poll_clients(Some(i))?;
                 self.check_stranded(i)?;
                 if env.crash_armed.get() {
                     // An armed crash that met no storage call: it strikes
@@ -515,7 +537,7 @@ impl Sim {
                     return Err(format!("n{id}: the loop stopped on a storage error: {e}"));
                 }
                 // Replies sent before the crash point were sent.
-                self.poll_clients()?;
+                self.poll_clients(Some(i))?;
                 self.crash(i)
             }
         }
@@ -642,7 +664,7 @@ impl Sim {
                 snapshot_threshold: sc.snapshot_threshold,
                 names: Default::default(),
             },
-            watch::channel(NodeStatus::default()).0,
+            None,
         );
         node.rl = Some(rl);
         node.last_commit = commit;
@@ -671,7 +693,7 @@ impl Sim {
         let id = node.id;
         self.stats().crashes += 1;
         self.record(|| format!("n{id} CRASH"));
-        self.poll_clients()
+        self.poll_clients(Some(i))
     }
 
     fn crash_random(&mut self) -> Result<(), String> {
@@ -973,11 +995,23 @@ impl Sim {
                 continue;
             };
             let core = rl.node();
-            let mut checker = self.shared.checker.borrow_mut();
-            if core.role() == Role::Leader {
-                checker.observe_leader(node.id, core.term(), core)?;
-            }
             let commit = core.commit_index();
+            let leads = core.role() == Role::Leader && core.term() != node.led_term;
+            if !leads && commit == node.last_commit {
+                continue;
+            }
+            let mut checker = self.shared.checker.borrow_mut();
+            if leads {
+                // Once per node and term is enough: the checker remembers
+                // every term's leader.
+                checker.observe_leader(node.id, core.term(), core)?;
+                let term = core.term();
+                drop(checker);
+                self.nodes[i].led_term = term;
+                checker = self.shared.checker.borrow_mut();
+            }
+            let node = &self.nodes[i];
+            let core = node.rl.as_ref().expect("running").node();
             if commit < node.last_commit {
                 return Err(format!(
                     "n{}: commit index went backwards from {} to {commit}",

@@ -4,7 +4,7 @@
 
 use rand::Rng;
 
-use super::cluster::{Event, Sim};
+use super::cluster::{Event, Sim, Transfer};
 use super::TICK;
 use crate::node::Inbound;
 use crate::raft::{Message, MessageBody};
@@ -89,12 +89,12 @@ impl Sim {
         }
         self.schedule_at(
             at + delay,
-            Event::SnapshotArrive {
+            Event::SnapshotArrive(Box::new(Transfer {
                 from,
                 incarnation,
                 message,
                 source,
-            },
+            })),
         );
     }
 
@@ -111,10 +111,13 @@ impl Sim {
             let s = summarize(&m);
             self.record(|| format!("recv {s}"));
         }
-        self.nodes[to]
-            .inbox
-            .inbound
-            .push_back(Inbound::Messages(vec![m]));
+        // Messages queued behind a busy node share a batch, as the real
+        // transport batches whatever is queued for a peer.
+        let inbound = &mut self.nodes[to].inbox.inbound;
+        match inbound.back_mut() {
+            Some(Inbound::Messages(batch)) => batch.push(m),
+            _ => inbound.push_back(Inbound::Messages(vec![m])),
+        }
         self.run_node(to)
     }
 
