@@ -174,6 +174,8 @@ pub(super) struct SimNode {
     last_commit: u64,
     /// The term this node was last seen leading (checked once per term).
     led_term: u64,
+    /// Whether it was leader of `led_term` at the last check.
+    leading: bool,
 }
 
 impl SimNode {
@@ -248,6 +250,7 @@ impl Sim {
                 stopping: false,
                 last_commit: 0,
                 led_term: 0,
+                leading: false,
             })
             .collect();
         let clients = (0..scenario.clients).map(Client::new).collect();
@@ -538,7 +541,10 @@ impl Sim {
                 }
                 // Replies sent before the crash point were sent.
                 self.poll_clients(Some(i))?;
-                self.crash(i)
+                self.crash(i)?;
+                let down = self.rng.gen_range(1..=self.sc.max_down_ticks) * TICK;
+                self.schedule(down, Event::Restart(i));
+                Ok(())
             }
         }
     }
@@ -641,6 +647,7 @@ impl Sim {
             persist_delay: sc.persist_delay,
             flush_probability: sc.flush_probability,
             queue_full: std::cell::Cell::new(if self.chaos { self.loss / 4.0 } else { 0.0 }),
+            fsync_crash: std::cell::Cell::new(if self.chaos { sc.fsync_crash } else { 0.0 }),
             crash_armed: std::cell::Cell::new(false),
             crashed: std::cell::Cell::new(false),
             violation: std::cell::RefCell::new(None),
@@ -668,6 +675,7 @@ impl Sim {
         );
         node.rl = Some(rl);
         node.last_commit = commit;
+        node.leading = false;
         node.busy_until = 0;
         node.hold_until = None;
         node.stopping = false;
@@ -705,7 +713,7 @@ impl Sim {
             _ => self.rng.gen_range(0..self.nodes.len()),
         };
         if let Some(rl) = self.nodes[i].rl.as_ref() {
-            if self.rng.gen_bool(0.5) {
+            if self.rng.gen_bool(0.75) {
                 // At its next storage call: in the middle of a round.
                 rl.clock().env.crash_armed.set(true);
                 let id = self.nodes[i].id;
@@ -835,6 +843,7 @@ impl Sim {
                 Some(rl) => {
                     let env = &rl.clock().env;
                     env.queue_full.set(0.0);
+                    env.fsync_crash.set(0.0);
                     env.crash_armed.set(false);
                 }
             }
@@ -995,23 +1004,18 @@ impl Sim {
                 continue;
             };
             let core = rl.node();
-            let commit = core.commit_index();
-            let leads = core.role() == Role::Leader && core.term() != node.led_term;
-            if !leads && commit == node.last_commit {
+            let (term, commit) = (core.term(), core.commit_index());
+            let leads = core.role() == Role::Leader;
+            let new_leader = leads && !(node.leading && node.led_term == term);
+            if !new_leader && commit == node.last_commit && leads == node.leading {
                 continue;
             }
             let mut checker = self.shared.checker.borrow_mut();
-            if leads {
+            if new_leader {
                 // Once per node and term is enough: the checker remembers
                 // every term's leader.
-                checker.observe_leader(node.id, core.term(), core)?;
-                let term = core.term();
-                drop(checker);
-                self.nodes[i].led_term = term;
-                checker = self.shared.checker.borrow_mut();
+                checker.observe_leader(node.id, term, core)?;
             }
-            let node = &self.nodes[i];
-            let core = node.rl.as_ref().expect("running").node();
             if commit < node.last_commit {
                 return Err(format!(
                     "n{}: commit index went backwards from {} to {commit}",
@@ -1019,10 +1023,25 @@ impl Sim {
                 ));
             }
             if commit > node.last_commit {
-                let from = node.last_commit;
-                checker.on_commit(node.id, core, from, commit)?;
-                drop(checker);
-                self.nodes[i].last_commit = commit;
+                // §5.4.2: a leader commits by counting replicas only an
+                // entry of its own term (older ones commit with it).
+                let still_leading = leads && node.leading && node.led_term == term;
+                if still_leading && core.term_at(commit) != Some(term) {
+                    return Err(format!(
+                        "n{}: leader of term {term} committed index {commit} of term {:?} by \
+                         counting replicas",
+                        node.id,
+                        core.term_at(commit)
+                    ));
+                }
+                checker.on_commit(node.id, core, node.last_commit, commit)?;
+            }
+            drop(checker);
+            let node = &mut self.nodes[i];
+            node.last_commit = commit;
+            node.leading = leads;
+            if leads {
+                node.led_term = term;
             }
         }
         Ok(())

@@ -66,6 +66,8 @@ pub(super) struct NodeEnv {
     /// Probability that the transport drops a message as if its queue were
     /// full (the loop reports the peer unreachable).
     pub queue_full: Cell<f64>,
+    /// Probability that an fsync crashes the node.
+    pub fsync_crash: Cell<f64>,
     /// The next storage call crashes the node.
     pub crash_armed: Cell<bool>,
     /// The node crashed during this round: every later call fails.
@@ -86,12 +88,17 @@ impl NodeEnv {
 
     /// A storage call starts: `Err` if the node is down already; `Ok(Some(
     /// after))` if the armed crash happens in this call (`after`: once its
-    /// work is done).
-    fn crash_point(&self) -> Result<Option<bool>, StorageError> {
+    /// work is done). An armed crash strikes an fsync (`sync`) for sure and
+    /// another call only sometimes: a real crash hits where the time goes.
+    fn crash_point(&self, sync: bool) -> Result<Option<bool>, StorageError> {
         if self.crashed.get() {
             return Err(Self::halted());
         }
-        if !self.crash_armed.get() {
+        let p = self.fsync_crash.get();
+        if sync && p > 0.0 && self.rng.borrow_mut().gen_bool(p) {
+            self.crash_armed.set(true);
+        }
+        if !self.crash_armed.get() || (!sync && !self.rng.borrow_mut().gen_bool(0.25)) {
             return Ok(None);
         }
         self.crash_armed.set(false);
@@ -123,14 +130,23 @@ pub(super) struct SimStore {
 
 impl SimStore {
     /// Runs `work` unless the armed crash strikes before it; a crash after
-    /// it still fails the call.
+    /// it still fails the call. `sync`: the call is an fsync, during which
+    /// the writes issued before it (the applies) may or may not have
+    /// reached the disk when the crash strikes: sled keeps a prefix of its
+    /// writes.
     fn effect<R>(
         &mut self,
+        sync: bool,
         work: impl FnOnce(&mut Self) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
-        match self.env.crash_point()? {
+        match self.env.crash_point(sync)? {
             None => work(self),
-            Some(false) => Err(NodeEnv::halted()),
+            Some(false) => {
+                if sync && self.env.rng.borrow_mut().gen_bool(0.5) {
+                    self.inner.flush_state_machine();
+                }
+                Err(NodeEnv::halted())
+            }
             Some(true) => {
                 work(self)?;
                 Err(NodeEnv::halted())
@@ -157,7 +173,7 @@ impl LogStore for SimStore {
             env.rng.borrow_mut().gen_range(0..=env.persist_delay)
         };
         env.time.set(env.time.get() + delay);
-        self.effect(|s| {
+        self.effect(true, |s| {
             let id = env.id;
             let prev_term = entries
                 .first()
@@ -192,7 +208,7 @@ impl LogStore for SimStore {
     }
 
     fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        self.effect(|s| {
+        self.effect(true, |s| {
             s.inner.compact(meta)?;
             s.env.shared.stats.borrow_mut().compactions += 1;
             let id = s.env.id;
@@ -202,7 +218,7 @@ impl LogStore for SimStore {
     }
 
     fn reset_to_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        self.effect(|s| s.inner.reset_to_snapshot(meta))
+        self.effect(true, |s| s.inner.reset_to_snapshot(meta))
     }
 }
 
@@ -212,7 +228,7 @@ impl StateMachine for SimStore {
     }
 
     fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, StorageError> {
-        self.effect(|s| {
+        self.effect(false, |s| {
             let results = s.inner.apply(entries)?;
             let env = &s.env;
             let id = env.id;
@@ -244,7 +260,7 @@ impl StateMachine for SimStore {
     }
 
     fn restore(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        self.effect(|s| s.inner.restore(meta, data))
+        self.effect(true, |s| s.inner.restore(meta, data))
     }
 }
 
@@ -259,7 +275,7 @@ impl SnapshotStore for SimStore {
 
     fn begin_snapshot(&self) -> Result<MemSnapshot, StorageError> {
         // No work to undo: a crash here strikes before it.
-        match self.env.crash_point()? {
+        match self.env.crash_point(false)? {
             None => self.inner.begin_snapshot(),
             Some(_) => Err(NodeEnv::halted()),
         }
@@ -270,7 +286,7 @@ impl SnapshotStore for SimStore {
     }
 
     fn install_staged(&mut self, staged: MemStaged) -> Result<(), StorageError> {
-        self.effect(|s| {
+        self.effect(true, |s| {
             let meta = crate::storage::StagedSnapshot::meta(&staged);
             s.inner.install_staged(staged)?;
             s.env.shared.stats.borrow_mut().snapshots_installed += 1;

@@ -85,6 +85,10 @@ pub struct Scenario {
     pub persist_delay: u64,
     /// Mean ticks between crashes during the chaos phase (0 = none).
     pub crash_every_ticks: u64,
+    /// Probability that a node crashes during one of its fsyncs (a `save`,
+    /// compaction or install) in the chaos phase: the durability-ordering
+    /// bugs live there.
+    pub fsync_crash: f64,
     /// Longest downtime of a crashed node, in ticks.
     pub max_down_ticks: u64,
     /// Mean ticks between partition changes during the chaos phase (0 = none).
@@ -140,7 +144,9 @@ impl Scenario {
             chaos_ticks: 120,
             liveness_ticks: 300,
             converge_ticks: 300,
+            fsync_crash: 0.0,
         };
+        sc.fsync_crash = pick(&mut r, &[0.0, 0.0, 0.003, 0.01]);
         if r.gen_bool(0.35) {
             sc.make_churn(&mut r);
         }
@@ -157,7 +163,8 @@ impl Scenario {
         self.max_inflight = r.gen_range(1..=2);
         self.persist_delay = 8;
         self.partition_every_ticks = r.gen_range(3..=8);
-        self.crash_every_ticks = r.gen_range(10..=25);
+        self.crash_every_ticks = r.gen_range(5..=15);
+        self.fsync_crash = r.gen_range(0.0..0.02);
         self.max_down_ticks = r.gen_range(3..=15);
         self.loss = r.gen_range(0.0..0.05);
         self.long_delay = r.gen_range(0.0..0.08);
