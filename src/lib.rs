@@ -17,6 +17,10 @@
 //! | [`cli`] | the `raftkv` command line |
 //! | [`bench`] | `raftkv bench`: load generator for RaftKV and etcd |
 //!
+//! Dependencies point down the table's layers (raft ← kv ← storage ← node ←
+//! server ← transport ← daemon ← cli; sim sits on node); a unit test
+//! (`layers.rs`) checks the direction and that there is no cycle.
+//!
 //! See `ARCHITECTURE.md` for the rules that keep data safe and the life of a write.
 
 #![warn(missing_docs)]
@@ -32,3 +36,6 @@ pub mod server;
 pub mod sim;
 pub mod storage;
 pub mod transport;
+
+#[cfg(test)]
+mod layers;
