@@ -133,7 +133,7 @@ fn a_store_cannot_be_opened_twice_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let _s = open(dir.path());
     let err = SledStore::open(dir.path(), NODE, CLUSTER).unwrap_err();
-    assert!(matches!(err, StorageError::Io(_)), "{err}");
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
     assert!(err.to_string().contains("in use"), "{err}");
 }
 

@@ -43,12 +43,14 @@ pub struct Incoming {
 }
 
 /// Why forwarding failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     /// The leader could not be connected to: the request never left.
-    NotSent(String),
+    #[error("{}", error_chain(.0))]
+    NotSent(reqwest::Error),
     /// The request may have reached the leader, but no answer came back.
-    Lost(String),
+    #[error("{}", error_chain(.0))]
+    Lost(reqwest::Error),
 }
 
 /// Replays `req` on `base_url` (the leader) and returns its response.
@@ -71,9 +73,9 @@ pub async fn forward(
     }
     let resp = builder.send().await.map_err(|e| {
         if e.is_connect() {
-            ForwardError::NotSent(error_chain(&e))
+            ForwardError::NotSent(e)
         } else {
-            ForwardError::Lost(error_chain(&e))
+            ForwardError::Lost(e)
         }
     })?;
     let status = resp.status();
@@ -83,10 +85,7 @@ pub async fn forward(
             headers.insert(name, v.clone());
         }
     }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| ForwardError::Lost(error_chain(&e)))?;
+    let body = resp.bytes().await.map_err(ForwardError::Lost)?;
     let mut out = (status, body).into_response();
     for (name, value) in headers.iter() {
         out.headers_mut().insert(name.clone(), value.clone());

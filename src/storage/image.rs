@@ -118,7 +118,7 @@ impl ImageWriter {
 
     fn push_frame(&mut self, frame: &FrameRef<'_>) -> Result<(), StorageError> {
         record::encode_into(&self.seq.to_be_bytes(), frame, &mut self.scratch)
-            .map_err(|e| frame_err(self.seq, e.0))?;
+            .map_err(|e| frame_err(self.seq, e.to_string()))?;
         let len = u32::try_from(self.scratch.len())
             .map_err(|_| frame_err(self.seq, "frame larger than 4 GiB"))?;
         self.out.extend_from_slice(&len.to_le_bytes());
@@ -211,7 +211,7 @@ impl<'a> ImageReader<'a> {
             frame_err(seq, format!("frame of {len} bytes runs past the image end"))
         })?;
         let frame: Frame = record::decode(&seq.to_be_bytes(), body)
-            .map_err(|e: RecordError| frame_err(seq, e.0))?;
+            .map_err(|e: RecordError| frame_err(seq, e.to_string()))?;
         self.pos += 4 + len;
         self.seq += 1;
         Ok(frame)
@@ -350,7 +350,7 @@ impl ImageDecoder {
             };
             let seq = self.seq;
             let frame: Frame = record::decode(&seq.to_be_bytes(), body)
-                .map_err(|e: RecordError| frame_err(seq, e.0))?;
+                .map_err(|e: RecordError| frame_err(seq, e.to_string()))?;
             self.seq += 1;
             pos += 4 + len;
             match (frame, self.meta.is_some()) {

@@ -22,6 +22,8 @@
 //! memory ([`mem::MemStore`], used by the deterministic simulation), so the
 //! simulation runs the same loop over storage with the same contract.
 
+use std::sync::Arc;
+
 use crate::kv::{ApplyResult, KvItem};
 use crate::raft::{Entry, HardState, SnapshotMeta};
 
@@ -61,9 +63,82 @@ pub enum StorageError {
     /// An entry that was asked for has been compacted away.
     #[error("log entry {0} has been compacted")]
     Compacted(u64),
-    /// The underlying database failed.
-    #[error("storage I/O error: {0}")]
-    Io(String),
+    /// An operating-system call failed (open, write, fsync, ...).
+    #[error("storage I/O error: {context}: {source}")]
+    Io {
+        /// What was being done, on which file.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// sled failed with neither an I/O error nor corruption (a bug or a
+    /// misuse inside sled).
+    #[error("sled failed: {context}: {source}")]
+    Sled {
+        /// What was being done, on which tree.
+        context: String,
+        /// sled's error.
+        #[source]
+        source: Arc<sled::Error>,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode a record: {0}")]
+    Encode(#[source] record::RecordError),
+    /// Another process holds the data dir.
+    #[error("data dir {path} is in use by another process (lock on {lock} held)")]
+    Locked {
+        /// The data dir.
+        path: String,
+        /// The lock file.
+        lock: String,
+    },
+    /// Another snapshot is being staged or waits to be installed.
+    #[error("{path}: another snapshot is being received or installed")]
+    StagingBusy {
+        /// The data dir.
+        path: String,
+    },
+    /// A snapshot view ended before its image was read (a snapshot was
+    /// installed meanwhile, or too many keys changed under it).
+    #[error("snapshot image aborted: {reason}")]
+    SessionAborted {
+        /// Why.
+        reason: String,
+    },
+    /// A sled transaction was aborted.
+    #[error("{path}: transaction aborted")]
+    TransactionAborted {
+        /// The data dir.
+        path: String,
+    },
+    /// The store refuses writes after an earlier write failed: what is on
+    /// disk may not be what the process believes.
+    #[error(
+        "{path}: store refuses writes after an earlier write failure ({first}); restart the node"
+    )]
+    Halted {
+        /// The data dir.
+        path: String,
+        /// The first failure.
+        first: Arc<StorageError>,
+    },
+    /// A thread of the store panicked.
+    #[error("{task} panicked")]
+    Panicked {
+        /// Which thread.
+        task: &'static str,
+    },
+}
+
+impl StorageError {
+    /// An [`StorageError::Io`] while doing `context`.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StorageError::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
 }
 
 /// Everything a node recovers from its log store at start.

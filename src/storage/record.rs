@@ -25,10 +25,46 @@ pub const RECORD_VERSION: u8 = 1;
 /// Bytes before the payload: version + crc32.
 pub const HEADER_LEN: usize = 5;
 
-/// Why a record did not verify or decode. The caller adds the tree and key
-/// (see [`RecordError::into_storage`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordError(pub String);
+/// Why a record did not verify, decode or encode. The caller adds the tree
+/// and key (see [`RecordError::into_storage`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Fewer bytes than the header.
+    #[error("record is {len} bytes, shorter than its {HEADER_LEN}-byte header")]
+    TooShort {
+        /// The record's length.
+        len: usize,
+    },
+    /// A version byte this build does not know.
+    #[error("unknown record version {found} (expected {RECORD_VERSION})")]
+    UnknownVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// The checksum does not match.
+    #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// The stored crc32.
+        stored: u32,
+        /// The crc32 of what is there.
+        computed: u32,
+    },
+    /// The checksum matched but the payload is not a valid encoding.
+    #[error("checksum ok but payload does not decode: {detail}")]
+    Undecodable {
+        /// bincode's message.
+        detail: String,
+    },
+    /// A valid payload followed by more bytes.
+    #[error("payload has {0} trailing bytes")]
+    TrailingBytes(usize),
+    /// The value could not be encoded.
+    #[error("cannot encode record: {detail}")]
+    Unencodable {
+        /// bincode's message.
+        detail: String,
+    },
+}
 
 impl RecordError {
     /// Turns the error into [`super::StorageError::Corruption`] naming the
@@ -37,14 +73,8 @@ impl RecordError {
         super::StorageError::Corruption {
             tree: tree.to_string(),
             key: key.into(),
-            reason: self.0,
+            reason: self.to_string(),
         }
-    }
-}
-
-impl std::fmt::Display for RecordError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -65,8 +95,11 @@ pub fn encode_into<T: Serialize + ?Sized>(
 ) -> Result<(), RecordError> {
     out.clear();
     out.extend_from_slice(&[RECORD_VERSION, 0, 0, 0, 0]);
-    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
-        .map_err(|e| RecordError(format!("cannot encode record: {e}")))?;
+    bincode::serde::encode_into_std_write(value, out, bincode::config::standard()).map_err(
+        |e| RecordError::Unencodable {
+            detail: e.to_string(),
+        },
+    )?;
     let crc = checksum(key, &out[HEADER_LEN..]);
     out[1..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     Ok(())
@@ -83,24 +116,19 @@ pub fn encode<T: Serialize + ?Sized>(key: &[u8], value: &T) -> Result<Vec<u8>, R
 /// returns its payload.
 pub fn verify<'a>(key: &[u8], bytes: &'a [u8]) -> Result<&'a [u8], RecordError> {
     if bytes.len() < HEADER_LEN {
-        return Err(RecordError(format!(
-            "record is {} bytes, shorter than its {HEADER_LEN}-byte header",
-            bytes.len()
-        )));
+        return Err(RecordError::TooShort { len: bytes.len() });
     }
     if bytes[0] != RECORD_VERSION {
-        return Err(RecordError(format!(
-            "unknown record version {} (expected {RECORD_VERSION})",
-            bytes[0]
-        )));
+        return Err(RecordError::UnknownVersion { found: bytes[0] });
     }
     let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     let payload = &bytes[HEADER_LEN..];
     let actual = checksum(key, payload);
     if stored != actual {
-        return Err(RecordError(format!(
-            "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
-        )));
+        return Err(RecordError::Checksum {
+            stored,
+            computed: actual,
+        });
     }
     Ok(payload)
 }
@@ -108,12 +136,11 @@ pub fn verify<'a>(key: &[u8], bytes: &'a [u8]) -> Result<&'a [u8], RecordError> 
 /// Decodes a bincode payload that must be consumed exactly.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RecordError> {
     let (value, used) = bincode::serde::decode_from_slice(payload, bincode::config::standard())
-        .map_err(|e| RecordError(format!("checksum ok but payload does not decode: {e}")))?;
+        .map_err(|e| RecordError::Undecodable {
+            detail: e.to_string(),
+        })?;
     if used != payload.len() {
-        return Err(RecordError(format!(
-            "payload has {} trailing bytes",
-            payload.len() - used
-        )));
+        return Err(RecordError::TrailingBytes(payload.len() - used));
     }
     Ok(value)
 }
@@ -129,8 +156,11 @@ pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Record
 pub fn decode_leading_u64(key: &[u8], bytes: &[u8]) -> Result<u64, RecordError> {
     let payload = verify(key, bytes)?;
     let (v, _): (u64, usize) =
-        bincode::serde::decode_from_slice(payload, bincode::config::standard())
-            .map_err(|e| RecordError(format!("checksum ok but payload does not decode: {e}")))?;
+        bincode::serde::decode_from_slice(payload, bincode::config::standard()).map_err(|e| {
+            RecordError::Undecodable {
+                detail: e.to_string(),
+            }
+        })?;
     Ok(v)
 }
 
@@ -186,7 +216,7 @@ mod tests {
     fn record_under_another_key_is_rejected() {
         let bytes = encode(b"a", &sample()).unwrap();
         let err = decode::<Sample>(b"b", &bytes).unwrap_err();
-        assert!(err.0.contains("checksum mismatch"), "{err}");
+        assert!(matches!(err, RecordError::Checksum { .. }), "{err}");
     }
 
     #[test]
@@ -208,7 +238,7 @@ mod tests {
         bytes.extend_from_slice(&checksum(b"k", &payload).to_le_bytes());
         bytes.extend_from_slice(&payload);
         let err = decode::<Sample>(b"k", &bytes).unwrap_err();
-        assert!(err.0.contains("trailing"), "{err}");
+        assert!(matches!(err, RecordError::TrailingBytes(_)), "{err}");
     }
 
     #[test]
@@ -216,13 +246,16 @@ mod tests {
         let mut bytes = encode(b"k", &sample()).unwrap();
         bytes[0] = 2;
         let err = decode::<Sample>(b"k", &bytes).unwrap_err();
-        assert!(err.0.contains("version"), "{err}");
+        assert!(
+            matches!(err, RecordError::UnknownVersion { found: 2 }),
+            "{err}"
+        );
     }
 
     #[test]
     fn error_names_tree_and_key() {
-        let err = RecordError("bad".into()).into_storage("log", "index 7");
+        let err = RecordError::TrailingBytes(3).into_storage("log", "index 7");
         let msg = err.to_string();
-        assert!(msg.contains("`log`") && msg.contains("index 7") && msg.contains("bad"));
+        assert!(msg.contains("`log`") && msg.contains("index 7") && msg.contains("3 trailing"));
     }
 }

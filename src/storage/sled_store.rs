@@ -269,7 +269,7 @@ struct Inner {
     /// report success for data that was dropped), and the in-memory
     /// bookkeeping may no longer match sled, so every later write is
     /// refused. Reads keep working; the node should stop and restart.
-    failed: Mutex<Option<String>>,
+    failed: Mutex<Option<Arc<StorageError>>>,
     /// Progress of the verification of the active key-value tree.
     kv_check: Mutex<KvCheckStatus>,
 }
@@ -350,15 +350,7 @@ impl KvCheckStatus {
         let KvCheckStatus::Failed(e) = self else {
             return None;
         };
-        Some(match &**e {
-            StorageError::Corruption { tree, key, reason } => StorageError::Corruption {
-                tree: tree.clone(),
-                key: key.clone(),
-                reason: reason.clone(),
-            },
-            StorageError::Inconsistent(m) => StorageError::Inconsistent(m.clone()),
-            other => StorageError::Io(other.to_string()),
-        })
+        Some((**e).clone())
     }
 }
 
@@ -458,8 +450,7 @@ impl SledStore {
         options: StoreOptions,
     ) -> Result<SledStore, StorageError> {
         let path_str = dir.display().to_string();
-        let io =
-            |what: &str, e: std::io::Error| StorageError::Io(format!("{what} {path_str}: {e}"));
+        let io = |what: &str, e: std::io::Error| StorageError::io(format!("{what} {path_str}"), e);
         std::fs::create_dir_all(dir).map_err(|e| io("cannot create data dir", e))?;
         let db = open_sled_with_retry(dir, options.cache_bytes)?;
         let open_tree = |name: &str| {
@@ -684,11 +675,10 @@ fn open_sled_with_retry(dir: &Path, cache_bytes: u64) -> Result<sled::Db, Storag
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 if std::time::Instant::now() >= deadline {
-                    return Err(StorageError::Io(format!(
-                        "data dir {} is in use by another process (lock on {} held)",
-                        dir.display(),
-                        dir.join("db").display()
-                    )));
+                    return Err(StorageError::Locked {
+                        path: dir.display().to_string(),
+                        lock: dir.join("db").display().to_string(),
+                    });
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -706,8 +696,11 @@ fn sled_error(dir: &Path, tree: &str, key: &str, e: sled::Error) -> StorageError
             key: key.to_string(),
             reason: format!("sled found a damaged page at {at:?}"),
         },
-        sled::Error::Io(io) => StorageError::Io(format!("{} ({tree}): {io}", file.display())),
-        other => StorageError::Io(format!("{} ({tree}): {other}", file.display())),
+        sled::Error::Io(io) => StorageError::io(format!("{} ({tree})", file.display()), io),
+        other => StorageError::Sled {
+            context: format!("{} ({tree})", file.display()),
+            source: Arc::new(other),
+        },
     }
 }
 
@@ -719,9 +712,9 @@ impl Inner {
     fn tx_err(&self, tree: &str, e: TransactionError<()>) -> StorageError {
         match e {
             TransactionError::Storage(e) => self.sled_err(tree, "transaction", e),
-            TransactionError::Abort(()) => {
-                StorageError::Io(format!("{}: transaction aborted", self.path.display()))
-            }
+            TransactionError::Abort(()) => StorageError::TransactionAborted {
+                path: self.path.display().to_string(),
+            },
         }
     }
 
@@ -729,7 +722,7 @@ impl Inner {
         let r = self.durability.sync(&self.db).map_err(|e| match e {
             SyncError::Sled(e) => self.sled_err("sled database", "flush", e),
             SyncError::Io(e) => {
-                StorageError::Io(format!("fdatasync in {}: {e}", self.path.display()))
+                StorageError::io(format!("fdatasync in {}", self.path.display()), e)
             }
         });
         self.fail(r)
@@ -739,11 +732,10 @@ impl Inner {
     fn healthy(&self) -> Result<(), StorageError> {
         match &*lock(&self.failed) {
             None => Ok(()),
-            Some(first) => Err(StorageError::Io(format!(
-                "{}: store refuses writes after an earlier write failure ({first}); \
-                 restart the node",
-                self.path.display()
-            ))),
+            Some(first) => Err(StorageError::Halted {
+                path: self.path.display().to_string(),
+                first: first.clone(),
+            }),
         }
     }
 
@@ -752,7 +744,7 @@ impl Inner {
         if let Err(e) = &r {
             let mut failed = lock(&self.failed);
             if failed.is_none() {
-                *failed = Some(e.to_string());
+                *failed = Some(Arc::new(e.clone()));
             }
         }
         r
@@ -773,7 +765,7 @@ impl Inner {
     /// Adds the next sequence number to `batch` (a log-tree batch).
     fn push_seq(&self, st: &LogState, batch: &mut Batch) -> Result<u64, StorageError> {
         let seq = st.seq + 1;
-        let rec = record::encode(SEQ_KEY, &seq).map_err(|e| StorageError::Io(e.0))?;
+        let rec = record::encode(SEQ_KEY, &seq).map_err(StorageError::Encode)?;
         batch.insert(SEQ_KEY, rec);
         Ok(seq)
     }
@@ -816,13 +808,13 @@ impl Inner {
                         reason: format!("identity record missing, but {path} holds data"),
                     });
                 }
-                let rec = record::encode(IDENTITY_KEY, want).map_err(|e| StorageError::Io(e.0))?;
+                let rec = record::encode(IDENTITY_KEY, want).map_err(StorageError::Encode)?;
                 ident
                     .insert(IDENTITY_KEY, rec)
                     .map_err(|e| self.sled_err(IDENTITY_TREE, "identity", e))?;
                 self.sync()?;
                 durability::sync_new_dir(&self.path)
-                    .map_err(|e| StorageError::Io(format!("fsync of {path}: {e}")))?;
+                    .map_err(|e| StorageError::io(format!("fsync of {path}"), e))?;
                 Ok(())
             }
         }
@@ -925,9 +917,11 @@ impl Inner {
             Some(mid) => std::thread::scope(|scope| {
                 let upper = scope.spawn(|| walk(Bound::Included(&mid), None));
                 let lower = walk(Bound::Unbounded, Some(&mid));
-                let upper = upper
-                    .join()
-                    .unwrap_or_else(|_| Err(StorageError::Io("key-value check panicked".into())));
+                let upper = upper.join().unwrap_or_else(|_| {
+                    Err(StorageError::Panicked {
+                        task: "the key-value check",
+                    })
+                });
                 lower.and(upper)
             }),
         }
@@ -981,12 +975,11 @@ fn kv_check_in_background(this: Weak<Inner>) {
                 return;
             }
             Err(e) => {
-                let message = e.to_string();
-                tracing::error!(error = %message, "damaged key-value record found by the background check");
+                tracing::error!(error = %e, "damaged key-value record found by the background check");
                 // Refuse writes from now on: the Raft loop stops at its
                 // next write even if nobody polls the status.
-                *lock(&inner.kv_check) = KvCheckStatus::Failed(Arc::new(e));
-                let _ = inner.fail::<()>(Err(StorageError::Io(message)));
+                *lock(&inner.kv_check) = KvCheckStatus::Failed(Arc::new(e.clone()));
+                let _ = inner.fail::<()>(Err(e));
                 return;
             }
         }
@@ -1055,9 +1048,10 @@ mod tests {
         s.save(Some(&hs), &[put(1)]).unwrap();
         s.apply(&[put(1)]).unwrap();
         // As if an fsync had failed.
-        let injected: Result<(), _> = s
-            .inner
-            .fail(Err(StorageError::Io("injected fsync failure".into())));
+        let injected: Result<(), _> = s.inner.fail(Err(StorageError::io(
+            "fdatasync",
+            std::io::Error::other("injected fsync failure"),
+        )));
         assert!(injected.is_err());
 
         let err = s.save(None, &[put(2)]).unwrap_err().to_string();

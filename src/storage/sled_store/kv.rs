@@ -142,7 +142,7 @@ pub(super) fn encode_kv_record(
     value: &str,
     buf: &mut Vec<u8>,
 ) -> Result<(), StorageError> {
-    record::encode_into(key, &KvRecordRef { index, value }, buf).map_err(|e| StorageError::Io(e.0))
+    record::encode_into(key, &KvRecordRef { index, value }, buf).map_err(StorageError::Encode)
 }
 
 /// Verifies and decodes a user key's record from `tree` into an item.
@@ -236,8 +236,7 @@ impl StateMachine for SledStore {
             results.push(result);
         }
         if applied.index != inner.applied_index.load(Ordering::Acquire) {
-            record::encode_into(APPLIED_KEY, &applied, &mut buf)
-                .map_err(|e| StorageError::Io(e.0))?;
+            record::encode_into(APPLIED_KEY, &applied, &mut buf).map_err(StorageError::Encode)?;
             batch.insert(APPLIED_KEY, buf.as_slice());
             inner.healthy()?;
             let written = tree

@@ -86,7 +86,7 @@ impl<'a> BatchEntries<'a> {
             Ok(b) => u64::from_be_bytes(b),
             Err(_) => return Err(corrupt(key, format!("log key of {} bytes", key.len()))),
         };
-        let payload = record::verify(key, bytes).map_err(|e| corrupt(key, e.0))?;
+        let payload = record::verify(key, bytes).map_err(|e| corrupt(key, e.to_string()))?;
         let (len, used): (u64, usize) =
             bincode::serde::decode_from_slice(payload, bincode::config::standard())
                 .map_err(|e| corrupt(key, format!("checksum ok but no entry count: {e}")))?;
@@ -173,7 +173,7 @@ impl Inner {
                 .max(1);
             let (chunk, tail) = rest.split_at(n);
             let key = log_key(first.index);
-            record::encode_into(&key, chunk, buf).map_err(|err| StorageError::Io(err.0))?;
+            record::encode_into(&key, chunk, buf).map_err(StorageError::Encode)?;
             self.durability.note_record(buf.len());
             batch.insert(&key, buf.as_slice());
             rest = tail;
@@ -363,8 +363,7 @@ impl Inner {
         meta: SnapshotMeta,
     ) -> Result<u64, StorageError> {
         let seq = self.push_seq(st, &mut batch)?;
-        let meta_rec =
-            record::encode(SNAPSHOT_META_KEY, &meta).map_err(|e| StorageError::Io(e.0))?;
+        let meta_rec = record::encode(SNAPSHOT_META_KEY, &meta).map_err(StorageError::Encode)?;
         let written = (&self.log, &self.snap)
             .transaction(|(log, snap)| {
                 log.apply_batch(&batch)?;
@@ -567,8 +566,7 @@ impl LogStore for SledStore {
                 .apply_batch(batch)
                 .map_err(|e| inner.sled_err(LOG_TREE, "batch", e)),
             Some(hs) => {
-                let hs_rec =
-                    record::encode(HARD_STATE_KEY, hs).map_err(|e| StorageError::Io(e.0))?;
+                let hs_rec = record::encode(HARD_STATE_KEY, hs).map_err(StorageError::Encode)?;
                 (&inner.log, &inner.hard)
                     .transaction(|(log, hard)| {
                         log.apply_batch(&batch)?;

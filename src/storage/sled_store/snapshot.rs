@@ -149,7 +149,7 @@ impl SessionShared {
         let reason = lock(&self.reason)
             .clone()
             .unwrap_or_else(|| "aborted".into());
-        StorageError::Io(format!("snapshot image aborted: {reason}"))
+        StorageError::SessionAborted { reason }
     }
 }
 
@@ -579,8 +579,7 @@ impl StagingWriter {
             )));
         }
         let inner = self.inner().clone();
-        record::encode_into(APPLIED_KEY, &meta, &mut self.buf)
-            .map_err(|e| StorageError::Io(e.0))?;
+        record::encode_into(APPLIED_KEY, &meta, &mut self.buf).map_err(StorageError::Encode)?;
         let written = self
             .tree
             .insert(APPLIED_KEY, self.buf.as_slice())
@@ -684,10 +683,9 @@ impl SledStore {
         let inner = &self.inner;
         inner.healthy()?;
         if !inner.staging.acquire(STAGING_WAIT) {
-            return Err(StorageError::Io(format!(
-                "{}: another snapshot is being received or installed",
-                inner.path.display()
-            )));
+            return Err(StorageError::StagingBusy {
+                path: inner.path.display().to_string(),
+            });
         }
         let guard = StagingGuard {
             inner: inner.clone(),
@@ -753,10 +751,9 @@ impl SledStore {
             batch.remove(k);
         }
         let seq = inner.push_seq(&st, &mut batch)?;
-        let meta_rec =
-            record::encode(SNAPSHOT_META_KEY, &meta).map_err(|e| StorageError::Io(e.0))?;
-        let slot_rec = record::encode(ACTIVE_KV_KEY, &(staged.slot as u8))
-            .map_err(|e| StorageError::Io(e.0))?;
+        let meta_rec = record::encode(SNAPSHOT_META_KEY, &meta).map_err(StorageError::Encode)?;
+        let slot_rec =
+            record::encode(ACTIVE_KV_KEY, &(staged.slot as u8)).map_err(StorageError::Encode)?;
         let written = (&inner.log, &inner.snap)
             .transaction(|(log, snap)| {
                 log.apply_batch(&batch)?;
@@ -788,8 +785,8 @@ impl SledStore {
         let _g = write_lock(&inner.apply_lock);
         inner.healthy()?;
         check_still_inactive(inner, staged.slot)?;
-        let slot_rec = record::encode(ACTIVE_KV_KEY, &(staged.slot as u8))
-            .map_err(|e| StorageError::Io(e.0))?;
+        let slot_rec =
+            record::encode(ACTIVE_KV_KEY, &(staged.slot as u8)).map_err(StorageError::Encode)?;
         let written = inner
             .snap
             .insert(ACTIVE_KV_KEY, slot_rec)

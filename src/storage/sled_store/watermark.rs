@@ -78,7 +78,7 @@ impl Watermark {
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageError::Io(format!("{}: {e}", path.display()))),
+            Err(e) => return Err(StorageError::io(path.display().to_string(), e)),
         };
         let mut best: Option<u64> = None;
         let mut errors = Vec::new();
@@ -111,7 +111,7 @@ impl Watermark {
     /// it durable.
     pub fn create(dir: &Path, seq: u64) -> Result<Watermark, StorageError> {
         let path = dir.join(FILE_NAME);
-        let io_err = |e: io::Error| StorageError::Io(format!("{}: {e}", path.display()));
+        let io_err = |e: io::Error| StorageError::io(path.display().to_string(), e);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -131,13 +131,13 @@ impl Watermark {
     }
 
     fn write_slot(&self, slot: usize, seq: u64) -> Result<(), StorageError> {
-        let rec = record::encode(SLOT_KEYS[slot], &seq).map_err(|e| StorageError::Io(e.0))?;
+        let rec = record::encode(SLOT_KEYS[slot], &seq).map_err(StorageError::Encode)?;
         let mut buf = [0u8; SLOT_LEN];
         buf[0] = rec.len() as u8;
         buf[1..1 + rec.len()].copy_from_slice(&rec);
         self.file
             .write_all_at(&buf, SLOT_OFFSETS[slot])
-            .map_err(|e| StorageError::Io(format!("{}: {e}", self.path.display())))
+            .map_err(|e| StorageError::io(self.path.display().to_string(), e))
     }
 
     /// Records `seq` (already durable in sled). No fsync: see the module
@@ -150,7 +150,7 @@ impl Watermark {
     pub fn sync(&self) -> Result<(), StorageError> {
         self.file
             .sync_data()
-            .map_err(|e| StorageError::Io(format!("{}: {e}", self.path.display())))
+            .map_err(|e| StorageError::io(self.path.display().to_string(), e))
     }
 
     /// The error for a sled store that recovered only up to `sled_seq`.
