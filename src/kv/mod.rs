@@ -13,6 +13,14 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
 /// A write to the key-value store.
+///
+/// Format (the bytes of [`crate::raft::EntryPayload::Command`]; bincode 2
+/// standard, see [`crate::storage::record`]): the variant index as a
+/// varint (0 `Put`, 1 `Delete`), then the key as a varint length and UTF-8
+/// bytes; a `Put` then has its value the same way; both end with `cas` as
+/// an option (0, or 1 and a varint). There is no version field: a command
+/// that does not decode is applied as a no-op on every replica, so a
+/// changed encoding must come with a data-dir and a wire version bump.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {
     /// Set `key` to `value`; with `cas = Some(m)` only if the key's current

@@ -24,7 +24,8 @@
 //!
 //! Write a `pub fn case_name<F: StoreFactory>(f: &mut F)` below that
 //! panics (with an `assert!` naming the rule) when the stores break a
-//! rule, and add `case_name` to the list in [`storage_conformance_tests`].
+//! rule, and add `case_name` to the list in
+//! [`storage_conformance_tests`](crate::storage_conformance_tests).
 //! A unit test fails if a case is missing from the list. One function per
 //! property, so a failure names the rule that broke.
 //!

@@ -172,6 +172,10 @@ struct SmState {
 }
 
 /// The serialised form of a snapshot image.
+///
+/// Format: plain bincode of `meta` then `items` — no version, no checksum.
+/// It lives only in the memory of a simulated cluster, never on disk or on
+/// the wire, so it is not pinned by golden tests.
 #[derive(Serialize, Deserialize)]
 struct Image {
     meta: SnapshotMeta,

@@ -19,6 +19,8 @@ use crate::kv::{ApplyResult, KvItem};
 use crate::raft::{Entry, HardState, SnapshotMeta};
 
 pub mod conformance;
+#[cfg(test)]
+pub(crate) mod golden_tests;
 pub mod identity;
 pub mod image;
 pub mod mem;
