@@ -170,3 +170,32 @@ async fn run_start(args: StartArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap prints `[env: NAME=VALUE]`, which reads `[env: NAME=]` when the
+    /// variable is not set; every flag with a variable hides the value.
+    #[test]
+    fn every_env_flag_hides_its_value_in_help() {
+        fn check(cmd: &clap::Command, path: &str, seen: &mut usize) {
+            for arg in cmd.get_arguments() {
+                if arg.get_env().is_some() {
+                    *seen += 1;
+                    assert!(
+                        arg.is_hide_env_values_set(),
+                        "{path} --{}: add hide_env_values = true",
+                        arg.get_id()
+                    );
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()), seen);
+            }
+        }
+        let mut seen = 0;
+        check(&Cli::command(), "raftkv", &mut seen);
+        assert!(seen > 10, "only {seen} flags with an environment variable");
+    }
+}
