@@ -309,7 +309,8 @@ fn reap(running: &mut [Running]) -> bool {
 }
 
 /// SIGTERM to every running child, then wait; SIGKILL any that has not
-/// exited after 10 s. Returns true if all exited cleanly.
+/// exited after 10 s. Returns true if every node, including those that
+/// stopped earlier, exited cleanly (status 0).
 async fn stop_all(running: &mut [Running]) -> bool {
     for r in running.iter().filter(|r| r.exited.is_none()) {
         // The child has not been reaped (exited is None and we hold it), so
@@ -324,8 +325,9 @@ async fn stop_all(running: &mut [Running]) -> bool {
     }
     let mut clean = true;
     for r in running.iter_mut() {
-        if r.exited.is_some() {
-            clean = false;
+        if let Some(status) = r.exited {
+            // Reported when it happened; only a failure makes this unclean.
+            clean &= status.success();
             continue;
         }
         let status = match tokio::time::timeout(Duration::from_secs(10), r.child.wait()).await {
