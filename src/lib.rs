@@ -12,6 +12,7 @@
 //! | [`node`] | the runtime that drives the core with a clock, the disk and the network |
 //! | [`server`] | axum routes: the client API of the contract and the `/raft/*` RPCs |
 //! | [`client`] | HTTP client with leader discovery and retry, used by the CLI and bench |
+//! | [`http_client`] | kept-alive HTTP/1.1 client that sends paths byte for byte (client, forwarding) |
 //! | [`cli`] | the `raftkv` command line |
 //! | [`bench`] | `raftkv bench`: load generator for RaftKV and etcd |
 //!
@@ -22,6 +23,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod http_client;
 pub mod kv;
 pub mod node;
 pub mod raft;
