@@ -41,14 +41,11 @@ impl IntervalSet {
         }
         // Swallow every interval starting inside (or right at the end of)
         // the new one.
-        loop {
-            let Some((s, e)) = self
-                .by_start
-                .range::<[u8], _>((Included(start.as_slice()), Unbounded))
-                .next()
-            else {
-                break;
-            };
+        while let Some((s, e)) = self
+            .by_start
+            .range::<[u8], _>((Included(start.as_slice()), Unbounded))
+            .next()
+        {
             if *s > end {
                 break;
             }

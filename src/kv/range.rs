@@ -10,6 +10,10 @@
 
 use std::ops::Bound;
 
+/// Lower and upper bound of a non-empty [`KeyRange`], for `BTreeMap::range`
+/// and similar.
+pub type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// A set of keys in etcd's `(key, range_end)` form, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyRange<'a> {
@@ -49,7 +53,7 @@ impl<'a> KeyRange<'a> {
     /// The range as bounds for `BTreeMap::range` and similar, or `None` when
     /// it is empty. (`BTreeMap::range` panics on inverted bounds, so callers
     /// must never build bounds themselves from an inverted range.)
-    pub fn bounds(&self) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    pub fn bounds(&self) -> Option<KeyBounds<'a>> {
         if self.is_empty() {
             return None;
         }

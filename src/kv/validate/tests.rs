@@ -424,3 +424,15 @@ fn sort_options_from_wire_values() {
         "invalid sort option"
     );
 }
+
+#[test]
+fn a_key_both_branches_of_a_nested_txn_put_counts_once_further_up() {
+    // The inner txn's two branches put the same key; the key must not then
+    // count as put twice by the levels above.
+    let inner = nested(vec![put("a")], vec![put("a")]);
+    assert_eq!(check(vec![nested(vec![], vec![inner.clone()])]), Ok(()));
+    assert_eq!(
+        check(vec![nested(vec![inner], vec![]), put("a")]),
+        Err(KvError::DuplicateKey)
+    );
+}
