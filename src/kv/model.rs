@@ -189,9 +189,10 @@ impl MemMvcc {
 
     /// The events of revisions `from_revision..` on keys of `range`, in
     /// order, with `prev_kv` (the key's record before the event's revision)
-    /// filled: a watcher's catch-up. Stops after the revision in which
-    /// `limit` events were reached (revisions are never split). A start
-    /// below the compact revision is refused; a start at it is complete.
+    /// filled: a watcher's catch-up. Stops at the end of the revision in
+    /// which the count reached `limit`, so a revision is never split and
+    /// at least one revision comes back if there is one. A start below the
+    /// compact revision is refused; a start at it is complete.
     pub fn events(
         &self,
         from_revision: i64,
