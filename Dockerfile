@@ -4,7 +4,7 @@
 #   docker run --rm -p 127.0.0.1:8001:8001 -e RAFTKV_NODE_ID=solo raftkv
 #
 # docker-compose.yml builds this file for its three nodes. The image is
-# configured entirely through RAFTKV_* environment variables (see README).
+# configured entirely through RAFTKV_* environment variables (see README and docs/operations.md).
 # Works with the classic builder and BuildKit alike (no cache mounts, no
 # `# syntax` line, so nothing is fetched but the two base images).
 #
@@ -16,7 +16,7 @@
 # runtime-base stage instead: `--target runtime-base` builds only that stage
 # (the classic builder builds every stage up to the target, so it comes
 # first), and docker/Dockerfile.prebuilt adds the binary. tests/docker/run.sh
-# does that; see the README's Docker section.
+# does that; see docs/operations.md ("The image") and docs/docker-tests.md.
 
 ARG RUST_IMAGE=rust:1-slim-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim

@@ -9,11 +9,12 @@
 //! kv         commands and their meaning     raft
 //! storage    sled and in-memory stores      raft, kv
 //! node       the Raft loop, NodeHandle      raft, kv, storage
-//! server     client API routes (axum)       raft, kv, node
+//! server     client API routes (axum)       raft, kv, node, http_client (forwarding)
 //! transport  peer transport over HTTP       raft, kv, storage, node, server (HTTP helpers)
 //! daemon     one node process               raft, kv, storage, node, server, transport
 //! sim        deterministic simulation       raft, kv, storage, node
-//! client     HTTP client                    raft, kv
+//! http_client raw HTTP/1.1 client            —
+//! client     HTTP client                    raft, kv, http_client
 //! bench      load generator                 kv, client
 //! cli        the command line               everything above but sim
 //! ```
@@ -31,14 +32,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kv", &["raft"]),
     ("storage", &["raft", "kv"]),
     ("node", &["raft", "kv", "storage"]),
-    ("server", &["raft", "kv", "node"]),
+    ("http_client", &[]),
+    ("server", &["raft", "kv", "node", "http_client"]),
     ("transport", &["raft", "kv", "storage", "node", "server"]),
     (
         "daemon",
         &["raft", "kv", "storage", "node", "server", "transport"],
     ),
     ("sim", &["raft", "kv", "storage", "node"]),
-    ("client", &["raft", "kv"]),
+    ("client", &["raft", "kv", "http_client"]),
     ("bench", &["kv", "client"]),
     (
         "cli",
@@ -51,6 +53,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "transport",
             "daemon",
             "client",
+            "http_client",
             "bench",
         ],
     ),

@@ -14,6 +14,7 @@
 //! | [`server`] | axum routes: the client API of the contract (the process mounts the transport's `/raft/*` next to them) |
 //! | [`daemon`] | one node process: storage + node + transport + server, and its clean shutdown |
 //! | [`client`] | HTTP client with leader discovery and retry, used by the CLI and bench |
+//! | [`http_client`] | kept-alive HTTP/1.1 client that sends paths byte for byte (client, forwarding) |
 //! | [`cli`] | the `raftkv` command line |
 //! | [`bench`] | `raftkv bench`: load generator for RaftKV and etcd |
 //!
@@ -29,6 +30,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod http_client;
 pub mod kv;
 pub mod node;
 pub mod raft;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// mimalloc instead of glibc malloc: under write load the node allocates
 /// per request (HTTP parsing, entries, sled nodes), and glibc's allocator was
-/// about a tenth of its CPU time (see README, "Benchmarks").
+/// about a tenth of its CPU time (see docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

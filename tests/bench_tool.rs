@@ -174,6 +174,37 @@ async fn every_workload_runs_bounded_against_a_real_cluster() {
         assert_eq!(item["key"].as_str().unwrap().len(), 16, "{item}");
         assert_eq!(item["value"].as_str().unwrap().len(), 100, "{item}");
     }
+    // The report says where the keys are and that they were left there.
+    assert_eq!((r.key_prefix.as_str(), r.wrote_keys), ("put/", true));
+    assert!(r.cleanup.is_none());
+    assert!(
+        r.human().contains(r#"up to 50 keys written under the prefix "put/" are left in the cluster; --cleanup deletes them"#),
+        "{}",
+        r.human()
+    );
+
+    // --cleanup deletes every key of the key space after the run (and
+    // nothing else), and says so.
+    let (s, v) = c.put(0, "clean/other", "keep me").await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    let mut a = common_args("put", "clean/");
+    a.extend(["--keys".into(), "40".into(), "--cleanup".into()]);
+    let r = run(a).await;
+    check_consistent(&r);
+    let cleanup = r.cleanup.as_ref().expect("--cleanup reports");
+    assert!(cleanup.complete(), "{cleanup:?}");
+    assert_eq!(cleanup.deleted + cleanup.absent, 40, "{cleanup:?}");
+    assert!(
+        cleanup.deleted >= 1 && cleanup.deleted <= r.successes,
+        "{cleanup:?}"
+    );
+    let left: Vec<String> = list(&c, "clean/")
+        .await
+        .iter()
+        .map(|i| i["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, ["clean/other"], "only the bench's keys are gone");
+    assert!(r.human().contains("cleaned up: deleted"), "{}", r.human());
 
     // Paced puts: 100 ops/s over 4 connections for 2 s is one request per
     // connection every 40 ms, so at most 51 per connection (an unpaced run
@@ -356,6 +387,7 @@ struct FakeEtcd {
     linearizable_ranges: u64,
     serializable_ranges: u64,
     txns: u64,
+    deletes: u64,
     /// Requests that did not have the expected shape.
     rejected: Vec<String>,
 }
@@ -491,6 +523,25 @@ async fn fake_txn(State(fake): State<Fake>, body: Bytes) -> Response {
         .into_response()
 }
 
+async fn fake_delete(State(fake): State<Fake>, body: Bytes) -> Response {
+    let parsed = parse_body(&body).and_then(|v| {
+        only_fields(&v, &["key"])?;
+        decode(&v, "key")
+    });
+    let key = match parsed {
+        Ok(k) => k,
+        Err(e) => return reject(&fake, e),
+    };
+    let mut f = fake.lock().unwrap();
+    f.deletes += 1;
+    if f.data.remove(&key).is_none() {
+        // proto3 JSON omits `deleted: 0`.
+        return axum::Json(json!({ "header": header(&f) })).into_response();
+    }
+    f.revision += 1;
+    axum::Json(json!({ "header": header(&f), "deleted": "1" })).into_response()
+}
+
 async fn fake_status(State(fake): State<Fake>) -> Response {
     let f = fake.lock().unwrap();
     axum::Json(json!({"header": header(&f), "version": "3.4.23", "dbSize": "20480", "leader": f.leader_id}))
@@ -508,6 +559,7 @@ async fn start_fake(member_id: &str, leader_id: &str) -> (Fake, String) {
         .route("/v3/kv/put", post(fake_put))
         .route("/v3/kv/range", post(fake_range))
         .route("/v3/kv/txn", post(fake_txn))
+        .route("/v3/kv/deleterange", post(fake_delete))
         .route("/v3/maintenance/status", post(fake_status))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -627,6 +679,20 @@ async fn etcd_target_speaks_the_v3_json_gateway() {
             "each success is one write"
         );
         assert_eq!(r.successes + r.conflicts, 100, "{r:?}");
+    }
+
+    // --cleanup deletes the key space with deleterange, one key each.
+    let cleaned = run("put", &["--cleanup"]).await;
+    check_consistent(&cleaned);
+    let cleanup = cleaned.cleanup.clone().expect("--cleanup reports");
+    assert!(cleanup.complete(), "{cleanup:?}");
+    assert_eq!(cleanup.deleted + cleanup.absent, 20, "{cleanup:?}");
+    assert_eq!(cleanup.deleted, 20, "every key existed: {cleanup:?}");
+    {
+        let l = leader.lock().unwrap();
+        assert!(l.rejected.is_empty(), "{:?}", l.rejected);
+        assert!(l.data.is_empty(), "nothing left");
+        assert_eq!(l.deletes, 20);
     }
 
     // The JSON lines of both systems make a comparison table.

@@ -115,6 +115,46 @@ fn run_with_limit(mut cmd: Command, limit: Duration) -> Out {
     }
 }
 
+/// Runs a command with `input` on its standard input.
+fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Out {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn raftkv");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // A writer thread: a command that does not read stdin must not block
+    // the test on a full pipe.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut proc = Proc {
+        child,
+        name: format!("{cmd:?}"),
+    };
+    let status = proc.wait_exit(Duration::from_secs(40));
+    assert!(status.is_some(), "{cmd:?} did not finish");
+    let _ = writer.join();
+    Out {
+        code: status.unwrap().code(),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
 /// Runs a client command against `nodes` (through RAFTKV_NODES).
 fn cli(nodes: &str, args: &[&str]) -> Out {
     let mut cmd = raftkv();
@@ -254,13 +294,53 @@ async fn client_commands_print_the_contract_formats() {
     assert_eq!(created.code, Some(0), "{created:?}");
     let again = cli(&nodes, &["put", "counter", "9", "--cas", "0"]);
     assert_eq!(again.code, Some(1), "{again:?}");
-    assert!(again.stderr.contains("precondition failed"), "{again:?}");
     let idx = index_of(&created.stdout).to_string();
+    // The message names what was expected and what is there.
+    assert!(
+        again.stderr.contains(&format!(
+            "precondition failed: key counter was expected at index 0 (absent), but it is at index {idx}"
+        )),
+        "{again:?}"
+    );
     let swapped = cli(&nodes, &["put", "counter", "2", "--cas", &idx]);
     assert_eq!(swapped.code, Some(0), "{swapped:?}");
     let stale_del = cli(&nodes, &["delete", "counter", "--cas", &idx]);
     assert_eq!(stale_del.code, Some(1), "{stale_del:?}");
+    let now = index_of(&swapped.stdout);
+    assert!(
+        stale_del.stderr.contains(&format!(
+            "was expected at index {idx}, but it is at index {now}"
+        )),
+        "{stale_del:?}"
+    );
     assert_eq!(cli(&nodes, &["get", "counter"]).stdout, "counter = 2\n");
+
+    // put --file: a file's contents byte for byte (newlines, quotes), up to
+    // exactly 1 MiB; `-` reads standard input.
+    let dir = tempfile::tempdir().unwrap();
+    let text = "line 1\n\"quoted\" line 2\n\ttab, ключ\n";
+    let path = dir.path().join("value.txt");
+    std::fs::write(&path, text).unwrap();
+    let put = cli(
+        &nodes,
+        &["put", "from-file", "--file", path.to_str().unwrap()],
+    );
+    assert_eq!(put.code, Some(0), "{put:?}");
+    let get = cli(&nodes, &["get", "from-file"]);
+    assert_eq!(get.stdout, format!("from-file = {text}\n"));
+    let max = dir.path().join("max.txt");
+    std::fs::write(&max, "m".repeat(1 << 20)).unwrap();
+    let put = cli(&nodes, &["put", "max", "--file", max.to_str().unwrap()]);
+    assert_eq!(put.code, Some(0), "{put:?}");
+    let get = cli(&nodes, &["get", "max"]);
+    assert_eq!(get.stdout.len(), "max = ".len() + (1 << 20) + 1);
+    let mut cmd = raftkv();
+    cmd.args(["put", "from-stdin", "--file", "-"])
+        .env("RAFTKV_NODES", &nodes);
+    let put = run_with_stdin(cmd, b"piped\nvalue\n");
+    assert_eq!(put.code, Some(0), "{put:?}");
+    let get = cli(&nodes, &["get", "from-stdin"]);
+    assert_eq!(get.stdout, "from-stdin = piped\nvalue\n\n");
 
     // Through a single follower only: it forwards.
     let leader = c.wait_for_leader(Duration::from_secs(20)).await;
@@ -391,6 +471,8 @@ fn usage_errors_exit_2() {
             "300",
         ],
         vec!["local-cluster", "--nodes", "0"],
+        vec!["put", "k", "v", "--file", "/dev/null"],
+        vec!["put", "k", "--file", "/no/such/file"],
     ];
     for args in cases {
         let mut cmd = raftkv();
@@ -401,6 +483,32 @@ fn usage_errors_exit_2() {
         assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
         assert!(!out.stderr.is_empty(), "{args:?}: explain the error");
     }
+    // put --file: over 1 MiB, or not UTF-8, is a usage error that says why,
+    // before any node is asked.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; (1 << 20) + 1]).unwrap();
+    let binary = dir.path().join("binary");
+    std::fs::write(&binary, [b'o', b'k', 0xff, 0xfe]).unwrap();
+    for (file, why) in [
+        (&big, "larger than the limit of 1048576 bytes"),
+        (&binary, "not UTF-8"),
+    ] {
+        let mut cmd = raftkv();
+        cmd.args(["put", "k", "--file"])
+            .arg(file)
+            .env("RAFTKV_NODES", "127.0.0.1:1");
+        let out = run_with_limit(cmd, Duration::from_secs(20));
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(out.stderr.contains(why), "{out:?}");
+    }
+    let mut cmd = raftkv();
+    cmd.args(["put", "k", "--file", "-"])
+        .env("RAFTKV_NODES", "127.0.0.1:1");
+    let out = run_with_stdin(cmd, &vec![b'y'; (1 << 20) + 10]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("standard input is larger"), "{out:?}");
+
     // Bad values from the environment are usage errors too.
     let mut cmd = raftkv();
     cmd.args(["start", "--node-id", "n"])
@@ -418,6 +526,8 @@ fn all_nodes_down_exits_3() {
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
+    // Commands that retry keep at it until --timeout-ms, then exit 3 with
+    // a truthful message; `status` shows what it sees at once.
     for args in [
         vec!["put", "k", "v"],
         vec!["get", "k"],
@@ -426,16 +536,23 @@ fn all_nodes_down_exits_3() {
         vec!["leader"],
         vec!["status"],
     ] {
+        let mut with_timeout = args.clone();
+        with_timeout.extend(["--timeout-ms", "1500"]);
         let started = Instant::now();
-        let out = cli(&nodes, &args);
+        let out = cli(&nodes, &with_timeout);
+        let took = started.elapsed();
         assert_eq!(out.code, Some(3), "{args:?}: {out:?}");
         assert!(out.stdout.is_empty() || args[0] == "status", "{out:?}");
         assert!(out.stderr.contains("error"), "{args:?}: {out:?}");
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{args:?} took {:?} to give up",
-            started.elapsed()
-        );
+        assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
+        if args[0] != "status" {
+            assert!(
+                took >= Duration::from_millis(1400),
+                "{args:?} gave up after {took:?}, before its timeout"
+            );
+            assert!(out.stderr.contains("gave up after"), "{out:?}");
+            assert!(!out.stderr.contains("no attempt made"), "{out:?}");
+        }
     }
     let status = cli(&nodes, &["status"]);
     assert_eq!(
@@ -449,6 +566,138 @@ fn all_nodes_down_exits_3() {
         &["health", "--node", &format!("127.0.0.1:{}", ports[0])],
     );
     assert_eq!(out.code, Some(1), "{out:?}");
+}
+
+#[test]
+fn a_command_waits_for_a_node_that_starts_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let url = format!("http://127.0.0.1:{port}");
+    // The client logs each failed attempt at debug level: the node is
+    // started only once the command has seen it refuse a connection.
+    let mut cmd = raftkv();
+    cmd.args(["put", "late", "arrival", "--timeout-ms", "30000"])
+        .env("RAFTKV_NODES", &url)
+        .env("RUST_LOG", "raftkv::client=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut put = Proc {
+        child: cmd.spawn().unwrap(),
+        name: "put".into(),
+    };
+    let stdout = put.child.stdout.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(stdout).read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = mpsc::channel();
+    line_reader(put.child.stderr.take().unwrap(), tx);
+    let mut seen = Vec::new();
+    wait_for_line(&rx, "connect failed", &mut seen);
+
+    let mut node = raftkv();
+    node.args(["start", "--node-id", "late", "--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("late"))
+        .env("RAFTKV_ELECTION_TIMEOUT_MS", "300")
+        .env("RAFTKV_HEARTBEAT_MS", "50")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut node = Proc {
+        child: node.spawn().unwrap(),
+        name: "late node".into(),
+    };
+    let status = put
+        .wait_exit(Duration::from_secs(40))
+        .expect("the put finishes once the node is up");
+    let printed = out.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{printed} {seen:?}");
+    assert!(printed.starts_with("OK (index "), "{printed}");
+    let get = cli(&url, &["get", "late"]);
+    assert_eq!(get.stdout, "late = arrival\n", "{get:?}");
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(15)).is_some());
+}
+
+#[test]
+fn help_matches_behaviour_and_shows_no_empty_env_values() {
+    let subcommands = [
+        "start",
+        "local-cluster",
+        "put",
+        "get",
+        "delete",
+        "list",
+        "status",
+        "leader",
+        "health",
+        "bench",
+    ];
+    for with_env in [false, true] {
+        for sub in subcommands {
+            let mut cmd = raftkv();
+            cmd.args([sub, "--help"]);
+            if with_env {
+                // Set values are not printed either (no `=15]`, no secrets).
+                cmd.env("RAFTKV_TIMEOUT_MS", "4321")
+                    .env("RAFTKV_PORT", "4321");
+            }
+            let out = run_with_limit(cmd, Duration::from_secs(10));
+            assert_eq!(out.code, Some(0), "{sub}: {out:?}");
+            assert!(!out.stdout.contains("=]"), "{sub} --help:\n{}", out.stdout);
+            assert!(
+                !out.stdout.contains("4321"),
+                "{sub} --help:\n{}",
+                out.stdout
+            );
+        }
+    }
+    let get = run_with_limit(
+        {
+            let mut c = raftkv();
+            c.args(["get", "--help"]);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    assert!(
+        get.stdout.contains("[env: RAFTKV_TIMEOUT_MS]"),
+        "{}",
+        get.stdout
+    );
+    // `status --node` does not show only that node: it starts there.
+    let status = run_with_limit(
+        {
+            let mut c = raftkv();
+            c.args(["status", "--help"]);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    assert!(
+        !status.stdout.contains("Show only this node"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .contains("the peers this node reports are asked too"),
+        "{}",
+        status.stdout
+    );
+    let put = run_with_limit(
+        {
+            let mut c = raftkv();
+            c.args(["put", "--help"]);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    assert!(put.stdout.contains("--file <PATH>"), "{}", put.stdout);
 }
 
 #[tokio::test]
@@ -641,6 +890,51 @@ fn local_cluster_starts_recovers_and_stops_on_sigterm() {
     let get = cli(&nodes, &["get", "persisted"]);
     assert_eq!(get.stdout, "persisted = yes\n", "{get:?}");
 
+    // A second launcher on the same data dir (other ports) fails fast,
+    // before its banner and without touching the running nodes' logs.
+    let logs_before: Vec<u64> = (1..=3)
+        .map(|i| {
+            std::fs::metadata(data.join(format!("node-{i}.log")))
+                .unwrap()
+                .len()
+        })
+        .collect();
+    let other_base = free_consecutive_ports(3);
+    let mut second = raftkv();
+    second
+        .args(["local-cluster", "--base-port", &other_base.to_string()])
+        .arg("--data-dir")
+        .arg(&data);
+    let started = Instant::now();
+    let out = run_with_limit(second, Duration::from_secs(20));
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    assert!(
+        out.stderr.contains(&format!(
+            "in use by another local-cluster (pid {})",
+            lc.pid()
+        )),
+        "{out:?}"
+    );
+    assert!(
+        !out.stdout.contains("RaftKV local cluster"),
+        "no banner: {out:?}"
+    );
+    let logs_after: Vec<u64> = (1..=3)
+        .map(|i| {
+            std::fs::metadata(data.join(format!("node-{i}.log")))
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(
+        logs_before, logs_after,
+        "the running cluster's logs are untouched"
+    );
+    for i in 0..3 {
+        assert!(!listening(other_base + i));
+    }
+
     // A node that dies is reported (the banner gives the PIDs).
     let pid: i32 = seen
         .iter()
@@ -661,6 +955,23 @@ fn local_cluster_starts_recovers_and_stops_on_sigterm() {
     // The others keep serving.
     let put = cli(&nodes, &["put", "after-death", "ok"]);
     assert_eq!(put.code, Some(0), "{put:?}");
+
+    // A node stopped cleanly (SIGTERM, exit 0) is reported as such.
+    let pid2: i32 = seen
+        .iter()
+        .find(|l| l.trim_start().starts_with("node-2 "))
+        .and_then(|l| l.split("pid ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid for node-2 in:\n{}", seen.join("\n")));
+    // SAFETY: kill(2) on a process of the cluster this test started.
+    unsafe {
+        libc::kill(pid2, libc::SIGTERM);
+    }
+    wait_for_line(&rx, "node-2 (pid", &mut seen);
+    let line = seen.last().unwrap();
+    assert!(line.contains("stopped cleanly (exit status 0)"), "{line}");
+    assert!(!line.contains("unexpectedly"), "{line}");
     lc.signal(libc::SIGTERM);
     let status = lc.wait_exit(Duration::from_secs(30)).expect("exits");
     assert_eq!(status.code(), Some(0));

@@ -10,6 +10,7 @@
 //! | linearizable read | `POST /v3/kv/range {"key":K}` |
 //! | stale read | `POST /v3/kv/range {"key":K,"serializable":true}` |
 //! | compare-and-swap | `POST /v3/kv/txn` comparing the key's `mod_revision`, putting on success |
+//! | delete (`--cleanup`) | `POST /v3/kv/deleterange {"key":K}` |
 //! | leader lookup | `POST /v3/maintenance/status {}` on each endpoint |
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -22,6 +23,8 @@ pub const PUT_PATH: &str = "/v3/kv/put";
 pub const RANGE_PATH: &str = "/v3/kv/range";
 /// Path of the transaction call.
 pub const TXN_PATH: &str = "/v3/kv/txn";
+/// Path of the delete call.
+pub const DELETE_PATH: &str = "/v3/kv/deleterange";
 /// Path of the member status call (names the leader).
 pub const STATUS_PATH: &str = "/v3/maintenance/status";
 
@@ -51,6 +54,13 @@ pub fn range_body(out: &mut Vec<u8>, key: &[u8], serializable: bool) {
     } else {
         out.extend_from_slice(b"\"}");
     }
+}
+
+/// Appends the body of a single-key delete to `out`.
+pub fn delete_body(out: &mut Vec<u8>, key: &[u8]) {
+    out.extend_from_slice(b"{\"key\":\"");
+    push_b64(out, key);
+    out.extend_from_slice(b"\"}");
 }
 
 /// Appends the body of a transaction "if `key`'s mod_revision is
@@ -132,6 +142,20 @@ pub fn parse_range(body: &[u8]) -> Result<Option<i64>, String> {
         Some(kv) => Ok(Some(kv.mod_revision.value()?)),
         None => Ok(None),
     }
+}
+
+#[derive(Deserialize)]
+struct DeleteAnswer {
+    /// proto3 JSON omits 0.
+    #[serde(default)]
+    deleted: Int,
+}
+
+/// How many keys a delete removed.
+pub fn parse_deleted(body: &[u8]) -> Result<i64, String> {
+    let answer: DeleteAnswer =
+        serde_json::from_slice(body).map_err(|e| format!("deleterange answer: {e}"))?;
+    answer.deleted.value()
 }
 
 #[derive(Deserialize)]

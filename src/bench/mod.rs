@@ -12,7 +12,10 @@
 //!    always apply);
 //! 5. report throughput, latency percentiles from an HDR histogram, errors
 //!    by kind and — with `--pids` — the servers' CPU time per operation,
-//!    read from `/proc/PID/stat` before and after.
+//!    read from `/proc/PID/stat` before and after;
+//! 6. with `--cleanup`, delete every key of the key space (bounded by
+//!    `--cleanup-timeout`). Without it the keys stay, under `--key-prefix`
+//!    (`bench/` by default), and the report says so.
 //!
 //! The hot loop uses a lean HTTP/1.1 connection per task ([`http`]) instead
 //! of the shared [`crate::client::Client`]: no retries hide failures, and the
@@ -59,6 +62,11 @@ Examples:
   raftkv bench -w cas --keys 100 -c 8            # read-modify-write with ?cas=
   raftkv bench --pids 1234,1235,1236 --json      # + server CPU-ms per operation
   raftkv bench --target etcd --endpoints http://127.0.0.1:2379,http://127.0.0.1:22379
+
+Keys: every key is --key-prefix (default \"bench/\") followed by a zero-padded
+number, so a run touches no other key. The keys it wrote stay in the cluster
+(the report says how many and where) unless --cleanup deletes them after the
+run (at most --cleanup-timeout seconds).
 
 Every run is bounded: it stops at --duration (default 10 s; 600 s when only
 --ops is given) or after --ops operations (default 100000000), whichever comes
@@ -134,6 +142,7 @@ pub struct BenchArgs {
         long,
         value_name = "URL,URL,...",
         env = "ETCDCTL_ENDPOINTS",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:2379"
     )]
     pub endpoints: String,
@@ -179,6 +188,16 @@ pub struct BenchArgs {
     /// Prefix of every key (so a bench does not touch other keys).
     #[arg(long, value_name = "P", default_value = "bench/")]
     pub key_prefix: String,
+
+    /// After the run, delete every key of the key space (--keys keys under
+    /// --key-prefix), so the bench leaves nothing behind.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// Give up cleaning up after this many seconds (the keys not deleted by
+    /// then are reported, and the command fails).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub cleanup_timeout: f64,
 
     /// Send requests to the leader, or spread them over all nodes.
     #[arg(long, value_enum, default_value_t = TargetNodes::Leader)]
@@ -300,6 +319,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", report.human());
     }
+    if let Some(c) = report.cleanup.as_ref().filter(|c| !c.complete()) {
+        bail!(
+            "--cleanup did not finish: {} key(s) under {:?} may be left{}",
+            c.failed,
+            report.key_prefix,
+            c.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
     if report.successes + report.conflicts == 0 {
         bail!(
             "no operation succeeded ({} errors: {:?})",
@@ -367,6 +397,7 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
     }
     let warmup = secs("--warmup", args.warmup, 3_600.0)?;
     secs("--populate-timeout", args.populate_timeout, 86_400.0)?;
+    secs("--cleanup-timeout", args.cleanup_timeout, 86_400.0)?;
     if !(0.0..=1.0).contains(&args.read_ratio) {
         return Err(usage("--read-ratio must be between 0 and 1"));
     }
@@ -429,7 +460,9 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         plan.workload,
         Workload::Get | Workload::Mixed | Workload::Cas
     );
-    if reads && !args.no_populate {
+    let populates = reads && !args.no_populate;
+    let wrote_keys = populates || plan.workload != Workload::Get;
+    if populates {
         let started = Instant::now();
         populate(
             &plan,
@@ -505,6 +538,18 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         (Some(ms), n) if n > 0 => Some(ms / n as f64),
         _ => None,
     };
+    let cleanup = if args.cleanup {
+        Some(
+            cleanup(
+                &plan,
+                &endpoints,
+                Duration::from_secs_f64(args.cleanup_timeout),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     Ok(Report {
         target: match plan.system {
             System::RaftKv => "raftkv",
@@ -538,7 +583,110 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         offered_rate_ops_s: args.rate,
         steal_pct: outcome.steal_pct,
         stalls: outcome.stalls.clone(),
+        key_prefix: args.key_prefix.clone(),
+        wrote_keys,
+        cleanup,
     })
+}
+
+/// `--cleanup`: deletes every key of the key space once, spread over up to
+/// 64 connections (a missing key counts as absent), retrying a failed delete
+/// a few times, within `limit`.
+async fn cleanup(
+    plan: &Plan,
+    endpoints: &Arc<Vec<String>>,
+    limit: Duration,
+) -> report::CleanupReport {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    let started = Instant::now();
+    let deleted = Arc::new(AtomicU64::new(0));
+    let absent = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let tasks = (plan.connections as u64).clamp(16, 64).min(plan.keys.count);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let session = Session::new(
+            plan.system,
+            endpoints.clone(),
+            0,
+            plan.keys.clone(),
+            "",
+            false,
+            plan.timeout,
+            Duration::from_secs(2),
+        );
+        let mut session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                first_error.lock().expect("error slot").get_or_insert(e);
+                break;
+            }
+        };
+        let (keys, deleted, absent, first_error) = (
+            plan.keys.clone(),
+            deleted.clone(),
+            absent.clone(),
+            first_error.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let mut i = t;
+            while i < keys.count {
+                let mut tries = 0;
+                loop {
+                    match session.delete(i).await {
+                        Ok(true) => {
+                            deleted.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Ok(false) => {
+                            absent.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(e) if tries >= 5 => {
+                            first_error
+                                .lock()
+                                .expect("error slot")
+                                .get_or_insert(format!("deleting key {:?}: {e:?}", keys.key(i)));
+                            return;
+                        }
+                        Err(report::ErrorKind::Connect) => session.next_endpoint(),
+                        Err(_) => {}
+                    }
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                i += tasks;
+            }
+        }));
+    }
+    let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+    if tokio::time::timeout(limit, futures::future::join_all(handles))
+        .await
+        .is_err()
+    {
+        for a in aborts {
+            a.abort();
+        }
+        first_error
+            .lock()
+            .expect("error slot")
+            .get_or_insert(format!(
+                "stopped at the --cleanup-timeout of {:.0} s",
+                limit.as_secs_f64()
+            ));
+    }
+    let deleted = deleted.load(Ordering::Relaxed);
+    let absent = absent.load(Ordering::Relaxed);
+    let error = first_error.lock().expect("error slot").clone();
+    report::CleanupReport {
+        deleted,
+        absent,
+        failed: plan.keys.count.saturating_sub(deleted + absent),
+        seconds: started.elapsed().as_secs_f64(),
+        error,
+    }
 }
 
 /// A value of `size` printable bytes (alphanumeric: no JSON escaping, and

@@ -279,6 +279,38 @@ pub struct Report {
     /// `--stall-probe`: stalls of the whole machine during the run.
     #[serde(default)]
     pub stalls: Option<StallReport>,
+    /// The prefix of every key the run used (`--key-prefix`).
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Whether the run wrote keys (pre-population or a workload that
+    /// writes): they stay in the cluster unless `cleanup` deleted them.
+    #[serde(default)]
+    pub wrote_keys: bool,
+    /// `--cleanup`: what deleting the key space after the run did.
+    #[serde(default)]
+    pub cleanup: Option<CleanupReport>,
+}
+
+/// What `--cleanup` did: every key of the run's key space deleted once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CleanupReport {
+    /// Keys that existed and were deleted.
+    pub deleted: u64,
+    /// Keys that did not exist (never written by this run).
+    pub absent: u64,
+    /// Keys that could not be deleted (errors, or the time limit).
+    pub failed: u64,
+    /// Seconds the cleanup took.
+    pub seconds: f64,
+    /// The first error, if any.
+    pub error: Option<String>,
+}
+
+impl CleanupReport {
+    /// True when every key of the key space is gone.
+    pub fn complete(&self) -> bool {
+        self.failed == 0 && self.error.is_none()
+    }
 }
 
 impl Report {
@@ -386,7 +418,37 @@ impl Report {
                 st.per_s, st.mean_ms, st.max_ms, st.stalled_pct, st.wakeups
             );
         }
+        let _ = writeln!(s, "  {}", self.keys_note());
         s
+    }
+
+    /// One line on the keys the run left behind (or deleted).
+    pub fn keys_note(&self) -> String {
+        let span = if self.keys <= 1 {
+            format!("{} key", self.keys)
+        } else {
+            format!("up to {} keys", self.keys)
+        };
+        match (&self.cleanup, self.wrote_keys) {
+            (Some(c), _) if c.complete() => format!(
+                "keys         cleaned up: deleted {} key(s) under the prefix {:?} ({} were absent) in {:.1} s",
+                c.deleted, self.key_prefix, c.absent, c.seconds
+            ),
+            (Some(c), _) => format!(
+                "keys         cleanup incomplete: deleted {}, {} absent, {} left under the prefix {:?}{}",
+                c.deleted,
+                c.absent,
+                c.failed,
+                self.key_prefix,
+                c.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            ),
+            (None, true) => format!(
+                "keys         {span} written under the prefix {:?} are left in the cluster; \
+                 --cleanup deletes them after a run",
+                self.key_prefix
+            ),
+            (None, false) => "keys         this run wrote nothing".to_string(),
+        }
     }
 }
 

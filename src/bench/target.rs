@@ -261,6 +261,37 @@ impl Session {
         }
     }
 
+    /// Deletes key `i`: `Ok(true)` if it existed, `Ok(false)` if not.
+    pub async fn delete(&mut self, i: u64) -> Result<bool, ErrorKind> {
+        match self.system {
+            System::RaftKv => {
+                self.keys.path_into(i, &mut self.path_buf);
+                match self.conn.request("DELETE", &self.path_buf, None).await {
+                    Ok(200) => Ok(true),
+                    Ok(404) => Ok(false),
+                    Ok(code) => Err(ErrorKind::Status(code)),
+                    Err(e) => Err(transport(&e)),
+                }
+            }
+            System::Etcd => {
+                self.keys.key_into(i, &mut self.key_buf);
+                self.body_buf.clear();
+                etcd::delete_body(&mut self.body_buf, self.key_buf.as_bytes());
+                match self
+                    .conn
+                    .request("POST", etcd::DELETE_PATH, Some(&self.body_buf))
+                    .await
+                {
+                    Ok(200) => etcd::parse_deleted(self.conn.body())
+                        .map(|n| n > 0)
+                        .map_err(|_| ErrorKind::InvalidResponse),
+                    Ok(code) => Err(ErrorKind::Status(code)),
+                    Err(e) => Err(transport(&e)),
+                }
+            }
+        }
+    }
+
     /// Reads key `i`: `Some(mod index)` if it exists, `None` if not.
     async fn read(&mut self, i: u64, stale: bool) -> Result<Option<u64>, ErrorKind> {
         match self.system {

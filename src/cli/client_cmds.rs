@@ -23,7 +23,7 @@ pub struct ClientOpts {
     pub nodes: Option<String>,
 
     /// Give up after this many milliseconds, retries included (then exit 3).
-    #[arg(long, value_name = "MS", env = "RAFTKV_TIMEOUT_MS", default_value_t = 15_000,
+    #[arg(long, value_name = "MS", env = "RAFTKV_TIMEOUT_MS", hide_env_values = true, default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
 }
@@ -56,19 +56,30 @@ impl ClientOpts {
     }
 }
 
-/// `raftkv put KEY VALUE`.
+/// `raftkv put KEY VALUE` or `raftkv put KEY --file PATH`.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  raftkv put greeting hello\n  \
     raftkv put counter 5 --cas 0      # only if counter does not exist yet\n  \
-    raftkv put counter 6 --cas 17     # only if counter was last written at index 17\n\n\
-    Prints \"OK (index N)\" with the write's Raft log index. Exit 1 if --cas does not match.")]
+    raftkv put counter 6 --cas 17     # only if counter was last written at index 17\n  \
+    raftkv put config --file app.yaml # the file's contents, byte for byte\n  \
+    date | raftkv put stamp --file -  # from stdin (the trailing newline is kept)\n\n\
+    Prints \"OK (index N)\" with the write's Raft log index. Exit 1 if --cas does not match,\n\
+    exit 2 if the value is over 1 MiB (1048576 bytes) or is not UTF-8 text.")]
 pub struct PutArgs {
     /// The key (1-1024 bytes of UTF-8).
     #[arg(allow_hyphen_values = true)]
     pub key: String,
-    /// The value (up to 1 MiB).
-    #[arg(allow_hyphen_values = true)]
-    pub value: String,
+    /// The value (up to 1 MiB of UTF-8). Give --file instead for a value
+    /// that is long or comes from a file or a pipe.
+    #[arg(
+        allow_hyphen_values = true,
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    pub value: Option<String>,
+    /// Read the value from PATH (`-` = standard input), byte for byte.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<std::path::PathBuf>,
     /// Compare-and-swap: write only if the key's current mod index is M
     /// (0 = only if the key is absent).
     #[arg(long, value_name = "M")]
@@ -140,15 +151,21 @@ pub struct ListArgs {
 /// `raftkv status`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  raftkv status\n  raftkv status --node http://127.0.0.1:8002\n  \
-    raftkv status --json\n\nExit 3 if no node answers."
+    after_help = "Examples:\n  raftkv status                                 # every node of --nodes and their peers\n  \
+    raftkv status --node http://127.0.0.1:8002    # start from that node; its peers are asked too\n  \
+    raftkv status --json                          # raw /cluster/status of every node of --nodes\n  \
+    raftkv status --json --node 127.0.0.1:8002    # raw /cluster/status of that node only\n\n\
+    Exit 3 if no node answers."
 )]
 pub struct StatusArgs {
-    /// Show only this node (default: every node of --nodes).
+    /// Ask this node first, instead of the nodes of --nodes. The table still
+    /// shows the whole cluster: the peers this node reports are asked too.
+    /// With --json, only this node's raw status is printed.
     #[arg(long, value_name = "URL")]
     pub node: Option<String>,
-    /// Print the raw JSON of /cluster/status (an array when several nodes
-    /// are asked; unreachable nodes appear as {"url":...,"error":...}).
+    /// Print the raw JSON of /cluster/status: an array with one element per
+    /// node of --nodes (unreachable nodes appear as {"url":...,"error":...}),
+    /// or one object with --node.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -203,13 +220,58 @@ fn print_line(line: &str) {
     let _ = writeln!(out, "{line}");
 }
 
+/// Reads a value for `put --file`: at most the contract's 1 MiB, UTF-8.
+/// `-` is standard input.
+pub fn read_value_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let limit = crate::kv::MAX_VALUE_BYTES;
+    let shown = if path == std::path::Path::new("-") {
+        "standard input".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let reader: Box<dyn Read> = if path == std::path::Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(|e| format!("cannot open {shown}: {e}"))?)
+    };
+    // One byte more than the limit tells "too large" from "exactly 1 MiB"
+    // without reading a huge input to its end.
+    let mut bytes = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if bytes.len() > limit {
+        return Err(format!(
+            "the value in {shown} is larger than the limit of {limit} bytes (1 MiB)"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the value in {shown} is not UTF-8 text (invalid byte at offset {}); \
+             values are strings",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 /// Runs `put`.
 pub async fn put(args: PutArgs, global: Option<&str>) -> ExitCode {
     let client = match client_or_usage(&args.client, global, "put") {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match client.put_cas(&args.key, &args.value, args.cas).await {
+    let value = match (&args.value, &args.file) {
+        (Some(v), _) => v.clone(),
+        (None, Some(path)) => match read_value_file(path) {
+            Ok(v) => v,
+            Err(e) => return super::usage_error("put", format!("--file: {e}")),
+        },
+        // clap requires one of the two.
+        (None, None) => return super::usage_error("put", "give a VALUE or --file PATH"),
+    };
+    match client.put_cas(&args.key, &value, args.cas).await {
         Ok(w) => {
             print_line(&output::write_ok(&w));
             ExitCode::SUCCESS

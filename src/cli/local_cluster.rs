@@ -6,6 +6,11 @@
 //! their own process group, so Ctrl-C reaches only this process, which then
 //! stops them in order (SIGTERM by PID, wait, SIGKILL only if one hangs). On
 //! Linux they also get SIGTERM if this process dies without cleaning up.
+//!
+//! Before it prints anything or opens a log file, it checks that the data
+//! dir is free: `DATA_DIR/local-cluster.lock` (an `flock` held for the
+//! launcher's lifetime, with its PID inside) catches a second launcher, and
+//! a probe of each node's sled lock catches a node started by hand.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -134,6 +139,21 @@ pub async fn run(args: LocalClusterArgs) -> anyhow::Result<ExitCode> {
             ));
         }
     }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    // Checked before any banner, log file or child: a second launcher on
+    // the same data dir must not write into the running cluster's logs.
+    let _lock = LauncherLock::acquire(&args.data_dir)?;
+    for n in &nodes {
+        if node_dir_in_use(&n.data_dir)? {
+            anyhow::bail!(
+                "{} is in use by another process (its database lock is held): \
+                 a raftkv node for {} is already running on it. Stop it, or use another --data-dir",
+                n.data_dir.display(),
+                n.id
+            );
+        }
+    }
     for n in &nodes {
         // Fail early and clearly rather than with three children dying on
         // "address in use".
@@ -145,8 +165,6 @@ pub async fn run(args: LocalClusterArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the raftkv executable")?;
     let shutdown = super::signals::shutdown_signal().context("cannot install signal handlers")?;
     tokio::pin!(shutdown);
@@ -180,6 +198,13 @@ pub async fn run(args: LocalClusterArgs) -> anyhow::Result<ExitCode> {
             _ = tick.tick() => {}
         }
         if reap(&mut running) && running.iter().all(|r| r.exited.is_some()) {
+            let clean = running
+                .iter()
+                .all(|r| r.exited.is_some_and(|s| s.success()));
+            if clean {
+                println!("Every node has stopped cleanly; exiting.");
+                return Ok(ExitCode::SUCCESS);
+            }
             eprintln!("every node has exited; stopping");
             return Ok(ExitCode::FAILURE);
         }
@@ -260,6 +285,15 @@ fn reap(running: &mut [Running]) -> bool {
         if let Ok(Some(status)) = r.child.try_wait() {
             r.exited = Some(status);
             any = true;
+            if status.success() {
+                // Someone stopped it with SIGTERM/SIGINT: a clean shutdown,
+                // not a crash.
+                println!(
+                    "{} (pid {}) stopped cleanly (exit status 0); the others keep running.",
+                    r.node.id, r.pid
+                );
+                continue;
+            }
             eprintln!(
                 "{} (pid {}) exited unexpectedly: {status}. Last lines of {}:",
                 r.node.id,
@@ -275,7 +309,8 @@ fn reap(running: &mut [Running]) -> bool {
 }
 
 /// SIGTERM to every running child, then wait; SIGKILL any that has not
-/// exited after 10 s. Returns true if all exited cleanly.
+/// exited after 10 s. Returns true if every node, including those that
+/// stopped earlier, exited cleanly (status 0).
 async fn stop_all(running: &mut [Running]) -> bool {
     for r in running.iter().filter(|r| r.exited.is_none()) {
         // The child has not been reaped (exited is None and we hold it), so
@@ -290,8 +325,9 @@ async fn stop_all(running: &mut [Running]) -> bool {
     }
     let mut clean = true;
     for r in running.iter_mut() {
-        if r.exited.is_some() {
-            clean = false;
+        if let Some(status) = r.exited {
+            // Reported when it happened; only a failure makes this unclean.
+            clean &= status.success();
             continue;
         }
         let status = match tokio::time::timeout(Duration::from_secs(10), r.child.wait()).await {
@@ -318,6 +354,84 @@ async fn stop_all(running: &mut [Running]) -> bool {
         }
     }
     clean
+}
+
+/// `DATA_DIR/local-cluster.lock`, exclusively `flock`ed while this
+/// launcher runs (the kernel drops the lock when the process dies, so a
+/// crashed launcher leaves no stale lock behind).
+struct LauncherLock {
+    _file: std::fs::File,
+}
+
+/// Name of the launcher's lock file in the data dir.
+pub const LOCK_FILE: &str = "local-cluster.lock";
+
+impl LauncherLock {
+    fn acquire(data_dir: &Path) -> anyhow::Result<LauncherLock> {
+        use std::io::{Read, Seek, Write};
+        let path = data_dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if !try_flock(&file).with_context(|| format!("cannot lock {}", path.display()))? {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                String::from("another local-cluster")
+            } else {
+                format!("another local-cluster (pid {holder})")
+            };
+            anyhow::bail!(
+                "{} is in use by {who}. Stop that one first (Ctrl-C in its terminal{}), \
+                 or give this one another --data-dir",
+                data_dir.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(", or kill -TERM {holder}")
+                }
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(LauncherLock { _file: file })
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` if another open file holds it.
+fn try_flock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a file descriptor we own for the call's duration.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// True if a process holds the sled database lock of `node_dir` (sled
+/// `flock`s `node_dir/db`). The probe's own lock is released at once by
+/// closing the file, before any child is started.
+fn node_dir_in_use(node_dir: &Path) -> anyhow::Result<bool> {
+    let db = node_dir.join("db");
+    let file = match std::fs::File::open(&db) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", db.display())),
+    };
+    let free = try_flock(&file).with_context(|| format!("cannot check {}", db.display()))?;
+    Ok(!free)
 }
 
 fn tail(path: &Path, lines: usize) -> Vec<String> {
@@ -427,6 +541,41 @@ mod tests {
         );
         assert_eq!(cfg.cluster_id.as_deref(), Some("c1"));
         assert_eq!(cfg.data_dir, PathBuf::from("/d/node-2"));
+    }
+
+    #[test]
+    fn a_second_launcher_on_the_same_data_dir_is_refused_with_the_holder_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LauncherLock::acquire(dir.path()).unwrap();
+        let err = LauncherLock::acquire(dir.path()).err().expect("refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&format!(
+                "in use by another local-cluster (pid {})",
+                std::process::id()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("--data-dir"), "{msg}");
+        drop(first);
+        // Released with the file (as when the process exits): free again.
+        let again = LauncherLock::acquire(dir.path()).unwrap();
+        drop(again);
+    }
+
+    #[test]
+    fn a_node_dir_whose_database_is_locked_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("node-1");
+        assert!(!node_dir_in_use(&node).unwrap(), "no database yet");
+        std::fs::create_dir_all(&node).unwrap();
+        let db = std::fs::File::create(node.join("db")).unwrap();
+        assert!(!node_dir_in_use(&node).unwrap(), "nobody holds it");
+        // sled holds an exclusive flock on `db` while a node runs.
+        assert!(try_flock(&db).unwrap());
+        assert!(node_dir_in_use(&node).unwrap());
+        drop(db);
+        assert!(!node_dir_in_use(&node).unwrap());
     }
 
     #[test]

@@ -28,16 +28,18 @@ pub const EXIT_UNAVAILABLE: u8 = 3;
 const EXAMPLES: &str = "\
 Getting started:
   raftkv local-cluster                 # three nodes on 127.0.0.1:8001-8003, data in ./data
-  raftkv put greeting hello            # OK (index 5)
+  raftkv put greeting hello            # OK (index 2) on a fresh cluster
   raftkv get greeting                  # greeting = hello
   raftkv list --prefix gr              # greeting = hello
-  raftkv delete greeting               # OK (index 6)
+  raftkv put notes --file notes.txt    # a value from a file (`-` = stdin)
+  raftkv delete greeting               # OK (index 4)
   raftkv status                        # a table of every node
   raftkv leader                        # node-1 http://127.0.0.1:8001
 
 Client commands talk to --nodes (env RAFTKV_NODES, default
 http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003), find the
-leader themselves and retry on another node when one is down.
+leader themselves, and retry on another node when one is down, with backoff,
+until --timeout-ms (env RAFTKV_TIMEOUT_MS, default 15000) has passed.
 
 Exit codes: 0 success, 1 key not found / precondition failed, 2 usage error,
 3 cluster unavailable.
@@ -168,5 +170,34 @@ async fn run_start(args: StartArgs) -> ExitCode {
             eprintln!("error: {:#}", anyhow::Error::new(e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap prints `[env: NAME=VALUE]`, which reads `[env: NAME=]` when the
+    /// variable is not set; every flag with a variable hides the value.
+    #[test]
+    fn every_env_flag_hides_its_value_in_help() {
+        fn check(cmd: &clap::Command, path: &str, seen: &mut usize) {
+            for arg in cmd.get_arguments() {
+                if arg.get_env().is_some() {
+                    *seen += 1;
+                    assert!(
+                        arg.is_hide_env_values_set(),
+                        "{path} --{}: add hide_env_values = true",
+                        arg.get_id()
+                    );
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()), seen);
+            }
+        }
+        let mut seen = 0;
+        check(&Cli::command(), "raftkv", &mut seen);
+        assert!(seen > 10, "only {seen} flags with an environment variable");
     }
 }

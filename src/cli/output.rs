@@ -228,6 +228,7 @@ mod tests {
         assert_eq!(
             exit_code(&ClientError::CasMismatch {
                 key: "k".into(),
+                expected: 2,
                 current: 1
             }),
             1

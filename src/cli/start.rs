@@ -16,64 +16,69 @@ use crate::node::{NodeConfig, PeerSpec};
 #[command(after_help = START_EXAMPLES)]
 pub struct StartArgs {
     /// This node's id, unique in the cluster (e.g. node-1).
-    #[arg(long, env = "RAFTKV_NODE_ID", value_parser = parse_node_id)]
+    #[arg(long, env = "RAFTKV_NODE_ID", hide_env_values = true, value_parser = parse_node_id)]
     pub node_id: String,
 
     /// Port for the client API and the Raft RPCs.
-    #[arg(long, env = "RAFTKV_PORT", default_value_t = crate::node::DEFAULT_PORT)]
+    #[arg(long, env = "RAFTKV_PORT", hide_env_values = true, default_value_t = crate::node::DEFAULT_PORT)]
     pub port: u16,
 
     /// The other members: "node-2=127.0.0.1:8002,node-3=127.0.0.1:8003", or
     /// the bare form "localhost:8002,localhost:8003". Empty or absent: a
     /// one-node cluster that commits on its own.
-    #[arg(long, env = "RAFTKV_PEERS", value_parser = parse_peer_list)]
+    #[arg(long, env = "RAFTKV_PEERS", hide_env_values = true, value_parser = parse_peer_list)]
     pub peers: Option<PeerList>,
 
     /// Address to bind (0.0.0.0 to listen on every interface, as in a container).
-    #[arg(long, env = "RAFTKV_HOST", default_value = "127.0.0.1")]
+    #[arg(
+        long,
+        env = "RAFTKV_HOST",
+        hide_env_values = true,
+        default_value = "127.0.0.1"
+    )]
     pub host: String,
 
     /// host:port that peers and clients are told to use [default: HOST:PORT].
-    #[arg(long, env = "RAFTKV_ADVERTISE", value_parser = parse_host_port)]
+    #[arg(long, env = "RAFTKV_ADVERTISE", hide_env_values = true, value_parser = parse_host_port)]
     pub advertise: Option<String>,
 
     /// Where this node keeps its database [default: ./data/NODE_ID].
-    #[arg(long, env = "RAFTKV_DATA_DIR")]
+    #[arg(long, env = "RAFTKV_DATA_DIR", hide_env_values = true)]
     pub data_dir: Option<PathBuf>,
 
     /// Interval between leader heartbeats, in milliseconds.
-    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = crate::node::DEFAULT_HEARTBEAT_MS,
+    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", hide_env_values = true, default_value_t = crate::node::DEFAULT_HEARTBEAT_MS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_ms: u64,
 
     /// Minimum election timeout in milliseconds; each timeout is drawn at
     /// random from [N, 2N).
-    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = crate::node::DEFAULT_ELECTION_TIMEOUT_MS,
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", hide_env_values = true, default_value_t = crate::node::DEFAULT_ELECTION_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub election_timeout_ms: u64,
 
     /// Entries applied since the last snapshot before a new snapshot is taken
     /// and the log is compacted (0 = never).
-    #[arg(long, env = "RAFTKV_SNAPSHOT_THRESHOLD",
+    #[arg(long, env = "RAFTKV_SNAPSHOT_THRESHOLD", hide_env_values = true,
           default_value_t = crate::node::DEFAULT_SNAPSHOT_THRESHOLD)]
     pub snapshot_threshold: u64,
 
     /// Cluster id, carried by every Raft RPC and recorded in the data dir; a
     /// node rejects RPCs from another cluster and refuses another cluster's
     /// data dir.
-    #[arg(long, env = "RAFTKV_CLUSTER_ID", value_parser = parse_cluster_id)]
+    #[arg(long, env = "RAFTKV_CLUSTER_ID", hide_env_values = true, value_parser = parse_cluster_id)]
     pub cluster_id: Option<String>,
 
     /// How long a client request may wait for its commit before the node
     /// answers 503, in milliseconds.
-    #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = crate::node::DEFAULT_REQUEST_TIMEOUT_MS,
+    #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", hide_env_values = true, default_value_t = crate::node::DEFAULT_REQUEST_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
 
     /// sled's page cache, in MiB. The node's resident memory is a multiple
     /// of it (sled undercounts what its cache holds); lower it to bound
     /// memory, raise it when the hot data set does not fit.
-    #[arg(long, env = "RAFTKV_CACHE_MB", default_value_t = crate::node::DEFAULT_CACHE_MB,
+    #[arg(long, env = "RAFTKV_CACHE_MB", hide_env_values = true, default_value_t = crate::node::DEFAULT_CACHE_MB,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub cache_mb: u64,
 
@@ -81,7 +86,7 @@ pub struct StartArgs {
     /// verify them in the background (the node stops if one is damaged).
     /// Restart then costs O(log tail) instead of O(data); off by default,
     /// because a node should never serve on damaged state.
-    #[arg(long, env = "RAFTKV_KV_CHECK_IN_BACKGROUND")]
+    #[arg(long, env = "RAFTKV_KV_CHECK_IN_BACKGROUND", hide_env_values = true)]
     pub kv_check_in_background: bool,
 }
 

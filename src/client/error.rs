@@ -15,11 +15,15 @@ pub enum ClientError {
     },
     /// A compare-and-swap precondition failed (HTTP 412); nothing changed.
     #[error(
-        "precondition failed: key {key} is at index {current} (0 = absent), not the expected one"
+        "precondition failed: key {key} was expected at index {expected}{}, but it is {}",
+        if *.expected == 0 { " (absent)" } else { "" },
+        if *.current == 0 { "absent (index 0)".to_string() } else { format!("at index {}", .current) }
     )]
     CasMismatch {
         /// The key.
         key: String,
+        /// The mod index the write required (`--cas`; 0 = absent).
+        expected: u64,
         /// The key's current mod index (0 = absent).
         current: u64,
     },

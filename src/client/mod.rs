@@ -7,7 +7,11 @@
 //!   that answered, which forwards.
 //! * **Failover**: a node that is down, or answers 503, is skipped and the
 //!   request is retried on another node, with backoff once every node has
-//!   failed, bounded by an attempt count and a total deadline.
+//!   failed, until the total deadline ([`ClientConfig::total_timeout`]): a
+//!   command issued while the whole cluster restarts waits for it.
+//! * **Keys byte for byte**: a key is one percent-encoded path segment, sent
+//!   through [`crate::http_client`], which never rewrites a path, so `.`,
+//!   `..`, `a/../b` or `%41` reach the node as the keys they are.
 //! * **Safety of retries**: reads and plain puts are retried after an
 //!   ambiguous failure (a timeout, a dropped connection, `"outcome":"unknown"`),
 //!   because repeating them cannot change the result. Deletes and
@@ -47,9 +51,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hyper::header::{HeaderMap, RETRY_AFTER};
+use hyper::{Method, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+
+use crate::http_client::{HttpClient, HttpClientConfig, HttpError};
 
 pub mod error;
 pub mod types;
@@ -89,7 +96,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Deadline for one call, all retries included.
     pub total_timeout: Duration,
-    /// Attempts per call, at least 1 (1 = no retries).
+    /// Attempts per call, at least 1 (1 = no retries). The default has no
+    /// practical limit: [`ClientConfig::total_timeout`] is the bound.
     pub max_attempts: u32,
     /// Idle kept-alive connections per node.
     pub max_idle_per_node: usize,
@@ -103,7 +111,7 @@ impl Default for ClientConfig {
             attempt_timeout: Duration::from_secs(8),
             connect_timeout: Duration::from_secs(1),
             total_timeout: Duration::from_secs(15),
-            max_attempts: 50,
+            max_attempts: u32::MAX,
             max_idle_per_node: 256,
         }
     }
@@ -158,9 +166,20 @@ pub fn normalize_url(s: &str) -> Result<String, String> {
     Ok(format!("http://{host}:{port}"))
 }
 
-/// Percent-encodes a key (or query value) for use in a URL.
+/// Percent-encodes a query value (or a prefix) for use in a URL.
 pub fn encode_component(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+/// Percent-encodes a key as one path segment (`/` included). The keys `.`
+/// and `..` become `%2E` and `%2E%2E`: a bare dot segment is what URL
+/// normalisers (and `curl` without `--path-as-is`) fold away first.
+pub fn encode_key(key: &str) -> String {
+    match key {
+        "." => "%2E".to_string(),
+        ".." => "%2E%2E".to_string(),
+        _ => encode_component(key),
+    }
 }
 
 /// What a request does, which decides when it may be sent again.
@@ -208,7 +227,7 @@ struct Cache {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    http: HttpClient,
     config: ClientConfig,
     cache: Mutex<Cache>,
     /// Serialises discovery: concurrent callers wait for one round instead of
@@ -237,11 +256,11 @@ const REDISCOVER_AFTER: Duration = Duration::from_millis(200);
 /// Backoff after a full round of failed nodes, doubled per round up to the cap.
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_millis(500);
+/// Time kept for a last round of attempts when a backoff would end at the
+/// deadline.
+const LAST_ROUND: Duration = Duration::from_millis(20);
 /// A `Retry-After` from a node is honoured up to this long.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(1);
-/// Rounds in which every node refused the connection before giving up
-/// early: a cluster that is entirely down is reported quickly.
-const DEAD_ROUNDS: u32 = 3;
 
 impl Client {
     /// Builds a client. Fails only on an unusable configuration.
@@ -253,16 +272,13 @@ impl Client {
         for n in &config.nodes {
             nodes.push(normalize_url(n).map_err(ClientError::Config)?);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_node)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            // A KV client talks to its nodes directly; an http_proxy
-            // variable meant for the web must not reroute it.
-            .no_proxy()
-            .build()
-            .map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?;
+        // A KV client talks to its nodes directly: no proxy variable
+        // reroutes it.
+        let http = HttpClient::new(HttpClientConfig {
+            connect_timeout: config.connect_timeout,
+            pool_idle_timeout: Duration::from_secs(60),
+            max_idle_per_host: config.max_idle_per_node,
+        });
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -316,7 +332,7 @@ impl Client {
             .expect("serialising a string map cannot fail");
         let op = Op {
             method: Method::PUT,
-            path: with_cas(format!("/kv/{}", encode_component(key)), cas),
+            path: with_cas(format!("/kv/{}", encode_key(key)), cas),
             body: Some(Bytes::from(body)),
             kind: if cas.is_none() {
                 Kind::IdempotentWrite
@@ -326,7 +342,7 @@ impl Client {
             any_node: false,
         };
         let answer = self.execute(&op).await?;
-        write_answer(key, answer)
+        write_answer(key, cas, answer)
     }
 
     /// `DELETE /kv/{key}` (with `?cas=M` when `cas` is given).
@@ -334,19 +350,19 @@ impl Client {
         check_key(key)?;
         let op = Op {
             method: Method::DELETE,
-            path: with_cas(format!("/kv/{}", encode_component(key)), cas),
+            path: with_cas(format!("/kv/{}", encode_key(key)), cas),
             body: None,
             kind: Kind::UnsafeWrite,
             any_node: false,
         };
         let answer = self.execute(&op).await?;
-        write_answer(key, answer)
+        write_answer(key, cas, answer)
     }
 
     /// `GET /kv/{key}`, linearizable or stale.
     pub async fn get(&self, key: &str, consistency: Consistency) -> Result<KvItem, ClientError> {
         check_key(key)?;
-        let mut path = format!("/kv/{}", encode_component(key));
+        let mut path = format!("/kv/{}", encode_key(key));
         if consistency == Consistency::Stale {
             path.push_str("?consistency=stale");
         }
@@ -491,40 +507,42 @@ impl Client {
             .await
             .map_err(|e| ClientError::Unavailable {
                 outcome_unknown: false,
-                message: format!("{node}: {}", describe(&e)),
+                message: format!("{node}: {e}"),
             })
     }
 
-    async fn send(&self, node: &str, op: &Op, timeout: Duration) -> Result<Answer, reqwest::Error> {
-        let mut req = self
+    async fn send(&self, node: &str, op: &Op, timeout: Duration) -> Result<Answer, HttpError> {
+        let resp = self
             .inner
             .http
-            .request(op.method.clone(), format!("{node}{}", op.path))
-            .timeout(timeout);
-        if let Some(body) = &op.body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
+            .request(
+                op.method.clone(),
+                &format!("{node}{}", op.path),
+                HeaderMap::new(),
+                op.body.clone(),
+                timeout,
+            )
+            .await?;
         let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
+            .headers
+            .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = resp.bytes().await?;
         Ok(Answer {
             url: node.to_string(),
-            status,
+            status: resp.status,
             retry_after,
-            body,
+            body: resp.body,
         })
     }
 
     /// Sends `op` until a node gives a definitive answer (anything but a
-    /// connection failure or a 503), or the retry budget runs out.
+    /// connection failure or a 503), or the deadline passes.
+    ///
+    /// A cluster that is entirely down (every connection refused, e.g.
+    /// while it restarts) is retried too, with backoff, until the deadline:
+    /// the deadline is the caller's statement of how long it will wait.
     async fn execute(&self, op: &Op) -> Result<Answer, ClientError> {
         let config = &self.inner.config;
         let started = Instant::now();
@@ -533,56 +551,63 @@ impl Client {
         // Nodes that failed since the last backoff; skipped while others remain.
         let mut failed: Vec<String> = Vec::new();
         let mut round = 0u32;
-        let mut dead_rounds = 0u32;
-        let mut refused_this_round = true;
         let mut maybe_applied = false;
-        let mut last_error = String::from("no attempt made");
+        // What went wrong last, from a request or from leader discovery.
+        let mut last_error: Option<String> = None;
         let mut hint: Option<Duration> = None;
-        let mut attempts = 0;
-        for attempt in 1..=config.max_attempts {
-            attempts = attempt;
-            let target = self.pick(op, &failed).await;
+        // Requests actually sent (discovery probes are not counted).
+        let mut attempts: u32 = 0;
+        while attempts < config.max_attempts {
+            let (target, discovery_error) = self.pick(op, &failed, deadline).await;
+            if let Some(e) = discovery_error {
+                last_error = Some(e);
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
             }
+            attempts += 1;
+            let attempt = attempts;
             let timeout = remaining.min(config.attempt_timeout);
             match self.send(&target, op, timeout).await {
                 Ok(answer) if answer.status == StatusCode::SERVICE_UNAVAILABLE => {
                     let body: ErrorBody = serde_json::from_slice(&answer.body).unwrap_or_default();
                     let unknown = body.outcome.as_deref() == Some("unknown");
                     let message = body.error.unwrap_or_else(|| "service unavailable".into());
-                    last_error = format!("{target}: {message}");
-                    refused_this_round = false;
+                    let error = format!("{target}: {message}");
                     if unknown {
                         if op.kind == Kind::UnsafeWrite {
                             return Err(ClientError::Unavailable {
                                 outcome_unknown: true,
-                                message: last_error,
+                                message: error,
                             });
                         }
                         maybe_applied |= op.kind == Kind::IdempotentWrite;
                     }
+                    last_error = Some(error);
                     hint = answer.retry_after.map(|d| d.min(RETRY_AFTER_CAP));
                     tracing::debug!(attempt, %target, %message, "503, retrying elsewhere");
                 }
                 Ok(answer) => return Ok(answer),
+                Err(HttpError::InvalidUrl { url, reason }) => {
+                    return Err(ClientError::Config(format!("{url}: {reason}")));
+                }
                 Err(e) => {
-                    last_error = format!("{target}: {}", describe(&e));
+                    let error = format!("{target}: {e}");
                     if e.is_connect() {
-                        tracing::debug!(attempt, %target, "connect failed, retrying elsewhere");
+                        tracing::debug!(attempt, %target, error = %e, "connect failed, retrying elsewhere");
                     } else {
                         // The request may have reached the node.
-                        refused_this_round = false;
                         if op.kind == Kind::UnsafeWrite {
                             return Err(ClientError::Unavailable {
                                 outcome_unknown: true,
-                                message: last_error,
+                                message: error,
                             });
                         }
                         maybe_applied |= op.kind == Kind::IdempotentWrite;
                         tracing::debug!(attempt, %target, error = %e, "request failed, retrying");
                     }
+                    last_error = Some(error);
                 }
             }
             self.forget(&target);
@@ -591,49 +616,51 @@ impl Client {
             }
             if failed.len() >= n {
                 // Every node failed once: wait before the next round.
-                if refused_this_round {
-                    dead_rounds += 1;
-                    if dead_rounds >= DEAD_ROUNDS {
-                        break;
-                    }
-                } else {
-                    dead_rounds = 0;
-                }
                 let backoff = hint.take().unwrap_or_else(|| {
                     (BACKOFF_START * 2u32.saturating_pow(round)).min(BACKOFF_CAP)
                 });
-                round += 1;
+                round = round.saturating_add(1);
                 failed.clear();
-                refused_this_round = true;
+                // Sleep at most until just before the deadline, so that one
+                // more round runs at the end of the caller's time budget.
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining <= backoff {
+                if remaining <= LAST_ROUND {
                     break;
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(backoff.min(remaining - LAST_ROUND)).await;
             }
         }
         Err(ClientError::Unavailable {
             outcome_unknown: maybe_applied,
-            message: format!(
-                "gave up after {attempts} attempt(s) in {:.1}s; last error: {last_error}",
-                started.elapsed().as_secs_f64()
+            message: give_up_message(
+                attempts,
+                started.elapsed(),
+                config.total_timeout,
+                last_error.as_deref(),
             ),
         })
     }
 
-    /// Chooses the node for the next attempt.
-    async fn pick(&self, op: &Op, failed: &[String]) -> String {
+    /// Chooses the node for the next attempt, and says why leader discovery
+    /// failed if it ran and found nothing.
+    async fn pick(
+        &self,
+        op: &Op,
+        failed: &[String],
+        deadline: Instant,
+    ) -> (String, Option<String>) {
         if op.any_node || self.inner.config.routing == Routing::RoundRobin {
-            return self.next_node(failed);
+            return (self.next_node(failed), None);
         }
         if let Some(p) = self.preferred() {
             if !failed.contains(&p) {
-                return p;
+                return (p, None);
             }
         }
-        match self.discover(failed).await {
-            Some(p) if !failed.contains(&p) => p,
-            _ => self.next_node(failed),
+        match self.discover(failed, deadline).await {
+            Ok(Some(p)) if !failed.contains(&p) => (p, None),
+            Ok(_) => (self.next_node(failed), None),
+            Err(why) => (self.next_node(failed), Some(why)),
         }
     }
 
@@ -666,33 +693,40 @@ impl Client {
     }
 
     /// Asks the nodes for the leader and caches where to send requests.
-    /// Returns `None` when no node knows a leader (or discovery ran very
-    /// recently and found none).
-    async fn discover(&self, failed: &[String]) -> Option<String> {
+    /// `Ok(None)` when discovery ran very recently and found none; `Err`
+    /// says why no node named a leader.
+    async fn discover(
+        &self,
+        failed: &[String],
+        deadline: Instant,
+    ) -> Result<Option<String>, String> {
         let _guard = self.inner.discovery.lock().await;
         {
             // Another task may have discovered while we waited.
             let cache = self.inner.cache.lock().expect("cache lock");
             if let Some(p) = &cache.preferred {
-                return Some(p.clone());
+                return Ok(Some(p.clone()));
             }
             if cache
                 .last_discovery
                 .is_some_and(|t| t.elapsed() < REDISCOVER_AFTER)
             {
-                return None;
+                return Ok(None);
             }
         }
-        let found = self.find_leader(failed).await;
+        let found = self.find_leader(failed, deadline).await;
         let mut cache = self.inner.cache.lock().expect("cache lock");
         cache.last_discovery = Some(Instant::now());
         if cache.preferred.is_none() {
-            cache.preferred = found.clone();
+            cache.preferred = found.as_ref().ok().cloned();
         }
-        found
+        found.map(Some)
     }
 
-    async fn find_leader(&self, failed: &[String]) -> Option<String> {
+    /// Where requests should go: the leader, or the node that named it when
+    /// the leader's URL cannot be reached from here. `Err` says why no node
+    /// named a leader (each probe is bounded by `deadline`).
+    async fn find_leader(&self, failed: &[String], deadline: Instant) -> Result<String, String> {
         let probe = self
             .inner
             .config
@@ -706,21 +740,40 @@ impl Client {
             kind: Kind::Read,
             any_node: true,
         };
+        let mut why = String::from("every node has already failed this round");
         for node in self.nodes().iter().filter(|n| !failed.contains(n)) {
-            let Ok(answer) = self.send(node, &op, probe).await else {
-                continue;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                why = format!("leader discovery: the timeout ran out before {node} was asked");
+                break;
+            }
+            let answer = match self.send(node, &op, probe.min(remaining)).await {
+                Ok(a) => a,
+                Err(e) => {
+                    why = format!("{node}: {e}");
+                    continue;
+                }
             };
             if answer.status != StatusCode::OK {
+                let body: ErrorBody = serde_json::from_slice(&answer.body).unwrap_or_default();
+                why = format!(
+                    "{node}: {}",
+                    body.error.unwrap_or_else(|| format!(
+                        "HTTP {} to GET /cluster/leader",
+                        answer.status
+                    ))
+                );
                 continue;
             }
             let Ok(info) = serde_json::from_slice::<LeaderInfo>(&answer.body) else {
+                why = format!("{node}: unreadable answer to GET /cluster/leader");
                 continue;
             };
             let Ok(url) = normalize_url(&info.leader_url) else {
-                return Some(node.clone());
+                return Ok(node.clone());
             };
             if self.nodes().contains(&url) {
-                return Some(url);
+                return Ok(url);
             }
             // Not one of ours: use it only if we can reach it (a container
             // name, say, may not resolve here); otherwise let `node` forward.
@@ -728,12 +781,38 @@ impl Client {
                 path: "/health".into(),
                 ..op
             };
-            return match self.send(&url, &health, probe).await {
-                Ok(a) if a.status == StatusCode::OK => Some(url),
-                _ => Some(node.clone()),
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            return match self.send(&url, &health, probe.min(remaining)).await {
+                Ok(a) if a.status == StatusCode::OK => Ok(url),
+                _ => Ok(node.clone()),
             };
         }
-        None
+        Err(why)
+    }
+}
+
+/// The message of a call that ran out of time or attempts: how many
+/// requests were really sent, in how long, and the last thing that went
+/// wrong (a request's failure, or why leader discovery found nothing).
+fn give_up_message(
+    attempts: u32,
+    elapsed: Duration,
+    timeout: Duration,
+    last_error: Option<&str>,
+) -> String {
+    let secs = elapsed.as_secs_f64();
+    match (attempts, last_error) {
+        (0, Some(e)) => format!(
+            "no request could be sent within the {} ms timeout ({secs:.1}s); last error: {e}",
+            timeout.as_millis()
+        ),
+        (0, None) => format!(
+            "the {} ms timeout ran out ({secs:.1}s) before any node could be tried",
+            timeout.as_millis()
+        ),
+        (n, Some(e)) => format!("gave up after {n} attempt(s) in {secs:.1}s; last error: {e}"),
+        // Every attempt ends with an error recorded; kept for completeness.
+        (n, None) => format!("gave up after {n} attempt(s) in {secs:.1}s"),
     }
 }
 
@@ -759,7 +838,8 @@ fn check_key(key: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn write_answer(key: &str, answer: Answer) -> Result<WriteResult, ClientError> {
+/// Maps the answer to a write; `cas` is the precondition it was sent with.
+fn write_answer(key: &str, cas: Option<u64>, answer: Answer) -> Result<WriteResult, ClientError> {
     match answer.status {
         StatusCode::OK => parse(&answer),
         StatusCode::NOT_FOUND => Err(ClientError::NotFound { key: key.into() }),
@@ -767,6 +847,7 @@ fn write_answer(key: &str, answer: Answer) -> Result<WriteResult, ClientError> {
             let body: ErrorBody = serde_json::from_slice(&answer.body).unwrap_or_default();
             Err(ClientError::CasMismatch {
                 key: key.into(),
+                expected: cas.unwrap_or(0),
                 current: body.index.unwrap_or(0),
             })
         }
@@ -802,23 +883,6 @@ fn snippet(body: &[u8]) -> String {
         s.push('…');
     }
     s
-}
-
-/// A one-line reason for a transport error (reqwest's Display hides the
-/// cause, e.g. "connection refused").
-fn describe(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let mut root: &dyn std::error::Error = e;
-    while let Some(src) = root.source() {
-        root = src;
-    }
-    format!("{what} ({root})")
 }
 
 #[cfg(test)]

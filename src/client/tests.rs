@@ -16,6 +16,20 @@ fn node_lists_are_normalised() {
 }
 
 #[test]
+fn dot_keys_are_escaped_so_no_normaliser_folds_them() {
+    assert_eq!(encode_key("."), "%2E");
+    assert_eq!(encode_key(".."), "%2E%2E");
+    assert_eq!(encode_key("..."), "...");
+    assert_eq!(encode_key("a/../b"), "a%2F..%2Fb");
+    assert_eq!(encode_key("./x"), ".%2Fx");
+    assert_eq!(encode_key("50%"), "50%25");
+    // Every key is one segment: no `/` survives.
+    for key in [".", "..", "/", "a/b/", "//x", "?#"] {
+        assert!(!encode_key(key).contains('/'), "{key}");
+    }
+}
+
+#[test]
 fn keys_are_escaped_as_one_segment() {
     assert_eq!(
         encode_component("a/b c?d%e+f&g"),
@@ -49,6 +63,7 @@ fn write_answers_map_to_typed_results() {
     assert_eq!(
         write_answer(
             "k",
+            None,
             answer(200, r#"{"status":"committed","key":"k","index":7}"#)
         ),
         Ok(WriteResult {
@@ -57,41 +72,115 @@ fn write_answers_map_to_typed_results() {
         })
     );
     assert_eq!(
-        write_answer("k", answer(412, r#"{"error":"cas","key":"k","index":4}"#)),
+        write_answer(
+            "k",
+            Some(2),
+            answer(412, r#"{"error":"cas","key":"k","index":4}"#)
+        ),
         Err(ClientError::CasMismatch {
             key: "k".into(),
+            expected: 2,
             current: 4
         })
     );
     assert_eq!(
-        write_answer("k", answer(404, r#"{"error":"key not found","key":"k"}"#)),
+        write_answer(
+            "k",
+            None,
+            answer(404, r#"{"error":"key not found","key":"k"}"#)
+        ),
         Err(ClientError::NotFound { key: "k".into() })
     );
     assert_eq!(
-        write_answer("k", answer(413, r#"{"error":"body too large"}"#)),
+        write_answer("k", None, answer(413, r#"{"error":"body too large"}"#)),
         Err(ClientError::BadRequest("body too large".into()))
     );
     assert!(matches!(
-        write_answer("k", answer(200, "not json")),
+        write_answer("k", None, answer(200, "not json")),
         Err(ClientError::InvalidResponse { .. })
     ));
     assert!(matches!(
-        write_answer("k", answer(500, "oops")),
+        write_answer("k", None, answer(500, "oops")),
         Err(ClientError::Http { status: 500, .. })
     ));
 }
 
-#[tokio::test]
-async fn all_nodes_down_is_unavailable_quickly() {
-    // Ports from listeners we bind and drop: nothing listens there.
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        nodes.push(format!("127.0.0.1:{}", l.local_addr().unwrap().port()));
+#[test]
+fn cas_mismatch_names_both_indexes() {
+    let e = ClientError::CasMismatch {
+        key: "lock".into(),
+        expected: 17,
+        current: 19,
+    };
+    assert_eq!(
+        e.to_string(),
+        "precondition failed: key lock was expected at index 17, but it is at index 19"
+    );
+    let absent = ClientError::CasMismatch {
+        key: "lock".into(),
+        expected: 0,
+        current: 4,
+    };
+    assert_eq!(
+        absent.to_string(),
+        "precondition failed: key lock was expected at index 0 (absent), but it is at index 4"
+    );
+    let gone = ClientError::CasMismatch {
+        key: "lock".into(),
+        expected: 4,
+        current: 0,
+    };
+    assert!(
+        gone.to_string().ends_with("but it is absent (index 0)"),
+        "{gone}"
+    );
+}
+
+#[test]
+fn give_up_messages_say_what_happened() {
+    let t = Duration::from_millis(4000);
+    let took = Duration::from_millis(4012);
+    assert_eq!(
+        give_up_message(3, took, t, Some("http://n:1: cannot connect (refused)")),
+        "gave up after 3 attempt(s) in 4.0s; last error: http://n:1: cannot connect (refused)"
+    );
+    let none_sent = give_up_message(0, took, t, Some("http://n:1: timed out"));
+    assert_eq!(
+        none_sent,
+        "no request could be sent within the 4000 ms timeout (4.0s); last error: http://n:1: timed out"
+    );
+    let nothing = give_up_message(0, took, t, None);
+    assert!(
+        nothing.contains("before any node could be tried"),
+        "{nothing}"
+    );
+    for m in [none_sent, nothing] {
+        assert!(!m.contains("attempt(s)"), "{m}");
     }
-    let client = Client::new(ClientConfig::with_nodes(nodes)).unwrap();
+}
+
+/// Ports from listeners bound and dropped: nothing listens there.
+fn dead_nodes(n: usize) -> Vec<String> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port()))
+        .collect()
+}
+
+#[tokio::test]
+async fn all_nodes_down_retries_until_the_deadline() {
+    let timeout = Duration::from_millis(1500);
+    let client = Client::new(ClientConfig {
+        total_timeout: timeout,
+        ..ClientConfig::with_nodes(dead_nodes(2))
+    })
+    .unwrap();
     let started = Instant::now();
     let err = client.put("k", "v").await.unwrap_err();
+    let took = started.elapsed();
     assert!(
         matches!(
             err,
@@ -102,12 +191,52 @@ async fn all_nodes_down_is_unavailable_quickly() {
         ),
         "{err:?}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(err.kind(), "unavailable");
+    // It kept trying (a restarting cluster comes back within the budget),
+    // and stopped at the deadline, not long after.
+    assert!(
+        took >= timeout - Duration::from_millis(100) && took < timeout + Duration::from_secs(2),
+        "{took:?}"
+    );
+    let msg = err.to_string();
+    let attempts: u32 = msg
+        .split("gave up after ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{msg}"));
+    assert!(attempts >= 6, "backoff rounds until the deadline: {msg}");
+    assert!(msg.contains("cannot connect"), "{msg}");
+}
+
+#[tokio::test]
+async fn discovery_that_eats_the_budget_is_reported_truthfully() {
+    // A node that accepts connections but never answers: leader discovery
+    // waits on it until the deadline, and no request is ever sent.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let client = Client::new(ClientConfig {
+        total_timeout: Duration::from_millis(600),
+        ..ClientConfig::with_nodes(vec![url.clone()])
+    })
+    .unwrap();
+    let started = Instant::now();
+    let err = client
+        .get("k", Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the deadline"
+    );
+    let msg = err.to_string();
+    assert!(!msg.contains("no attempt made"), "{msg}");
+    assert!(
+        msg.contains("no request could be sent within the 600 ms timeout"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("{url}: timed out")), "{msg}");
+    drop(silent);
 }
 
 /// What a mock node answers: (status, JSON body) for a method and a path
@@ -290,6 +419,7 @@ async fn cas_mismatch_and_not_found_are_typed() {
         client.put_cas("a/b", "v", Some(3)).await,
         Err(ClientError::CasMismatch {
             key: "a/b".into(),
+            expected: 3,
             current: 8
         })
     );

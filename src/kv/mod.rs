@@ -1,11 +1,58 @@
 //! The key-value state machine's commands and their meaning.
 //!
-//! A write travels through Raft as a bincode-encoded [`KvCommand`] inside
-//! [`crate::raft::EntryPayload::Command`]. [`decide`] is the single place
-//! that says what a command does to a key; every state machine (sled, in
-//! memory) calls it, so they cannot disagree.
+//! Two generations live here side by side until the storage and the node
+//! switch over:
+//!
+//! - **Today's** single-key model, used by storage, node and simulation: a
+//!   write travels through Raft as a bincode-encoded [`KvCommand`] inside
+//!   [`crate::raft::EntryPayload::Command`]; [`decide`] is the single place
+//!   that says what a command does to a key.
+//! - **etcd v3's** data model (revisions, MVCC history, ranges, range
+//!   deletes, transactions, compaction, watch events), pure and not yet
+//!   wired in: the types ([`types`], [`request`], [`response`], [`error`]),
+//!   the log payload [`Command`] ([`command`]), range conventions
+//!   ([`range`]), validation ([`validate`]), the execution semantics written
+//!   once over a store view ([`exec`] over [`view::MvccView`]), and a
+//!   complete in-memory store ([`model::MemMvcc`]).
+//!
+//! Every state machine (sled, in memory) calls the same decision code, so
+//! they cannot disagree.
 
 use serde::{Deserialize, Serialize};
+
+pub mod command;
+mod compare;
+pub mod error;
+pub mod exec;
+mod interval;
+pub mod model;
+pub mod range;
+mod read;
+pub mod request;
+pub mod response;
+pub mod types;
+pub mod validate;
+pub mod view;
+
+#[cfg(test)]
+mod conformance;
+
+pub use command::{Command, CommandDecodeError, COMMAND_FORMAT};
+pub use error::KvError;
+pub use exec::{execute, read_range, Applied, ExecError};
+pub use model::MemMvcc;
+pub use range::{prefix_end, KeyRange};
+pub use request::{
+    CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, SortOrder, SortTarget, TxnRequest,
+};
+pub use response::{
+    CommandResponse, CompactionResponse, DeleteRangeResponse, PutResponse, RangeResponse,
+    ResponseOp, TxnResponse,
+};
+pub use types::{Event, EventKind, KeyValue, Revisioned};
+pub use validate::validate_command;
+pub use view::MvccView;
 
 /// Largest key, in bytes (contract: 1–1024 bytes of UTF-8).
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -13,6 +60,14 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
 /// A write to the key-value store.
+///
+/// Format (the bytes of [`crate::raft::EntryPayload::Command`]; bincode 2
+/// standard, see [`crate::storage::record`]): the variant index as a
+/// varint (0 `Put`, 1 `Delete`), then the key as a varint length and UTF-8
+/// bytes; a `Put` then has its value the same way; both end with `cas` as
+/// an option (0, or 1 and a varint). There is no version field: a command
+/// that does not decode is applied as a no-op on every replica, so a
+/// changed encoding must come with a data-dir and a wire version bump.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {
     /// Set `key` to `value`; with `cas = Some(m)` only if the key's current

@@ -17,6 +17,10 @@ pub type NodeId = u64;
 pub const NO_NODE: NodeId = 0;
 
 /// What a log entry carries.
+///
+/// Format (bincode 2 standard, see [`crate::storage::record`]): variant
+/// index as a varint (0 `Noop`, 1 `Command`); a `Command` then has its
+/// bytes as a varint length and the raw bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryPayload {
     /// Appended by every new leader at the start of its term (§5.4.2 / §8): once
@@ -31,6 +35,11 @@ pub enum EntryPayload {
 }
 
 /// One entry of the replicated log.
+///
+/// Format: `index` and `term` as varints, then the [`EntryPayload`]. Stored
+/// in batches in the sled log (see `src/storage/sled_store/log.rs`) and
+/// sent in [`MessageBody::AppendEntries`]; no version of its own (the data
+/// dir's format version and the wire version cover it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Position in the log, starting at 1.
@@ -53,6 +62,9 @@ impl Entry {
 
 /// The state that must be durable before any message that depends on it is
 /// sent (Raft paper, Figure 2, "persistent state on all servers").
+///
+/// Format: `term`, `vote`, `commit` as varints, in that order (stored as a
+/// checksummed record, see `HARD_STATE_KEY` in the sled store).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
     /// Latest term this node has seen.
@@ -66,6 +78,10 @@ pub struct HardState {
 
 /// Describes a snapshot: the state machine as of `index`, whose log prefix
 /// up to and including `index` may be discarded.
+///
+/// Format: `index`, then `term`, as varints (stored as a checksummed
+/// record under `snapshot/meta`, and as the applied index in a key-value
+/// tree; sent inside [`MessageBody::InstallSnapshot`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     /// Last log index covered by the snapshot.
@@ -101,6 +117,8 @@ impl Role {
 
 /// A message between two nodes. Every message carries the sender's term;
 /// the receiver handles terms before looking at the body (§5.1).
+///
+/// Format: `from`, `to`, `term` as varints, then the [`MessageBody`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Sender.
@@ -114,6 +132,15 @@ pub struct Message {
 }
 
 /// The RPCs of Raft and their replies.
+///
+/// Format: the variant index as a varint, in declaration order (0
+/// `PreVote`, 1 `PreVoteResponse`, 2 `RequestVote`, 3
+/// `RequestVoteResponse`, 4 `AppendEntries`, 5 `AppendEntriesResponse`, 6
+/// `InstallSnapshot`, 7 `InstallSnapshotResponse`, 8 `TimeoutNow`), then
+/// the variant's fields in declaration order: integers as varints, `bool`
+/// as one byte, `entries` as a varint count and the [`Entry`]s. A new
+/// variant must be added at the end, and still needs a wire version bump
+/// (an older peer cannot decode it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageBody {
     /// PreVote request (§9.6): "would you vote for me in `term`?" Does not

@@ -4,7 +4,8 @@
 //! body) against the leader's advertised URL and hands the leader's answer
 //! back unchanged. A hop counter in a header bounds how often a request may
 //! be passed on, so two nodes with stale views of the leader cannot bounce
-//! it between them forever.
+//! it between them forever. The path is replayed byte for byte
+//! ([`crate::http_client`]), so a key such as `..` reaches the leader as is.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::node::error_chain;
+use crate::http_client::{HttpClient, HttpError};
 
 /// Header counting how many nodes forwarded a request.
 pub const HOPS_HEADER: &str = "x-raftkv-hops";
@@ -43,52 +44,51 @@ pub struct Incoming {
 }
 
 /// Why forwarding failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ForwardError {
     /// The leader could not be connected to: the request never left.
-    #[error("{}", error_chain(.0))]
-    NotSent(reqwest::Error),
+    #[error(transparent)]
+    NotSent(HttpError),
     /// The request may have reached the leader, but no answer came back.
-    #[error("{}", error_chain(.0))]
-    Lost(reqwest::Error),
+    #[error(transparent)]
+    Lost(HttpError),
 }
 
 /// Replays `req` on `base_url` (the leader) and returns its response.
 pub async fn forward(
-    client: &reqwest::Client,
+    client: &HttpClient,
     base_url: &str,
     req: &Incoming,
     timeout: Duration,
 ) -> Result<Response, ForwardError> {
     let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut builder = client
-        .request(req.method.clone(), format!("{base_url}{path}"))
-        .timeout(timeout)
-        .header(HOPS_HEADER, (hops(&req.headers) + 1).to_string());
-    if let Some(ct) = req.headers.get(header::CONTENT_TYPE) {
-        builder = builder.header(header::CONTENT_TYPE, ct.clone());
-    }
-    if !req.body.is_empty() || req.method == Method::PUT {
-        builder = builder.body(req.body.clone());
-    }
-    let resp = builder.send().await.map_err(|e| {
-        if e.is_connect() {
-            ForwardError::NotSent(e)
-        } else {
-            ForwardError::Lost(e)
-        }
-    })?;
-    let status = resp.status();
     let mut headers = HeaderMap::new();
-    for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
-        if let Some(v) = resp.headers().get(&name) {
-            headers.insert(name, v.clone());
-        }
+    headers.insert(HOPS_HEADER, HeaderValue::from(hops(&req.headers) + 1));
+    if let Some(ct) = req.headers.get(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, ct.clone());
     }
-    let body = resp.bytes().await.map_err(ForwardError::Lost)?;
-    let mut out = (status, body).into_response();
-    for (name, value) in headers.iter() {
-        out.headers_mut().insert(name.clone(), value.clone());
+    let body = (!req.body.is_empty() || req.method == Method::PUT).then(|| req.body.clone());
+    let resp = client
+        .request(
+            req.method.clone(),
+            &format!("{base_url}{path}"),
+            headers,
+            body,
+            timeout,
+        )
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                ForwardError::NotSent(e)
+            } else {
+                ForwardError::Lost(e)
+            }
+        })?;
+    let mut out = (resp.status, resp.body).into_response();
+    for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+        if let Some(v) = resp.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
     }
     out.headers_mut()
         .insert("x-raftkv-forwarded", HeaderValue::from_static("1"));

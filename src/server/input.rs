@@ -6,7 +6,6 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use crate::kv::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -28,17 +27,50 @@ pub const DEFAULT_LIST_LIMIT: usize = 1000;
 pub const MAX_LIST_LIMIT: usize = 10_000;
 
 /// Extracts and checks the key of a `/kv/{key}` request from the raw
-/// (still percent-encoded) path: everything after `/kv/`, slashes included.
+/// (still percent-encoded) path: everything after `/kv/`, slashes included,
+/// byte for byte (`.`, `..` and `a/../b` are keys like any other).
 pub fn key_from_path(path: &str) -> Result<String, ApiError> {
     let raw = path
         .strip_prefix("/kv/")
         .or_else(|| path.strip_prefix("/kv").map(|_| ""))
         .unwrap_or_default();
-    let bytes: Vec<u8> = percent_decode_str(raw).collect();
+    let bytes = percent_decode_strict(raw, "the key")?;
     let key = String::from_utf8(bytes)
         .map_err(|_| ApiError::bad_request("the key is not valid UTF-8 after percent-decoding"))?;
     check_key(&key)?;
     Ok(key)
+}
+
+/// Percent-decodes `s`, refusing a `%` that is not followed by two hex
+/// digits: `bad%ZZ` is a client bug, and storing it as a literal key would
+/// make `bad%2541` and `bad%41` name different keys only by accident.
+/// `what` names the input in the error ("the key", "query parameter `p`").
+pub fn percent_decode_strict(s: &str, what: &str) -> Result<Vec<u8>, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        match (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            _ => {
+                let escape: String = s[i..].chars().take(3).collect();
+                return Err(ApiError::bad_request(format!(
+                    "{what} has a malformed percent-escape `{escape}` at byte {i}: \
+                     `%` must be followed by two hex digits (write a literal `%` as `%25`)"
+                )));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Checks the contract's key rules: 1–1024 bytes.
@@ -70,8 +102,8 @@ impl Query {
                 continue;
             }
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            let name = decode_component(name)?;
-            let value = decode_component(value)?;
+            let name = decode_component(name, "a query parameter name")?;
+            let value = decode_component(value, &format!("query parameter `{name}`"))?;
             if !allowed.contains(&name.as_str()) {
                 let allowed = if allowed.is_empty() {
                     "none".to_string()
@@ -122,12 +154,11 @@ impl Query {
 }
 
 /// Query values use form encoding: `+` is a space.
-fn decode_component(s: &str) -> Result<String, ApiError> {
+fn decode_component(s: &str, what: &str) -> Result<String, ApiError> {
     let spaced = s.replace('+', " ");
-    percent_decode_str(&spaced)
-        .decode_utf8()
-        .map(|c| c.into_owned())
-        .map_err(|_| ApiError::bad_request("a query parameter is not valid UTF-8"))
+    let bytes = percent_decode_strict(&spaced, what)?;
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request(format!("{what} is not valid UTF-8")))
 }
 
 /// Parameters of `PUT` and `DELETE /kv/{key}`.
@@ -300,8 +331,50 @@ mod tests {
         assert_eq!(key_from_path("/kv/a/b%2Fc").unwrap(), "a/b/c");
         assert_eq!(key_from_path("/kv/h%C3%A9llo%20w").unwrap(), "héllo w");
         assert_eq!(key_from_path("/kv/a+b").unwrap(), "a+b");
-        // A stray `%` that is not an escape is kept as is.
-        assert_eq!(key_from_path("/kv/100%").unwrap(), "100%");
+        assert_eq!(key_from_path("/kv/100%25").unwrap(), "100%");
+        // Dot segments are keys like any other, raw or encoded.
+        for (path, key) in [
+            ("/kv/.", "."),
+            ("/kv/..", ".."),
+            ("/kv/%2E", "."),
+            ("/kv/%2e%2E", ".."),
+            ("/kv/a/../b", "a/../b"),
+            ("/kv/./x", "./x"),
+            ("/kv//lead/", "/lead/"),
+        ] {
+            assert_eq!(key_from_path(path).unwrap(), key, "{path}");
+        }
+    }
+
+    #[test]
+    fn malformed_percent_escapes_are_400_with_a_clear_message() {
+        for path in [
+            "/kv/bad%ZZ",
+            "/kv/%",
+            "/kv/%4",
+            "/kv/100%",
+            "/kv/a%G1b",
+            "/kv/%%41",
+        ] {
+            let e = key_from_path(path).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{path}");
+            let msg = e.body["error"].as_str().unwrap();
+            assert!(msg.contains("malformed percent-escape"), "{path}: {msg}");
+            assert!(msg.contains("%25"), "{path}: {msg}");
+        }
+        let e = key_from_path("/kv/bad%ZZ").unwrap_err();
+        assert!(e.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("`%ZZ` at byte 3"));
+        // Query parameters follow the same rule.
+        let e = list_params(Some("prefix=a%Z")).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.body["error"].as_str().unwrap().contains("`prefix`"));
+        assert!(write_params(Some("cas=%")).is_err());
+        // A multi-byte character after `%` is reported, not split.
+        let e = key_from_path("/kv/%é").unwrap_err();
+        assert!(e.body["error"].as_str().unwrap().contains("`%é`"));
     }
 
     #[test]

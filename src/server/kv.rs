@@ -180,23 +180,41 @@ pub async fn empty_key() -> Response {
     ApiError::bad_request("the key must not be empty: use /kv/{key}").into_response()
 }
 
-fn write_result(key: &str, result: ApplyResult) -> Response {
+/// The 412 of a failed compare-and-swap: names the index the write
+/// expected and the key's current one (`index`, 0 = absent).
+fn cas_mismatch(key: &str, expected: u64, current: u64) -> ApiError {
+    let wanted = if expected == 0 {
+        "expected the key to be absent (cas=0)".to_string()
+    } else {
+        format!("expected index {expected} (cas={expected})")
+    };
+    let actual = if current == 0 {
+        "the key does not exist".to_string()
+    } else {
+        format!("the key's current index is {current}")
+    };
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        format!("cas mismatch: {wanted}, but {actual}"),
+    )
+    .with("key", key)
+    .with("index", current)
+    .with("expected", expected)
+}
+
+fn write_result(cmd: &KvCommand, result: ApplyResult) -> Response {
+    let key = cmd.key();
     match result {
         ApplyResult::Written { index } | ApplyResult::Deleted { index } => {
             Json(json!({"status": "committed", "key": key, "index": index})).into_response()
         }
         ApplyResult::NotFound => ApiError::key_not_found(key).into_response(),
-        ApplyResult::CasMismatch { current } => ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            if current == 0 {
-                "cas mismatch: the key does not exist".to_string()
-            } else {
-                format!("cas mismatch: the key's current index is {current}")
-            },
-        )
-        .with("key", key)
-        .with("index", current)
-        .into_response(),
+        ApplyResult::CasMismatch { current } => {
+            let expected = match cmd {
+                KvCommand::Put { cas, .. } | KvCommand::Delete { cas, .. } => cas.unwrap_or(0),
+            };
+            cas_mismatch(key, expected, current).into_response()
+        }
         ApplyResult::Noop => {
             ApiError::internal("the write was committed as a no-op (undecodable command)")
                 .with("key", key)
@@ -268,7 +286,7 @@ async fn write(app: &AppState, cmd: KvCommand, req: &Incoming) -> Response {
         };
         match target {
             Route::Local => match node.propose(&cmd, deadline).await {
-                Ok(applied) => return write_result(&key, applied.result),
+                Ok(applied) => return write_result(&cmd, applied.result),
                 Err(WriteError::NotLeader { leader }) => {
                     if leader != Some(node.self_id()) {
                         hint = leader;

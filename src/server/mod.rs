@@ -39,19 +39,19 @@ use error::ApiError;
 pub struct AppState {
     /// The local node.
     pub node: NodeHandle,
-    /// Kept-alive client for forwarding requests to the leader.
-    pub client: reqwest::Client,
+    /// Kept-alive client for forwarding requests to the leader (it keeps
+    /// paths byte for byte, see [`crate::http_client`]).
+    pub client: crate::http_client::HttpClient,
 }
 
 impl AppState {
     /// State for `node`, with its own forwarding client.
     pub fn new(node: NodeHandle) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(1000))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_default();
+        let client = crate::http_client::HttpClient::new(crate::http_client::HttpClientConfig {
+            connect_timeout: Duration::from_millis(1000),
+            pool_idle_timeout: Duration::from_secs(90),
+            max_idle_per_host: 256,
+        });
         AppState { node, client }
     }
 }

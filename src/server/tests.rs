@@ -550,3 +550,187 @@ async fn status_shows_what_the_transport_knows() {
     let p3 = peers.iter().find(|p| p["id"] == "n3").unwrap();
     assert!(p3["reachable"].is_null(), "{v}");
 }
+
+/// Paths as a client may really send them (raw, or encoded in any of the
+/// ways URL encoders do) and the key each one names.
+const AWKWARD_PATHS: &[(&str, &str)] = &[
+    ("/kv/.", "."),
+    ("/kv/%2E", "."),
+    ("/kv/%2e", "."),
+    ("/kv/..", ".."),
+    ("/kv/%2E%2E", ".."),
+    ("/kv/.%2e", ".."),
+    ("/kv/...", "..."),
+    ("/kv/./x", "./x"),
+    ("/kv/a/../b", "a/../b"),
+    ("/kv/a%2F..%2Fb", "a/../b"),
+    ("/kv//lead", "/lead"),
+    ("/kv/trail/", "trail/"),
+    ("/kv/%2F", "/"),
+    ("/kv/sp%20ace%20", "sp ace "),
+    ("/kv/q%3Fx%3D1%26y", "q?x=1&y"),
+    ("/kv/frag%23ment", "frag#ment"),
+    ("/kv/100%25", "100%"),
+    ("/kv/%2541", "%41"),
+    ("/kv/a+b", "a+b"),
+    ("/kv/%D0%BA%D0%BB%D1%8E%D1%87", "ключ"),
+    ("/kv/%F0%9F%A6%80", "🦀"),
+    ("/kv/nul%00byte", "nul\u{0}byte"),
+];
+
+#[tokio::test]
+async fn awkward_keys_round_trip_through_the_router() {
+    let f = leader_fake(Mode::Leader);
+    let app = router(AppState::new(f.handle.clone()));
+    for &(path, key) in AWKWARD_PATHS {
+        let (s, _, v) = call(&app, "PUT", path, r#"{"value":"v"}"#).await;
+        assert_eq!(s, StatusCode::OK, "PUT {path}: {v}");
+        assert_eq!(v["key"], key, "PUT {path}");
+        // Read back under the client's own encoding of the key.
+        let encoded = format!("/kv/{}", crate::client::encode_key(key));
+        let (s, _, v) = call(&app, "GET", &encoded, Body::empty()).await;
+        assert_eq!(s, StatusCode::OK, "GET {encoded} (written as {path}): {v}");
+        assert_eq!(
+            (v["key"].as_str(), v["value"].as_str()),
+            (Some(key), Some("v"))
+        );
+        let (s, _, v) = call(&app, "DELETE", path, Body::empty()).await;
+        assert_eq!((s, v["key"].as_str()), (StatusCode::OK, Some(key)), "{v}");
+    }
+    assert!(f.reader.map.lock().unwrap().is_empty());
+}
+
+#[test]
+fn any_key_round_trips_through_the_router() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_runtime = rt.enter();
+    let f = leader_fake(Mode::Leader);
+    let app = router(AppState::new(f.handle.clone()));
+    let ch = prop_oneof![
+        3 => prop::sample::select(vec!['.', '/', '%', '?', '#', ' ', '+', '&', '\\']),
+        1 => any::<char>(),
+    ];
+    let keys = prop::collection::vec(ch, 1..300)
+        .prop_map(|cs| cs.into_iter().collect::<String>())
+        .prop_filter("1-1024 bytes", |k| k.len() <= crate::kv::MAX_KEY_BYTES);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+    runner
+        .run(&keys, |key| {
+            let path = format!("/kv/{}", crate::client::encode_key(&key));
+            let value = serde_json::to_string(&json!({ "value": key })).unwrap();
+            let (s, _, v) = rt.block_on(call(&app, "PUT", &path, value));
+            prop_assert_eq!(s, StatusCode::OK, "{}", v);
+            prop_assert_eq!(v["key"].as_str(), Some(key.as_str()));
+            let (s, _, v) = rt.block_on(call(&app, "GET", &path, Body::empty()));
+            prop_assert_eq!(s, StatusCode::OK, "{}", v);
+            prop_assert_eq!(v["value"].as_str(), Some(key.as_str()));
+            let (s, _, _) = rt.block_on(call(&app, "DELETE", &path, Body::empty()));
+            prop_assert_eq!(s, StatusCode::OK);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn malformed_percent_escapes_are_400_and_store_nothing() {
+    let f = leader_fake(Mode::Leader);
+    let app = router(AppState::new(f.handle.clone()));
+    for path in ["/kv/bad%ZZ", "/kv/%", "/kv/%4", "/kv/ok%2", "/kv/%G0"] {
+        for method in ["PUT", "GET", "DELETE"] {
+            let (s, _, v) = call(&app, method, path, r#"{"value":"v"}"#).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path}: {v}");
+            let msg = v["error"].as_str().unwrap();
+            assert!(msg.contains("malformed percent-escape"), "{msg}");
+        }
+    }
+    let (s, _, v) = call(&app, "GET", "/kv?prefix=bad%Z", Body::empty()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(f.reader.map.lock().unwrap().is_empty(), "nothing stored");
+}
+
+#[tokio::test]
+async fn cas_mismatch_names_the_expected_and_the_current_index() {
+    let f = leader_fake(Mode::Leader);
+    let app = router(AppState::new(f.handle.clone()));
+    let (_, _, v) = call(&app, "PUT", "/kv/c", r#"{"value":"1"}"#).await;
+    let current = v["index"].as_u64().unwrap();
+    let wrong = current + 40;
+    let (s, _, v) = call(
+        &app,
+        "PUT",
+        &format!("/kv/c?cas={wrong}"),
+        r#"{"value":"2"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        v["error"],
+        format!("cas mismatch: expected index {wrong} (cas={wrong}), but the key's current index is {current}")
+    );
+    assert_eq!(
+        (v["index"].as_u64(), v["expected"].as_u64()),
+        (Some(current), Some(wrong))
+    );
+    let (_, _, v) = call(&app, "PUT", "/kv/c?cas=0", r#"{"value":"2"}"#).await;
+    assert_eq!(
+        v["error"],
+        format!("cas mismatch: expected the key to be absent (cas=0), but the key's current index is {current}")
+    );
+    let (_, _, v) = call(&app, "DELETE", "/kv/absent?cas=3", Body::empty()).await;
+    assert_eq!(
+        v["error"],
+        "cas mismatch: expected index 3 (cas=3), but the key does not exist"
+    );
+    assert_eq!(v["index"], 0);
+}
+
+#[tokio::test]
+async fn followers_forward_dot_keys_unchanged() {
+    let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (p1, p2) = (
+        l1.local_addr().unwrap().port(),
+        l2.local_addr().unwrap().port(),
+    );
+    let leader: Fake = fake_node(
+        membership("n1", p1, &[("n2", p2)]),
+        Mode::Leader,
+        Duration::from_secs(2),
+    );
+    let follower: Fake = fake_node(
+        membership("n2", p2, &[("n1", p1)]),
+        Mode::Follower(crate::node::membership::id_of("n1")),
+        Duration::from_secs(2),
+    );
+    serve(l1, router(AppState::new(leader.handle.clone()))).await;
+    serve(l2, router(AppState::new(follower.handle.clone()))).await;
+    // A client that sends paths as given (reqwest would fold `..` itself).
+    let http = crate::http_client::HttpClient::new(Default::default());
+    for (path, key) in [
+        ("/kv/%2E%2E", ".."),
+        ("/kv/..", ".."),
+        ("/kv/.", "."),
+        ("/kv/a/../b", "a/../b"),
+    ] {
+        let r = http
+            .request(
+                axum::http::Method::PUT,
+                &format!("http://127.0.0.1:{p2}{path}"),
+                Default::default(),
+                Some(bytes::Bytes::from_static(br#"{"value":"fw"}"#)),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{path}: {:?}", r.body);
+        assert_eq!(r.headers["x-raftkv-forwarded"], "1");
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["key"], key, "{path}");
+        assert_eq!(leader.reader.map.lock().unwrap().get(key).unwrap().0, "fw");
+    }
+    assert!(follower.reader.map.lock().unwrap().is_empty());
+}

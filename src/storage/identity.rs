@@ -18,6 +18,11 @@ use super::StorageError;
 pub const FORMAT_VERSION: u32 = 2;
 
 /// The identity record of a data dir.
+///
+/// Format: a checksummed record (see [`super::record`]) under key
+/// `identity` in tree `identity`, whose payload is `node_id` and
+/// `cluster_id` (varint length and UTF-8 bytes each) then `format_version`
+/// as a varint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// Node id, e.g. `node-1`.

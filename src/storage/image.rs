@@ -37,6 +37,9 @@ pub const MAX_FRAME_BYTES: usize = 8 << 20;
 
 /// What closes a streamed image: its total length and the crc32 of all its
 /// bytes, checked by the receiver on top of every frame's own checksum.
+///
+/// Format: `total_len`, then `crc32`, as varints (sent inside the last
+/// `SnapshotChunk`, never stored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageTrailer {
     /// Length of the whole image in bytes.
@@ -48,6 +51,13 @@ pub struct ImageTrailer {
 const TREE: &str = "snapshot image";
 
 /// One frame, as decoded.
+///
+/// Format: a frame is a little-endian `u32` length, then a checksummed
+/// record ([`super::record`]) whose key is the frame's sequence number as
+/// 8 big-endian bytes (0 for the header) and whose payload is this enum:
+/// the variant index as a varint (0 `Header`, 1 `Item`, 2 `End`), then the
+/// fields in order — integers as varints, strings as a varint length and
+/// UTF-8 bytes. `Header.format` is [`IMAGE_FORMAT`].
 #[derive(Debug, Deserialize)]
 enum Frame {
     Header {
@@ -65,7 +75,8 @@ enum Frame {
     },
 }
 
-/// One frame, as encoded from borrowed data (same serde shape as [`Frame`]).
+/// One frame, as encoded from borrowed data (same serde shape, hence the
+/// same format, as [`Frame`]).
 #[derive(Serialize)]
 enum FrameRef<'a> {
     Header {

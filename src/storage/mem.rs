@@ -136,6 +136,12 @@ impl LogStore for MemLogStore {
                 self.last_index()
             )));
         }
+        if let Some(term) = self.term_at(meta.index).filter(|t| *t != meta.term) {
+            return Err(StorageError::Inconsistent(format!(
+                "snapshot at {} claims term {}, the log has term {term} there",
+                meta.index, meta.term
+            )));
+        }
         let drop = (meta.index - self.snapshot.index) as usize;
         self.entries.drain(..drop);
         self.snapshot = meta;
@@ -243,17 +249,27 @@ impl StateMachine for MemStateMachine {
     }
 
     fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, StorageError> {
+        // Check the whole batch before changing anything: a refused apply
+        // must leave the data and the applied index as they were (the
+        // trait's "one atomic step"; the sled store writes one batch).
+        let mut applied = self.live.applied;
+        for e in entries {
+            if e.index <= applied {
+                continue;
+            }
+            if e.index != applied + 1 {
+                return Err(StorageError::Inconsistent(format!(
+                    "apply of entry {} after applied index {applied}",
+                    e.index
+                )));
+            }
+            applied = e.index;
+        }
         let mut results = Vec::with_capacity(entries.len());
         for e in entries {
             if e.index <= self.live.applied {
                 results.push(ApplyResult::Noop);
                 continue;
-            }
-            if e.index != self.live.applied + 1 {
-                return Err(StorageError::Inconsistent(format!(
-                    "apply of entry {} after applied index {}",
-                    e.index, self.live.applied
-                )));
             }
             let result = match &e.payload {
                 EntryPayload::Noop => ApplyResult::Noop,

@@ -20,13 +20,18 @@
 //!
 //! Every trait is implemented on sled (`sled_store`, the real node) and in
 //! memory ([`mem::MemStore`], used by the deterministic simulation), so the
-//! simulation runs the same loop over storage with the same contract.
+//! simulation runs the same loop over storage with the same contract;
+//! [`conformance`] is the suite of checks both pass
+//! (`tests/storage_conformance.rs`).
 
 use std::sync::Arc;
 
 use crate::kv::{ApplyResult, KvItem};
 use crate::raft::{Entry, HardState, SnapshotMeta};
 
+pub mod conformance;
+#[cfg(test)]
+pub(crate) mod golden_tests;
 pub mod identity;
 pub mod image;
 pub mod mem;
@@ -179,7 +184,10 @@ pub trait LogStore {
     /// later). Need not be durable on return, but must be ordered before
     /// every later write: a crash may undo it only together with everything
     /// written after it, which leaves the earlier snapshot and its complete
-    /// log.
+    /// log. A `meta.index` at or below the current snapshot is a no-op;
+    /// a `meta` whose term differs from the log's at its index is refused,
+    /// and so is one past the last entry (the sled store, which is its own
+    /// state machine, refuses one past its applied index instead).
     fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError>;
 
     /// Replaces the whole log by the snapshot `meta` (a follower installing a
@@ -194,7 +202,9 @@ pub trait StateMachine {
 
     /// Applies committed entries in order (entries ≤ the applied index are
     /// skipped and reported as [`ApplyResult::Noop`]); the data and the new
-    /// applied index change in one atomic step. Returns one result per entry.
+    /// applied index change in one atomic step. An entry that does not
+    /// follow the applied index is refused, and then nothing of the batch
+    /// is applied. Returns one result per entry.
     fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, StorageError>;
 
     /// Reads one key: its value and mod index.

@@ -15,6 +15,33 @@
 //!
 //! Decoding verifies the checksum first and then requires the payload to be
 //! consumed exactly, so trailing garbage is an error too.
+//!
+//! Format: byte 0 is [`RECORD_VERSION`]; bytes 1..5 are the crc32 (IEEE,
+//! as computed by `crc32fast`) of the version byte, the record's key and
+//! the payload, little-endian; the payload follows to the end of the value
+//! (no length field: the sled value's own length bounds it).
+//!
+//! # The bincode encoding the `Format:` comments refer to
+//!
+//! Payloads here, and the `/raft/*` bodies, use bincode 2 with its
+//! `standard()` configuration through serde:
+//!
+//! * unsigned integers wider than a byte (`u16`, `u32`, `u64`) are
+//!   varints: a value below 251 is one byte; otherwise a marker byte
+//!   (`0xfb`, `0xfc`, `0xfd`) then the value as a little-endian `u16`,
+//!   `u32` or `u64` (300 is `fb 2c 01`);
+//! * a `u8` is one raw byte, a `bool` one byte 0 or 1;
+//! * strings, byte strings and sequences are a varint length, then the
+//!   bytes (UTF-8 for strings) or the elements;
+//! * `Option` is one byte 0 (`None`) or 1 followed by the value;
+//! * an enum is its variant's index (from 0, in declaration order) as a
+//!   varint, then the variant's fields;
+//! * a struct is its fields in declaration order, with no names, tags or
+//!   lengths — so reordering, adding or removing a field changes the
+//!   format.
+//!
+//! The golden tests (`src/storage/golden_tests.rs`, and the `golden` module
+//! of `src/transport/wire.rs`) pin the bytes of every stored and sent type.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -118,7 +118,7 @@
 //! last handle drops; call [`SledStore::flush`] before a clean exit.
 
 pub mod durability;
-mod kv;
+pub(super) mod kv;
 mod log;
 pub mod snapshot;
 pub mod watermark;
@@ -161,22 +161,39 @@ pub const KV_TREES: [&str; 2] = [KV_TREE, KV_ALT_TREE];
 pub const IDENTITY_TREE: &str = "identity";
 
 /// Key of the hard state record in [`HARD_STATE_TREE`].
+///
+/// Format of the value: a checksummed record ([`record`]) of a
+/// [`HardState`].
 pub const HARD_STATE_KEY: &[u8] = b"hard_state";
 /// Key of the snapshot metadata record in [`SNAPSHOT_TREE`].
+///
+/// Format of the value: a checksummed record of a [`SnapshotMeta`].
 pub const SNAPSHOT_META_KEY: &[u8] = b"meta";
 /// Key of the active key-value tree's slot (a `u8`, index into
 /// [`KV_TREES`]) in [`SNAPSHOT_TREE`].
+///
+/// Format of the value: a checksummed record whose payload is the slot as
+/// one raw byte (0 = [`KV_TREE`], 1 = [`KV_ALT_TREE`]); absent means 0.
 pub const ACTIVE_KV_KEY: &[u8] = b"active_kv";
 /// Key of the identity record in [`IDENTITY_TREE`].
+///
+/// Format of the value: see [`Identity`].
 pub const IDENTITY_KEY: &[u8] = b"identity";
 /// Key of the durable-write sequence number in [`LOG_TREE`] (see
 /// [`watermark`]): nine `0xFF` bytes, after every 8-byte entry key.
+///
+/// Format of the value: a checksummed record of the number as a varint
+/// `u64`.
 pub const SEQ_KEY: &[u8] = &[0xFF; 9];
 /// Key of the applied-index record in a key-value tree: starts with `0xFF`,
 /// which no UTF-8 key can contain, and sorts after every user key.
+///
+/// Format of the value: a checksummed record of a [`SnapshotMeta`] (the
+/// applied index and the term of the entry at it).
 pub const APPLIED_KEY: &[u8] = b"\xffapplied";
 
-/// The key of log entry `index`.
+/// The key of log entry `index` (of the batch starting at it): the index
+/// as 8 big-endian bytes, so keys sort in index order.
 pub fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }

@@ -11,12 +11,17 @@ use crate::kv::{decide, ApplyResult, Effect, KvCommand, KvItem};
 
 /// The value of a user key: its mod index first, so that [`decide`]'s
 /// input can be read without copying the value out.
+///
+/// Format: a checksummed record (see [`record`]) under the user key's
+/// UTF-8 bytes, whose payload is `index` as a varint, then `value` as a
+/// varint length and UTF-8 bytes. [`KvRecord`] decodes the same bytes.
 #[derive(Serialize)]
 struct KvRecordRef<'a> {
     index: u64,
     value: &'a str,
 }
 
+/// The owned twin of [`KvRecordRef`] (same format).
 #[derive(Deserialize)]
 struct KvRecord {
     index: u64,
@@ -136,7 +141,7 @@ fn current_mod_index(
 }
 
 /// Encodes a user key's record (mod index + value) into `buf`.
-pub(super) fn encode_kv_record(
+pub(in crate::storage) fn encode_kv_record(
     key: &[u8],
     index: u64,
     value: &str,
@@ -146,7 +151,11 @@ pub(super) fn encode_kv_record(
 }
 
 /// Verifies and decodes a user key's record from `tree` into an item.
-pub(super) fn decode_kv_item(name: &str, key: &[u8], bytes: &[u8]) -> Result<KvItem, StorageError> {
+pub(in crate::storage) fn decode_kv_item(
+    name: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<KvItem, StorageError> {
     let desc = || describe_key(name, key);
     let k = std::str::from_utf8(key)
         .map_err(|_| StorageError::Corruption {

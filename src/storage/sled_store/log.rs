@@ -23,6 +23,12 @@
 //!
 //! [`SEQ_KEY`] shares the tree: nine bytes sort after every 8-byte key, so
 //! every log scan stops before it.
+//!
+//! Format of a batch: a checksummed record ([`record`]) under its key,
+//! whose payload is the entries as a bincode sequence: the entry count as
+//! a varint, then each [`Entry`] (index, term, payload). The count comes
+//! first so that a reader can decode entry by entry and stop early
+//! ([`BatchEntries`]).
 
 use std::ops::Bound;
 use std::sync::atomic::Ordering;

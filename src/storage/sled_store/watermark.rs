@@ -57,6 +57,14 @@ const SLOT_LEN: usize = 64;
 const SLOT_KEYS: [&[u8]; 2] = [b"watermark slot 0", b"watermark slot 1"];
 
 /// The open guard file.
+///
+/// Format: 4160 bytes; slot 0 at offset 0 and slot 1 at offset 4096, 64
+/// bytes each, zero elsewhere. A slot is one length byte `n`, then a
+/// checksummed record (see [`crate::storage::record`]) of `n` bytes whose
+/// key is `watermark slot 0` or `watermark slot 1` and whose payload is
+/// the sequence number as a varint `u64`, then zeros. Number `s` goes to
+/// slot `s % 2`. No header of its own: the data dir's format version (in
+/// its identity record) covers it.
 pub struct Watermark {
     file: File,
     path: PathBuf,
