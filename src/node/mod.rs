@@ -19,7 +19,7 @@
 //! * [`raft_loop`]: [`RaftLoop`], the only code that interprets a
 //!   [`crate::raft::Ready`]. Generic over the storage
 //!   ([`crate::storage::NodeStore`]), the transport ([`PeerTransport`]) and
-//!   the clock ([`Clock`]) — see [`env`].
+//!   the clock ([`Clock`]) — see [`mod@env`].
 //! * `driver`: the production driver, a tokio `select!` on a thread of its
 //!   own that only feeds the loop; the simulation (`crate::sim`) drives the
 //!   same loop in virtual time.

@@ -1,32 +1,52 @@
 //! Deterministic simulation of a RaftKV cluster: the proof that the
-//! consensus core keeps its promises under faults.
+//! node's Raft loop and the consensus core keep their promises under
+//! faults.
 //!
-//! One seeded RNG drives everything: a cluster of 3 or 5 [`RaftNode`]s,
-//! each with an in-memory log store and state machine
-//! ([`crate::storage::mem`]), a network that loses, delays, reorders and
-//! duplicates messages and is cut by symmetric and one-way partitions that
-//! change over time, crashes that lose everything not yet persisted (the
-//! Ready being handled, the core's memory, the state machine's unflushed
-//! applies) followed by restarts from the durable state only, snapshots and
-//! log compaction with InstallSnapshot transfers, and clients that propose
-//! writes (some with CAS, some batched) and ReadIndex reads at random nodes.
+//! Every simulated node runs the production [`RaftLoop`] — the only code
+//! that interprets a Ready — over [`MemStore`] (the in-memory twin of the
+//! sled store, wrapped with crash points), a simulated network and virtual
+//! time (`env.rs`). The simulation is the loop's driver, shaped like the
+//! production one: events wait in a node's inbox while it is busy (a round
+//! that fsyncs takes time), ticks come first, proposals are held for the
+//! ack wait when the loop asks. Clients write and read through the loop's
+//! own [`Proposal`] / [`ReadRequest`] entry points.
+//!
+//! One seeded RNG drives everything: a cluster of 3 or 5 nodes, a network
+//! that loses, delays, reorders, duplicates and replays messages and is
+//! cut by symmetric and one-way partitions that change over time, crashes
+//! (between rounds, or in the middle of one at a storage call — an fsync
+//! most likely — losing what was not durable yet and every message not yet
+//! handed over; applies written before a crashing fsync may or may not have
+//! reached the disk, as with sled), clean stops (a leader hands over first,
+//! then everything waiting is answered), restarts from the durable state
+//! only, leadership transfers, compaction by the loop's policy and streamed
+//! snapshots staged and installed by the receiving loop.
 //!
 //! After every event the [`checker`] verifies election safety, log
-//! matching, leader completeness, state machine safety, that committed
-//! entries are never lost and that commit indexes never go backwards. Every
-//! ReadIndex read is checked against the history of completed writes. After
-//! the chaos phase the faults heal and the run must show liveness: a leader
-//! commits a new write within a bounded number of ticks, and every replica
-//! converges to the reference state.
+//! matching, leader completeness, the current-term commit rule (§5.4.2),
+//! state machine safety, that committed entries are never lost and that
+//! commit indexes never go backwards. Every answer a client gets is checked:
+//! an acknowledged write against the reference state machine (its index and
+//! result), a refused one never appears, a read against the history of
+//! writes. Nothing may be left hanging that the loop could have answered: a
+//! read after its node lost leadership, a write after its node applied the
+//! index it committed at, anything on a clean stop. After the chaos phase
+//! the faults heal and the run must show liveness: a leader commits a new
+//! write within a bounded number of ticks, and every replica converges to
+//! the reference state.
 //!
-//! Runs are reproducible from the seed alone. A failing run is repeated
-//! with tracing on and reported with its seed, scenario and the last events
-//! ([`SimFailure`]). The `RAFTKV_SIM_SEEDS=N` and `RAFTKV_SIM_SEED=S`
-//! environment variables choose how many seeds run, or which single seed
-//! replays ([`seeds_from_env`]); `RAFTKV_SIM_TRACE=N` keeps the last `N`
-//! events of a failing run instead of 400.
+//! Runs are reproducible from the seed alone (no wall clock, no threads,
+//! no hash-order dependence). A failing run is repeated with tracing on and
+//! reported with its seed, scenario and the last events ([`SimFailure`]).
+//! The `RAFTKV_SIM_SEEDS=N` and `RAFTKV_SIM_SEED=S` environment variables
+//! choose how many seeds run, or which single seed replays
+//! ([`seeds_from_env`]); `RAFTKV_SIM_TRACE=N` keeps the last `N` events of
+//! a failing run instead of 400.
 //!
-//! [`RaftNode`]: crate::raft::RaftNode
+//! [`RaftLoop`]: crate::node::RaftLoop
+//! [`MemStore`]: crate::storage::mem::MemStore
+//! [`Proposal`]: crate::node::Proposal
+//! [`ReadRequest`]: crate::node::ReadRequest
 
 pub mod checker;
 mod client;
@@ -41,7 +61,8 @@ use rand::{Rng, SeedableRng};
 pub use cluster::Sim;
 
 /// Simulated time units per tick (network delays are drawn in units, so a
-/// message can take a fraction of a tick).
+/// message can take a fraction of a tick). A unit is what the loop's clock
+/// calls a millisecond (its 2 ms ack wait is 2 units).
 pub const TICK: u64 = 10;
 
 /// The knobs of one simulated run, all derived from the seed.
@@ -80,10 +101,12 @@ pub struct Scenario {
     /// (election messages are favoured: they are few, and replaying them
     /// into later terms is what stale-vote bugs need).
     pub replay: f64,
-    /// Largest delay between taking a Ready and finishing its handling
-    /// (persist, send, apply), in time units; a crash in between loses it.
+    /// Largest time an fsync (a `save`) takes, in time units: the node is
+    /// busy meanwhile, events wait in its inbox, and what the loop sends
+    /// after it leaves later.
     pub persist_delay: u64,
-    /// Mean ticks between crashes during the chaos phase (0 = none).
+    /// Mean ticks between crashes during the chaos phase (0 = none); the
+    /// same rate drives leadership transfers, and clean stops at half of it.
     pub crash_every_ticks: u64,
     /// Probability that a node crashes during one of its fsyncs (a `save`,
     /// compaction or install) in the chaos phase: the durability-ordering
@@ -95,7 +118,9 @@ pub struct Scenario {
     pub partition_every_ticks: u64,
     /// Applied entries between snapshots (0 = never compact).
     pub snapshot_threshold: u64,
-    /// Probability that a node flushes its state machine after a Ready.
+    /// Probability that a node's applied state becomes durable after a
+    /// round, or with a durable write (the in-memory state machine flushes
+    /// explicitly; sled's are durable with its next sync).
     pub flush_probability: f64,
     /// Number of clients.
     pub clients: usize,

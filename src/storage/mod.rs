@@ -242,7 +242,7 @@ pub trait SnapshotSource: Send + 'static {
     /// The applied index (and its term) the view shows.
     fn meta(&self) -> SnapshotMeta;
 
-    /// The view as an [image](image) in chunks of about `chunk_bytes`; the
+    /// The view as an [image] in chunks of about `chunk_bytes`; the
     /// last chunk carries the [`ImageTrailer`]. Reading may block (run it
     /// off the Raft loop).
     fn chunks(self, chunk_bytes: usize) -> Self::Chunks;

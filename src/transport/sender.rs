@@ -253,7 +253,7 @@ impl<I: Send + 'static, Src: SnapshotSource> PeerTransport<Src> for HttpTranspor
     }
 
     /// Streams the image on a blocking thread and the network (see
-    /// [`super::snapshot`]).
+    /// `snapshot.rs` of this module).
     fn send_snapshot(&mut self, message: Message, source: Src) -> bool {
         let Some(link) = self.links.get(&message.to).cloned() else {
             return false;
