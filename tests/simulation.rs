@@ -71,6 +71,11 @@ fn simulation_holds_every_invariant_across_seeds() {
         assert!(stats.crashes > 0 && stats.partitions > 0 && stats.dropped > 0);
         assert!(stats.writes_ok > 0 && stats.reads_ok > 0 && stats.writes_failed > 0);
         assert!(stats.compactions > 0 && stats.snapshots_sent > 0 && stats.snapshots_installed > 0);
+        // The Raft loop's own policies ran: the ack wait, compaction that
+        // keeps the log for a snapshot being streamed, clean stops with a
+        // hand-over, leadership transfers.
+        assert!(stats.ack_waits > 0 && stats.compactions_kept_for_transfer > 0);
+        assert!(stats.stops > 0 && stats.transfers > 0);
         assert!(
             stats.leader_terms > seeds.len() as u64,
             "leaders changed within runs"

@@ -477,6 +477,7 @@ impl Sim {
             rl.clock().env.time.set(now);
             if let Some(until) = rl.hold_proposals_until(!inbox.proposals.is_empty()) {
                 node.hold_until = Some(until);
+                self.shared.stats.borrow_mut().ack_waits += 1;
                 let inc = node.incarnation;
                 self.schedule_at(until, Event::Wake(i, inc));
                 continue;

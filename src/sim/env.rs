@@ -209,8 +209,14 @@ impl LogStore for SimStore {
 
     fn compact(&mut self, meta: SnapshotMeta) -> Result<(), StorageError> {
         self.effect(true, |s| {
+            let applied = s.inner.applied_index();
             s.inner.compact(meta)?;
-            s.env.shared.stats.borrow_mut().compactions += 1;
+            let mut stats = s.env.shared.stats.borrow_mut();
+            stats.compactions += 1;
+            if meta.index < applied {
+                stats.compactions_kept_for_transfer += 1;
+            }
+            drop(stats);
             let id = s.env.id;
             s.env.record(|| format!("n{id} compact to {meta:?}"));
             Ok(())

@@ -240,6 +240,11 @@ pub struct Stats {
     pub partitions: u64,
     /// Log compactions.
     pub compactions: u64,
+    /// Compactions that stopped short of the applied index (the loop kept
+    /// the log for a snapshot it was streaming).
+    pub compactions_kept_for_transfer: u64,
+    /// Times a leader held its proposals for the ack wait.
+    pub ack_waits: u64,
     /// InstallSnapshot messages sent.
     pub snapshots_sent: u64,
     /// Snapshots installed by followers.
@@ -267,6 +272,8 @@ impl Stats {
         self.stops += o.stops;
         self.partitions += o.partitions;
         self.compactions += o.compactions;
+        self.compactions_kept_for_transfer += o.compactions_kept_for_transfer;
+        self.ack_waits += o.ack_waits;
         self.snapshots_sent += o.snapshots_sent;
         self.snapshots_installed += o.snapshots_installed;
         self.heal_to_commit_ticks = self.heal_to_commit_ticks.max(o.heal_to_commit_ticks);
