@@ -23,6 +23,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod etcd;
 pub mod http_client;
 pub mod kv;
 pub mod node;
