@@ -11,6 +11,7 @@
 //! | [`sim`] | deterministic, seeded simulation of whole clusters over the real core |
 //! | [`node`] | the runtime that drives the core with a clock, the disk and the network |
 //! | [`server`] | axum routes: the client API of the contract and the `/raft/*` RPCs |
+//! | [`etcd`] | etcd v3's gRPC API: generated types, conversions to [`kv`], etcd's errors, the services over an [`etcd::EtcdBackend`] (not wired into the node yet) |
 //! | [`client`] | HTTP client with leader discovery and retry, used by the CLI and bench |
 //! | [`http_client`] | kept-alive HTTP/1.1 client that sends paths byte for byte (client, forwarding) |
 //! | [`cli`] | the `raftkv` command line |
