@@ -10,6 +10,7 @@
 //! storage    sled and in-memory stores      raft, kv
 //! node       the Raft loop, NodeHandle      raft, kv, storage
 //! server     client API routes (axum)       raft, kv, node, http_client (forwarding)
+//! etcd       etcd v3 gRPC API               raft, kv, node (error mapping)
 //! transport  peer transport over HTTP       raft, kv, storage, node, server (HTTP helpers)
 //! daemon     one node process               raft, kv, storage, node, server, transport
 //! sim        deterministic simulation       raft, kv, storage, node
@@ -34,6 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("node", &["raft", "kv", "storage"]),
     ("http_client", &[]),
     ("server", &["raft", "kv", "node", "http_client"]),
+    ("etcd", &["raft", "kv", "node"]),
     ("transport", &["raft", "kv", "storage", "node", "server"]),
     (
         "daemon",

@@ -13,6 +13,7 @@
 //! | [`transport`] | the peer transport over HTTP: sending, receiving, envelope checks, snapshot streaming |
 //! | [`server`] | axum routes: the client API of the contract (the process mounts the transport's `/raft/*` next to them) |
 //! | [`daemon`] | one node process: storage + node + transport + server, and its clean shutdown |
+//! | [`etcd`] | etcd v3's gRPC API: generated types, conversions to [`kv`], etcd's errors, the services over an [`etcd::EtcdBackend`] (not wired into the node yet) |
 //! | [`client`] | HTTP client with leader discovery and retry, used by the CLI and bench |
 //! | [`http_client`] | kept-alive HTTP/1.1 client that sends paths byte for byte (client, forwarding) |
 //! | [`cli`] | the `raftkv` command line |
@@ -30,6 +31,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod etcd;
 pub mod http_client;
 pub mod kv;
 pub mod node;
