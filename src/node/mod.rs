@@ -26,6 +26,9 @@
 //! * [`handle`]: [`NodeHandle`] (what the server holds), [`Inbox`] (what
 //!   the transport delivers into), and the values between them.
 //! * [`membership`]: names/addresses → core ids, cluster id.
+//! * [`observer`]: what the loop tells about applied changes
+//!   ([`observer::ApplyObserver`]) and the stored history watchers catch up
+//!   from ([`observer::EventHistory`]).
 //!
 //! The node knows neither HTTP server nor peer transport: the process
 //! (`crate::daemon`) opens the store, prepares a node ([`PreparedNode`]),
@@ -36,6 +39,7 @@ mod driver;
 pub mod env;
 pub mod handle;
 pub mod membership;
+pub mod observer;
 pub mod raft_loop;
 
 use std::path::PathBuf;
