@@ -487,10 +487,13 @@ impl MvccTree {
 
     /// Number of changes in the by-revision index (those not yet removed
     /// by physical compaction).
-    pub fn log_len(&self) -> usize {
-        self.tree
-            .range(vec![BY_REVISION]..vec![BY_REVISION + 1])
-            .count()
+    pub fn log_len(&self) -> Result<usize, StorageError> {
+        let mut n = 0;
+        for item in self.tree.range(vec![BY_REVISION]..vec![BY_REVISION + 1]) {
+            item.map_err(|e| self.sled_err(b"\x03", e))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Fails with [`KvError::Compacted`] if the compact revision has moved

@@ -25,6 +25,9 @@ fn fresh() -> (sled::Db, MvccTree) {
     (db, MvccTree::new(tree))
 }
 
+/// The key of a node's applied-index record in its key-value tree.
+const APPLIED: &[u8] = b"\xffapplied";
+
 // ------------------------------------------------------- generators --
 
 /// Few keys, so that commands collide; bytes that need escaping included.
@@ -277,7 +280,7 @@ fn check_same(tree: &MvccTree, mem: &MemMvcc) -> Result<(), TestCaseError> {
         answer(tree.events(from, KeyRange::From(&[0]), usize::MAX))?,
         mem.events(from, KeyRange::From(&[0]), usize::MAX)
     );
-    prop_assert_eq!(tree.log_len(), mem.log_len());
+    prop_assert_eq!(tree.log_len().map_err(fail)?, mem.log_len());
     Ok(())
 }
 
@@ -299,6 +302,13 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let (_db, tree) = fresh();
     let (_db2, lazy) = fresh();
     let mut mem = MemMvcc::new();
+    // The owner's record beside the MVCC slots (a node's applied index):
+    // nothing reads, moves or removes it.
+    for t in [&tree, &lazy] {
+        t.tree()
+            .insert(APPLIED, &b"not an mvcc record"[..])
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
     for step in steps {
         let (cmd, check_view) = match step {
             Step::Apply(cmd, check_view) => (cmd, check_view),
@@ -354,6 +364,28 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 &scan_all(&before, before.revision()).map_err(fail)?,
                 &before_state
             );
+            // Resuming from the history after a key, as a scan does when a
+            // writer commits in the middle of it.
+            for after in KEYS {
+                let mut got = Vec::new();
+                before
+                    .scan_history(
+                        KeyRange::From(&[0]),
+                        before.revision(),
+                        Some(after),
+                        &mut |kv| {
+                            got.push(kv);
+                            ControlFlow::Continue(())
+                        },
+                    )
+                    .map_err(fail)?;
+                let expected: Vec<KeyValue> = before_state
+                    .iter()
+                    .filter(|kv| kv.key.as_slice() > *after)
+                    .cloned()
+                    .collect();
+                prop_assert_eq!(got, expected, "after {:?}", after);
+            }
             for key in KEYS {
                 let expected =
                     MvccView::get(&mem, key, before.revision()).unwrap_or_else(|n| match n {});
@@ -388,6 +420,13 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         tree.pruned_revision().map_err(fail)?,
         mem.compact_revision()
     );
+    for t in [&tree, &lazy, &copied] {
+        let applied = t
+            .tree()
+            .get(APPLIED)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(applied.as_deref(), Some(&b"not an mvcc record"[..]));
+    }
     Ok(())
 }
 
@@ -433,7 +472,7 @@ fn overwrites_stay_bounded_with_compaction() {
         // The current record, the versions at and just below the compact
         // revision, the index entry of the one at it, three meta records.
         assert_eq!(tree.versions().expect("versions").len(), 2);
-        assert_eq!(tree.log_len(), 1);
+        assert_eq!(tree.log_len().expect("log_len"), 1);
         assert_eq!(tree.tree().len(), 7, "round {round}");
     }
 }
@@ -498,6 +537,51 @@ fn flipped_bytes_are_corruption_errors() {
         tree.range(&all_at(0)),
         Err(ExecError::Store(StorageError::Corruption { .. }))
     ));
+}
+
+/// Readers on other threads see, at every moment, exactly the state of
+/// the revision their view was opened at, while a writer commits.
+#[test]
+fn concurrent_readers_see_whole_revisions() {
+    let (_db, tree) = fresh();
+    let mut mem = MemMvcc::new();
+    let cmds: Vec<Command> = (0..300u32)
+        .map(|i| {
+            let key = KEYS[(i as usize * 7) % KEYS.len()];
+            if i % 5 == 4 {
+                Command::DeleteRange(DeleteRangeRequest {
+                    key: key.to_vec(),
+                    range_end: prefix_end(key),
+                    prev_kv: false,
+                })
+            } else {
+                put(key, &i.to_be_bytes())
+            }
+        })
+        .collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let view = tree.view().expect("view");
+                let state = scan_all(&view, view.revision()).expect("scan");
+                seen.push((view.revision(), state));
+            }
+            seen
+        });
+        for cmd in &cmds {
+            let applied = tree.apply(cmd).expect("apply");
+            mem.commit(&applied).expect("commit");
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        reader.join().expect("reader")
+    });
+    assert!(!seen.is_empty());
+    for (rev, state) in seen {
+        let expected = scan_all(&mem, rev).unwrap_or_else(|never| match never {});
+        assert_eq!(state, expected, "scan at revision {rev}");
+    }
 }
 
 /// A stage for another revision is refused; a staged batch changes
