@@ -57,6 +57,14 @@
 //! version < `C` unless it is a tombstone; the `0x03` entries below `C`
 //! go. So the disk stays bounded by the live keys plus the history since
 //! the last compaction.
+//!
+//! # Watch catch-up
+//!
+//! [`MvccTree::events`], [`MvccTree::revision`] and
+//! [`MvccTree::compact_revision`] are what `crate::node::observer`'s
+//! `EventHistory` asks for; the node implements that trait over this type
+//! (storage may not depend on node), mapping [`ExecError::Kv`] to its
+//! `Kv` cause and [`ExecError::Store`] to its `Storage` cause.
 
 use std::collections::BTreeSet;
 use std::fmt::Display;
@@ -348,10 +356,13 @@ impl MvccTree {
             taken += 1;
             last_rev = Some(rev);
         }
-        // Every change below the new mark has been processed.
+        // Every change below the new mark has been processed: all of them
+        // below the compact revision when none is left, else those below
+        // the last one processed (changes of one revision may straddle).
         let mark = match (more, last_rev) {
+            (false, _) => compact,
             (true, Some(rev)) => rev,
-            _ => compact,
+            (true, None) => pruned,
         };
         if taken == 0 && mark <= pruned {
             return Ok(more);

@@ -343,6 +343,27 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let done = mem.compact_physically(budget);
                 let more = tree.compact_step(budget).map_err(fail)?;
                 prop_assert_eq!(more, !done);
+                // The pruned mark never claims more than was removed.
+                let pruned = tree.pruned_revision().map_err(fail)?;
+                prop_assert!(pruned <= mem.compact_revision());
+                if !more {
+                    prop_assert_eq!(pruned, mem.compact_revision());
+                }
+                let first_left = tree
+                    .tree()
+                    .range(vec![keys::BY_REVISION]..vec![keys::BY_REVISION + 1])
+                    .next()
+                    .transpose()
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?
+                    .and_then(|(k, _)| keys::parse_change(&k[1..]));
+                if let Some((rev, _)) = first_left {
+                    prop_assert!(
+                        rev >= pruned,
+                        "change {} left below pruned mark {}",
+                        rev,
+                        pruned
+                    );
+                }
                 prop_assert_eq!(tree.versions().map_err(fail)?, mem_versions(&mem));
                 check_same(&tree, &mem)?;
                 continue;
