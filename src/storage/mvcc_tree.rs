@@ -185,7 +185,7 @@ impl MvccTree {
     pub fn stage(&self, applied: &Applied, batch: &mut sled::Batch) -> Result<(), StorageError> {
         if let Some(rev) = applied.new_revision() {
             let current = self.revision()?;
-            if rev != current + 1 {
+            if rev != current.saturating_add(1) {
                 return Err(StorageError::Inconsistent(format!(
                     "tree `{}`: outcome for revision {rev} staged on a store at revision {current}",
                     self.name
@@ -292,7 +292,7 @@ impl MvccTree {
         // Changes of revisions after the view's are not read: a batch
         // being committed may be half visible to an iterator.
         let start = by_revision_key(from_revision.max(0), 0);
-        let end = by_revision_key(view.revision + 1, 0);
+        let end = by_revision_key(view.revision.saturating_add(1), 0);
         for item in self.tree.range(start..end) {
             let (k, v) = item.map_err(|e| self.sled_err(b"\x03", e))?;
             let (rev, sub) = k
@@ -317,7 +317,7 @@ impl MvccTree {
                 }
                 EventKind::Delete => Event::delete_marker(entry.key.clone(), rev),
             };
-            let prev_kv = view.history_get(&entry.key, rev - 1)?;
+            let prev_kv = view.history_get(&entry.key, rev.saturating_sub(1))?;
             out.push(Event {
                 kind: entry.kind,
                 kv,
