@@ -35,6 +35,7 @@ pub(crate) mod golden_tests;
 pub mod identity;
 pub mod image;
 pub mod mem;
+pub mod mvcc_tree;
 pub mod record;
 pub mod sled_store;
 
