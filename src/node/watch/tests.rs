@@ -234,7 +234,7 @@ fn specs() -> Vec<WatchRequest> {
 /// in the future; filters), consumed concurrently with a writer on another
 /// thread, small buffers and ring so that every catch-up path runs: each
 /// yields exactly the model's events.
-async fn many_watchers_case(seed: u64, limits: WatchLimits) {
+async fn many_watchers_case(seed: u64, limits: WatchLimits) -> WatchStats {
     let h = Arc::new(Harness::new(limits));
     let mut rng = SmallRng::seed_from_u64(seed);
     for n in 0..60 {
@@ -311,6 +311,7 @@ async fn many_watchers_case(seed: u64, limits: WatchLimits) {
     let stats = h.hub.stats();
     assert_eq!(stats.watchers, 0);
     assert_eq!(stats.cancellations, 0);
+    stats
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,14 +322,22 @@ async fn many_watchers_see_exactly_the_model_events_small_limits() {
         page_events: 2,
     };
     for seed in 0..3 {
-        many_watchers_case(seed, limits).await;
+        let stats = many_watchers_case(seed, limits).await;
+        // Both catch-up sources ran (the ring, and storage).
+        assert!(stats.catch_ups > 0 && stats.history_reads > 0, "{stats:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_watchers_see_exactly_the_model_events_default_limits() {
     for seed in 10..12 {
-        many_watchers_case(seed, WatchLimits::default()).await;
+        let stats = many_watchers_case(seed, WatchLimits::default()).await;
+        // Starts in the past caught up; only starts before the hub
+        // existed (revision 1) had to read storage, one page each.
+        assert!(
+            stats.catch_ups > 0 && stats.history_reads <= 24,
+            "{stats:?}"
+        );
     }
 }
 
@@ -339,7 +348,8 @@ async fn many_watchers_see_exactly_the_model_events_without_ring() {
         ring_revisions: 0,
         page_events: 1,
     };
-    many_watchers_case(20, limits).await;
+    let stats = many_watchers_case(20, limits).await;
+    assert!(stats.history_reads > 0, "{stats:?}");
 }
 
 #[tokio::test]
