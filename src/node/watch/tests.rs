@@ -661,3 +661,88 @@ async fn a_skipped_revision_is_read_from_history() {
     assert_eq!(got, h.expected(&spec, 2));
     assert_eq!(got.len(), 3);
 }
+
+/// A history that applies one queued write (store and hub) while a watcher
+/// reads it: the write lands after the hub's revision was taken for the
+/// page and before the page is queued.
+struct RacyStore {
+    store: Store,
+    hub: std::sync::OnceLock<WatchHub>,
+    pending: Mutex<VecDeque<Command>>,
+}
+
+impl EventHistory for RacyStore {
+    fn revision(&self) -> i64 {
+        self.store.revision()
+    }
+    fn compact_revision(&self) -> i64 {
+        self.store.compact_revision()
+    }
+    fn events(
+        &self,
+        from_revision: i64,
+        range: KeyRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Event>, HistoryError> {
+        let out = self.store.events(from_revision, range, limit);
+        let cmd = lock(&self.pending).pop_front();
+        if let (Some(cmd), Some(hub)) = (cmd, self.hub.get()) {
+            let applied = lock(&self.store.0).apply(&cmd);
+            if let Some(rev) = applied.new_revision() {
+                hub.applied(rev, &applied.events);
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn writes_during_a_history_read_are_neither_lost_nor_repeated() {
+    let racy = Arc::new(RacyStore {
+        store: Store(Mutex::new(MemMvcc::new())),
+        hub: std::sync::OnceLock::new(),
+        pending: Mutex::new(VecDeque::new()),
+    });
+    // No ring: every catch-up step reads storage.
+    let limits = WatchLimits {
+        buffer_events: 2,
+        ring_revisions: 0,
+        page_events: 2,
+    };
+    let hub = WatchHub::new(racy.clone(), limits);
+    assert!(racy.hub.set(hub.clone()).is_ok());
+    for n in 0..6 {
+        let applied = lock(&racy.store.0).apply(&put(KEYS[n % 3], "v"));
+        if let Some(rev) = applied.new_revision() {
+            hub.applied(rev, &applied.events);
+        }
+    }
+    for n in 0..5 {
+        lock(&racy.pending).push_back(put(KEYS[n % 3], "racing"));
+    }
+    let spec = req(b"\x00", b"\x00", 2);
+    let mut w = hub.watch(spec.clone()).expect("valid");
+    let mut got = Vec::new();
+    while !lock(&racy.pending).is_empty()
+        || got.last().map(|g: &(i64, Vec<Event>)| g.0) != Some(racy.revision())
+    {
+        match next(&mut w).await {
+            WatchItem::Events { revision, events } => got.push((revision, events)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected = {
+        let m = lock(&racy.store.0);
+        let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
+        for e in m
+            .events(2, KeyRange::new(b"\x00", b"\x00"), usize::MAX)
+            .expect("kept")
+        {
+            out.push((e.kv.mod_revision, vec![e]));
+        }
+        out
+    };
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 11); // revisions 2..=12
+    assert!(hub.stats().history_reads >= 5);
+}
