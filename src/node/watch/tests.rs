@@ -703,11 +703,12 @@ async fn writes_during_a_history_read_are_neither_lost_nor_repeated() {
         hub: std::sync::OnceLock::new(),
         pending: Mutex::new(VecDeque::new()),
     });
-    // No ring: every catch-up step reads storage.
+    // No ring: every catch-up step reads storage; pages large enough that
+    // each read ends at the hub's revision, with a write racing it.
     let limits = WatchLimits {
-        buffer_events: 2,
+        buffer_events: 100,
         ring_revisions: 0,
-        page_events: 2,
+        page_events: 100,
     };
     let hub = WatchHub::new(racy.clone(), limits);
     assert!(racy.hub.set(hub.clone()).is_ok());
