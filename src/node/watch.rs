@@ -535,6 +535,10 @@ impl ApplyObserver for WatchHub {
 
 /// One watch: a [`Stream`] of [`WatchItem`]s (see the module doc). Ends
 /// after its [`WatchItem::Canceled`]. Dropping it unregisters it.
+///
+/// Catch-up reads of [`EventHistory::events`] run inside `poll_next`, on
+/// the polling task, one bounded page per step: a slow store delays that
+/// watcher only, never `applied`.
 pub struct Watcher {
     inner: Arc<Inner>,
     slot: Arc<Slot>,
