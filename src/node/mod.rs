@@ -29,6 +29,9 @@
 //! * [`observer`]: what the loop tells about applied changes
 //!   ([`observer::ApplyObserver`]) and the stored history watchers catch up
 //!   from ([`observer::EventHistory`]).
+//! * [`watch`]: the watch hub ([`watch::WatchHub`]), the observer that fans
+//!   applied events out to watchers and catches slow or late ones up from
+//!   history.
 //!
 //! The node knows neither HTTP server nor peer transport: the process
 //! (`crate::daemon`) opens the store, prepares a node ([`PreparedNode`]),
@@ -41,13 +44,14 @@ pub mod handle;
 pub mod membership;
 pub mod observer;
 pub mod raft_loop;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch as status_watch};
 
 use crate::raft::{Config, InitialState, RaftError, RaftNode};
 use crate::storage::{NodeStore, StorageError};
@@ -274,7 +278,7 @@ pub struct PreparedNode<S: NodeStore> {
     core: RaftNode,
     store: S,
     channels: driver::LoopChannels<S::Staged>,
-    status_tx: watch::Sender<NodeStatus>,
+    status_tx: status_watch::Sender<NodeStatus>,
     tick: Duration,
     snapshot_threshold: u64,
 }
@@ -302,7 +306,7 @@ where
         let (read_tx, reads) = mpsc::channel(65536);
         let (inbound_tx, inbound) = mpsc::channel(4096);
         let (control_tx, control) = mpsc::channel(16);
-        let (status_tx, status_rx) = watch::channel(NodeStatus::default());
+        let (status_tx, status_rx) = status_watch::channel(NodeStatus::default());
         let request_timeout = Duration::from_millis(config.request_timeout_ms);
         let max_election = timing.tick * timing.election_ticks * 2;
         let handle = NodeHandle {
@@ -364,7 +368,7 @@ where
             settings,
             Some(self.status_tx),
         );
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = status_watch::channel(false);
         let done = driver::spawn(core, self.channels, self.tick, stop_rx)?;
         Ok(RunningNode {
             handle: self.handle,
@@ -377,7 +381,7 @@ where
 /// A node whose loop runs. Dropping it stops the loop (without waiting).
 pub struct RunningNode {
     handle: NodeHandle,
-    stop_tx: watch::Sender<bool>,
+    stop_tx: status_watch::Sender<bool>,
     done: Option<oneshot::Receiver<Result<(), LoopFailure>>>,
 }
 
