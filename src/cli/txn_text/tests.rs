@@ -305,3 +305,35 @@ fn response_text_is_etcdctl_like() {
     );
     assert_eq!(format_txn_response(&TxnResponse::default()), "FAILURE\n");
 }
+
+#[test]
+fn docs_text_example_parses() {
+    let doc = include_str!("../../../docs/api.md");
+    let after = doc
+        .split_once("etcdctl-like text form")
+        .expect("docs/api.md shows the text form")
+        .1;
+    let block = after
+        .split("```")
+        .nth(1)
+        .expect("a code block")
+        .trim_start_matches('\n');
+    let t = parse_txn_text(block).unwrap();
+    assert_eq!(
+        t.compare,
+        vec![cmp(
+            "counter",
+            CompareResult::Equal,
+            CompareTarget::ModRevision(7)
+        )]
+    );
+    assert_eq!(
+        t.success,
+        vec![
+            put("counter", "8"),
+            del(b"tmp/", b"tmp0"),
+            get(b"user/", b"user0")
+        ]
+    );
+    assert_eq!(t.failure, vec![get(b"counter", b"")]);
+}

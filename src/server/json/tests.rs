@@ -966,3 +966,58 @@ fn kv_errors_map_to_status_code_text_and_back() {
     assert_eq!(kv_error_from_body(&json!({"code":"invalid_request"})), None);
     assert_eq!(kv_error_from_body(&json!({"code":"compacted"})), None);
 }
+
+// ------------------------------------------------------------------- docs
+
+/// The ```json blocks of docs/api.md: (info string, body).
+fn doc_blocks() -> Vec<(String, String)> {
+    let doc = include_str!("../../../docs/api.md");
+    let mut out = Vec::new();
+    let mut cur: Option<(String, String)> = None;
+    for line in doc.lines() {
+        match (&mut cur, line.strip_prefix("```")) {
+            (None, Some(info)) if info.starts_with("json") => {
+                cur = Some((info.to_string(), String::new()))
+            }
+            (Some(_), Some(_)) => out.extend(cur.take()),
+            (Some((_, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn docs_examples_parse_with_these_types() {
+    let blocks = doc_blocks();
+    assert!(blocks.len() >= 12, "only {} json blocks", blocks.len());
+    let (mut txns, mut compacts, mut replies, mut records) = (0, 0, 0, 0);
+    for (info, body) in &blocks {
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        match info.as_str() {
+            "json request=txn" => {
+                parse_txn_body(body.as_bytes()).unwrap();
+                txns += 1;
+            }
+            "json request=compact" => {
+                parse_compact_body(body.as_bytes()).unwrap();
+                compacts += 1;
+            }
+            _ if v.get("succeeded").is_some() => {
+                let r: JsonTxnReply = serde_json::from_value(v).unwrap();
+                r.txn.to_response(r.index).unwrap();
+                replies += 1;
+            }
+            _ if v.get("mod_revision").is_some() && v.get("header").is_none() => {
+                let r: JsonRecord = serde_json::from_value(v).unwrap();
+                KeyValue::try_from(&r).unwrap();
+                records += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((txns, compacts, replies, records), (1, 1, 1, 2));
+}
