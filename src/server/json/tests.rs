@@ -1021,3 +1021,172 @@ fn docs_examples_parse_with_these_types() {
     }
     assert_eq!((txns, compacts, replies, records), (1, 1, 1, 2));
 }
+
+// ------------------------------------------------------- property tests
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Keys: mostly text, sometimes binary (to exercise `_base64`).
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            "[a-z/]{1,6}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 1..6),
+        ]
+    }
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            "[ -~]{0,6}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        ]
+    }
+
+    fn end() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![Just(vec![]), Just(vec![0]), key()]
+    }
+
+    fn compare() -> impl Strategy<Value = Compare> {
+        let target = prop_oneof![
+            bytes().prop_map(CompareTarget::Value),
+            any::<i64>().prop_map(CompareTarget::Version),
+            any::<i64>().prop_map(CompareTarget::CreateRevision),
+            any::<i64>().prop_map(CompareTarget::ModRevision),
+            any::<i64>().prop_map(CompareTarget::Lease),
+        ];
+        let result = prop_oneof![
+            Just(CompareResult::Equal),
+            Just(CompareResult::NotEqual),
+            Just(CompareResult::Less),
+            Just(CompareResult::Greater),
+        ];
+        (key(), end(), result, target).prop_map(|(key, range_end, result, target)| Compare {
+            key,
+            range_end,
+            result,
+            target,
+        })
+    }
+
+    fn range() -> impl Strategy<Value = RangeRequest> {
+        let order = prop_oneof![
+            Just(SortOrder::None),
+            Just(SortOrder::Ascend),
+            Just(SortOrder::Descend)
+        ];
+        let target = prop_oneof![
+            Just(SortTarget::Key),
+            Just(SortTarget::Version),
+            Just(SortTarget::Create),
+            Just(SortTarget::Mod),
+            Just(SortTarget::Value),
+        ];
+        (
+            (key(), end(), 0..i64::MAX, 0..100i64, order, target),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                [0..50i64, 0..50, 0..50, 0..50],
+            ),
+        )
+            .prop_map(
+                |(
+                    (key, range_end, limit, revision, sort_order, sort_target),
+                    (keys_only, count_only, r),
+                )| {
+                    RangeRequest {
+                        key,
+                        range_end,
+                        limit,
+                        revision,
+                        sort_order,
+                        sort_target,
+                        serializable: false,
+                        keys_only,
+                        count_only,
+                        min_mod_revision: r[0],
+                        max_mod_revision: r[1],
+                        min_create_revision: r[2],
+                        max_create_revision: r[3],
+                    }
+                },
+            )
+    }
+
+    fn leaf_op() -> BoxedStrategy<RequestOp> {
+        prop_oneof![
+            (key(), bytes(), any::<i64>(), any::<[bool; 3]>()).prop_map(
+                |(key, value, lease, f)| {
+                    RequestOp::Put(PutRequest {
+                        key,
+                        value,
+                        lease,
+                        prev_kv: f[0],
+                        ignore_value: f[1],
+                        ignore_lease: f[2],
+                    })
+                }
+            ),
+            (key(), end(), any::<bool>()).prop_map(|(key, range_end, prev_kv)| {
+                RequestOp::DeleteRange(DeleteRangeRequest {
+                    key,
+                    range_end,
+                    prev_kv,
+                })
+            }),
+            range().prop_map(RequestOp::Range),
+        ]
+        .boxed()
+    }
+
+    fn txn_of(op: BoxedStrategy<RequestOp>) -> impl Strategy<Value = TxnRequest> {
+        (
+            proptest::collection::vec(compare(), 0..3),
+            proptest::collection::vec(op.clone(), 0..3),
+            proptest::collection::vec(op, 0..3),
+        )
+            .prop_map(|(compare, success, failure)| TxnRequest {
+                compare,
+                success,
+                failure,
+            })
+    }
+
+    fn txn() -> impl Strategy<Value = TxnRequest> {
+        txn_of(
+            prop_oneof![
+                3 => leaf_op(),
+                1 => txn_of(leaf_op()).prop_map(RequestOp::Txn),
+            ]
+            .boxed(),
+        )
+    }
+
+    fn record() -> impl Strategy<Value = KeyValue> {
+        (key(), bytes(), any::<[i64; 4]>()).prop_map(|(key, value, n)| KeyValue {
+            key,
+            create_revision: n[0],
+            mod_revision: n[1],
+            version: n[2],
+            value,
+            lease: n[3],
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn txn_requests_round_trip(t in txn()) {
+            let text = serde_json::to_string(&JsonTxnRequest::from_request(&t)).unwrap();
+            prop_assert_eq!(parse_txn_body(text.as_bytes()).unwrap(), t);
+        }
+
+        #[test]
+        fn records_and_events_round_trip(kv in record(), prev in proptest::option::of(record()), put in any::<bool>()) {
+            let e = Event { kind: if put { EventKind::Put } else { EventKind::Delete }, kv, prev_kv: prev };
+            let text = serde_json::to_string(&JsonEvent::from(&e)).unwrap();
+            let back: JsonEvent = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(Event::try_from(&back).unwrap(), e);
+        }
+    }
+}
