@@ -337,3 +337,23 @@ fn docs_text_example_parses() {
     );
     assert_eq!(t.failure, vec![get(b"counter", b"")]);
 }
+
+#[test]
+fn binary_keys_and_values_print_with_replacement_characters() {
+    let r = TxnResponse {
+        succeeded: true,
+        responses: vec![ResponseOp::Range(Revisioned {
+            revision: 1,
+            body: RangeResponse {
+                kvs: vec![KeyValue {
+                    key: vec![b'k', 0xff],
+                    value: vec![0xc3, 0x28],
+                    ..KeyValue::default()
+                }],
+                more: false,
+                count: 1,
+            },
+        })],
+    };
+    assert_eq!(format_txn_response(&r), "SUCCESS\n\nk\u{fffd}\n\u{fffd}(\n");
+}

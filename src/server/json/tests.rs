@@ -1190,3 +1190,22 @@ mod props {
         }
     }
 }
+
+#[test]
+fn get_reply_round_trips_with_the_record_flattened() {
+    let reply = JsonGetReply {
+        record: JsonRecord::from(&kv(b"k", &[0xff], 1, 2, 2, 0)),
+        header: JsonHeader {
+            cluster_id: u64::MAX,
+            member_id: 3,
+            revision: 2,
+            raft_term: 1,
+        },
+    };
+    let v = serde_json::to_value(&reply).unwrap();
+    assert_eq!(v["key"], "k");
+    assert_eq!(v["value_base64"], "/w==");
+    assert_eq!(v["header"]["cluster_id"], u64::MAX);
+    let back: JsonGetReply = serde_json::from_value(v).unwrap();
+    assert_eq!(back, reply);
+}
