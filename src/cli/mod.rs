@@ -13,6 +13,7 @@ pub mod local_cluster;
 pub mod output;
 pub mod signals;
 pub mod start;
+pub mod txn_text;
 
 pub use start::{parse_host_port, parse_node_id, parse_peer_list, PeerList, StartArgs};
 

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod error;
 pub mod forward;
 pub mod input;
+pub(crate) mod json;
 pub mod kv;
 
 use std::panic::AssertUnwindSafe;
