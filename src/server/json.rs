@@ -1807,6 +1807,7 @@ pub fn kv_error_code(e: &KvError) -> &'static str {
         KvError::InvalidSortOption => "invalid_sort_option",
         KvError::NegativeField { .. } => "negative_field",
         KvError::LeaseNotFound => "lease_not_found",
+        KvError::MalformedCommand(_) => "malformed_command",
     }
 }
 
@@ -1831,6 +1832,7 @@ pub fn kv_error(e: &KvError) -> ApiError {
         KvError::NegativeField { field, value } => {
             err.with("field", field.as_str()).with("value", *value)
         }
+        KvError::MalformedCommand(why) => err.with("reason", why.as_str()),
         _ => err,
     }
 }
@@ -1865,6 +1867,9 @@ pub fn kv_error_from_body(body: &Value) -> Option<KvError> {
             value: num("value")?,
         },
         "lease_not_found" => KvError::LeaseNotFound,
+        "malformed_command" => {
+            KvError::MalformedCommand(body.get("reason")?.as_str()?.to_string())
+        }
         _ => return None,
     })
 }
