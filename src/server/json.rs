@@ -1867,9 +1867,7 @@ pub fn kv_error_from_body(body: &Value) -> Option<KvError> {
             value: num("value")?,
         },
         "lease_not_found" => KvError::LeaseNotFound,
-        "malformed_command" => {
-            KvError::MalformedCommand(body.get("reason")?.as_str()?.to_string())
-        }
+        "malformed_command" => KvError::MalformedCommand(body.get("reason")?.as_str()?.to_string()),
         _ => return None,
     })
 }
