@@ -26,7 +26,7 @@ use crate::node::{
     KvReader, Membership, NodeConfig, NodeError, PreparedNode, RunningNode, StoreReader, Timing,
 };
 use crate::storage::sled_store::{KvCheck, KvCheckStatus, StoreOptions};
-use crate::storage::{SledStore, StateMachine, StorageError};
+use crate::storage::{SledStore, StorageError};
 use crate::transport::{HttpTransport, PeerReceiver, PeerState, TransportTiming};
 
 /// Runs a node until `shutdown` resolves (SIGTERM/SIGINT in the binary), then
