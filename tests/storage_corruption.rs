@@ -52,7 +52,7 @@ fn build_store(dir: &Path) {
 fn open_and_check_all(dir: &Path) -> Result<(), String> {
     let s = SledStore::open(dir, NODE, CLUSTER).map_err(|e| e.to_string())?;
     let rec = s.load().map_err(|e| e.to_string())?;
-    let (items, _) = s.scan("", None, 10_000).map_err(|e| e.to_string())?;
+    let (items, _) = scan(&s, "", None, 10_000).map_err(|e| e.to_string())?;
     let complete = rec.entries.len() as u64 == N - SNAP
         && rec.snapshot.index == SNAP
         && rec.hard_state.commit == N
@@ -183,12 +183,12 @@ fn damage_found_while_running_is_a_typed_error() {
     let last = v.len() - 1;
     v[last] ^= 1;
     kv.insert(b"k7", v).unwrap();
-    let err = s.get("k7").unwrap_err();
+    let err = get(&s, "k7").unwrap_err();
     assert!(
         matches!(err, StorageError::Corruption { ref tree, ref key, .. } if tree == KV_TREE && key.contains("k7")),
         "{err}"
     );
-    assert!(s.scan("k", None, 1000).is_err());
+    assert!(scan(&s, "k", None, 1000).is_err());
     assert!(s.snapshot().is_err());
     let log = s.raw_db().open_tree(LOG_TREE).unwrap();
     let mut v = log.get(log_key(151)).unwrap().unwrap().to_vec();

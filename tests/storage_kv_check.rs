@@ -60,7 +60,7 @@ fn a_healthy_store_passes_the_background_check() {
     let status = s.wait_kv_check(Duration::from_secs(30));
     assert!(matches!(status, KvCheckStatus::Passed), "{status:?}");
     assert_eq!(s.applied_index(), N);
-    assert_eq!(s.get(&format!("k{N}")).unwrap().map(|(_, i)| i), Some(N));
+    assert_eq!(get(&s, &format!("k{N}")).unwrap().map(|(_, i)| i), Some(N));
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn a_damaged_cold_record_is_found_in_the_background() {
         "{err}"
     );
     // The damaged record is never served meanwhile, and writes are refused.
-    assert!(s.get("k9999").is_err());
+    assert!(get(&s, "k9999").is_err());
     let next = puts(N + 1, N + 1, 1, 10);
     let refused = s.save(None, &next).unwrap_err().to_string();
     assert!(refused.contains("k9999"), "{refused}");

@@ -618,6 +618,31 @@ pub(crate) mod testing {
         pub store: Mutex<MemMvcc>,
     }
 
+    impl MapReader {
+        /// The current value of `key`, as text.
+        pub fn value(&self, key: &str) -> Option<String> {
+            let req = RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            };
+            let r = self.store.lock().unwrap().range(&req).ok()?;
+            let kv = r.body.kvs.into_iter().next()?;
+            Some(String::from_utf8_lossy(&kv.value).into_owned())
+        }
+
+        /// True when no key is stored.
+        pub fn is_empty(&self) -> bool {
+            let req = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                count_only: true,
+                ..Default::default()
+            };
+            let r = self.store.lock().unwrap().range(&req);
+            r.is_ok_and(|r| r.body.count == 0)
+        }
+    }
+
     impl KvReader for MapReader {
         fn range(
             &self,

@@ -1,9 +1,14 @@
-//! `/kv` routes: writes, linearizable and stale reads, prefix listing.
+//! The key-value routes: `/kv/{key}` (the single-key contract), `/kv`
+//! (range reads and range deletes), `/txn` and `/compact` (see
+//! `docs/api.md`).
 //!
 //! A node that is not the leader forwards writes and linearizable reads to
 //! the leader; one with no leader in sight waits a little for an election
 //! before answering 503. Writes are answered only once applied, and a write
-//! whose fate cannot be known says so (`"outcome":"unknown"`).
+//! whose fate cannot be known says so (`"outcome":"unknown"`). Every route
+//! parses its input once (`super::json`, `super::input`), builds one
+//! [`Command`] or [`RangeRequest`], and hands it to the same write or read
+//! path.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -13,20 +18,61 @@ use axum::Json;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::kv::{ApplyResult, KvCommand};
+use crate::kv::{
+    Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest, ExecError,
+    PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseOp, Revisioned, TxnRequest,
+};
 use crate::node::{NodeHandle, ReadError, WriteError};
 use crate::raft::NodeId;
 
 use super::error::ApiError;
 use super::forward::{forward, hops, ForwardError, Incoming, MAX_HOPS};
-use super::input::{
-    key_from_path, list_params, parse_put_body, read_body, read_params, write_params,
-    MAX_KV_BODY_BYTES,
+use super::input::{key_from_path, parse_put_body, read_body, write_params, MAX_KV_BODY_BYTES};
+use super::json::{
+    self, delete_query, key_read_request, parse_compact_body, parse_txn_body, JsonCompactReply,
+    JsonDeleteReply, JsonGetReply, JsonHeader, JsonRangeReply, JsonRecord, JsonTxnReply,
+    RangeContext, RangeQuery,
 };
 use super::AppState;
 
+/// Largest `POST /txn` body: a transaction of up to 128 ops may carry
+/// several 1 MiB values (etcd's request limit is 1.5 MiB; ours is larger
+/// because values travel as JSON text).
+const MAX_TXN_BODY_BYTES: usize = 16 << 20;
+
 /// Pause before retrying when the leader is being replaced.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The header of an answer served by `node` at `revision`.
+pub fn header(node: &NodeHandle, revision: i64) -> JsonHeader {
+    JsonHeader {
+        cluster_id: node.membership().cluster_id_u64(),
+        member_id: node.self_id(),
+        revision,
+        raft_term: node.term(),
+    }
+}
+
+/// The compare-and-swap of the single-key contract: `?cas=M` means "only
+/// if the key's `mod_revision` is M" (0: only if absent — an absent key
+/// compares as 0). Runs `op` if it holds, else reads the key so the 412
+/// can say where it is.
+fn cas_txn(key: &[u8], cas: u64, op: RequestOp) -> Command {
+    Command::Txn(TxnRequest {
+        compare: vec![Compare {
+            key: key.to_vec(),
+            range_end: Vec::new(),
+            result: CompareResult::Equal,
+            target: CompareTarget::ModRevision(i64::try_from(cas).unwrap_or(i64::MAX)),
+        }],
+        success: vec![op],
+        failure: vec![RequestOp::Range(RangeRequest {
+            key: key.to_vec(),
+            keys_only: true,
+            ..Default::default()
+        })],
+    })
+}
 
 /// `PUT /kv/{key}`.
 pub async fn put(
@@ -52,10 +98,14 @@ pub async fn put(
         Ok(v) => v,
         Err(e) => return e.with("key", key.as_str()).into_response(),
     };
-    let cmd = KvCommand::Put {
-        key,
-        value,
-        cas: params.cas,
+    let put = PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.into_bytes(),
+        ..Default::default()
+    };
+    let cmd = match params.cas {
+        None => Command::Put(put),
+        Some(cas) => cas_txn(key.as_bytes(), cas, RequestOp::Put(put)),
     };
     let req = Incoming {
         method,
@@ -63,7 +113,11 @@ pub async fn put(
         headers,
         body,
     };
-    write(&app, cmd, &req).await
+    let cas = params.cas;
+    write(&app, cmd, &key, &req, |_, answer| {
+        single_key_answer(&key, cas, answer)
+    })
+    .await
 }
 
 /// `DELETE /kv/{key}`.
@@ -87,9 +141,14 @@ pub async fn delete(
     if let Err(e) = read_body(&headers, body, MAX_KV_BODY_BYTES).await {
         return e.into_response();
     }
-    let cmd = KvCommand::Delete {
-        key,
-        cas: params.cas,
+    let del = DeleteRangeRequest {
+        key: key.as_bytes().to_vec(),
+        range_end: Vec::new(),
+        prev_kv: false,
+    };
+    let cmd = match params.cas {
+        None => Command::DeleteRange(del),
+        Some(cas) => cas_txn(key.as_bytes(), cas, RequestOp::DeleteRange(del)),
     };
     let req = Incoming {
         method,
@@ -97,10 +156,44 @@ pub async fn delete(
         headers,
         body: Default::default(),
     };
-    write(&app, cmd, &req).await
+    let cas = params.cas;
+    write(&app, cmd, &key, &req, |_, answer| {
+        single_key_answer(&key, cas, answer)
+    })
+    .await
 }
 
-/// `GET /kv/{key}`.
+/// The single-key contract's answer to a put or delete (plain or CAS).
+fn single_key_answer(key: &str, cas: Option<u64>, answer: Revisioned<CommandResponse>) -> Response {
+    let committed = |revision: i64| {
+        Json(json!({"status": "committed", "key": key, "index": revision})).into_response()
+    };
+    match answer.body {
+        CommandResponse::Put(_) => committed(answer.revision),
+        CommandResponse::DeleteRange(d) if d.deleted == 0 => {
+            ApiError::key_not_found(key).into_response()
+        }
+        CommandResponse::DeleteRange(_) => committed(answer.revision),
+        CommandResponse::Txn(t) if t.succeeded => match t.responses.first() {
+            Some(ResponseOp::DeleteRange(d)) if d.body.deleted == 0 => {
+                ApiError::key_not_found(key).into_response()
+            }
+            _ => committed(answer.revision),
+        },
+        CommandResponse::Txn(t) => {
+            let current = match t.responses.first() {
+                Some(ResponseOp::Range(r)) => r.body.kvs.first().map_or(0, |kv| kv.mod_revision),
+                _ => 0,
+            };
+            cas_mismatch(key, cas.unwrap_or(0), u64::try_from(current).unwrap_or(0)).into_response()
+        }
+        CommandResponse::Compact(_) => {
+            ApiError::internal("a single-key write was answered as a compaction").into_response()
+        }
+    }
+}
+
+/// `GET /kv/{key}` (`?revision=`, `?consistency=`).
 pub async fn get(
     State(app): State<AppState>,
     method: Method,
@@ -111,57 +204,71 @@ pub async fn get(
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let params = match read_params(uri.query()) {
-        Ok(p) => p,
-        Err(e) => return e.with("key", key.as_str()).into_response(),
+    let range = match key_read_request(key.as_bytes(), uri.query()) {
+        Ok(r) => r,
+        Err(e) => return ApiError::from(e).with("key", key.as_str()).into_response(),
     };
-    let read_local = |node: &NodeHandle| match node.reader().get(&key) {
-        Ok(Some((value, index))) => {
-            Json(json!({"key": key, "value": value, "index": index})).into_response()
-        }
-        Ok(None) => ApiError::key_not_found(&key).into_response(),
-        Err(e) => {
-            ApiError::internal(format!("reading the state machine failed: {e}")).into_response()
-        }
-    };
-    if params.stale {
-        return read_local(&app.node);
-    }
     let req = Incoming {
         method,
         uri,
         headers,
         body: Default::default(),
     };
-    match linearizable(&app, &req).await {
-        Ok(()) => read_local(&app.node),
-        Err(resp) => resp,
-    }
+    read(&app, &range, &req, |node, r| match r.body.kvs.first() {
+        Some(kv) => Json(JsonGetReply {
+            record: JsonRecord::from(kv),
+            header: header(node, r.revision),
+        })
+        .into_response(),
+        None => ApiError::key_not_found(&key).into_response(),
+    })
+    .await
 }
 
-/// `GET /kv?prefix=&limit=&after=`.
+/// `GET /kv`: a range (prefix, `[start, end)`, paging, revision, filters,
+/// sort; see `docs/api.md`).
 pub async fn list(
     State(app): State<AppState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let params = match list_params(uri.query()) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
+    let range =
+        match RangeQuery::from_query(uri.query()).and_then(|q| q.to_request(RangeContext::List)) {
+            Ok(r) => r,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+    let req = Incoming {
+        method,
+        uri,
+        headers,
+        body: Default::default(),
     };
-    let read_local = |node: &NodeHandle| match node.reader().scan(
-        &params.prefix,
-        params.after.as_deref(),
-        params.limit,
-    ) {
-        Ok((items, more)) => Json(json!({"items": items, "more": more})).into_response(),
-        Err(e) => {
-            ApiError::internal(format!("reading the state machine failed: {e}")).into_response()
-        }
+    read(&app, &range, &req, |node, r| {
+        Json(JsonRangeReply {
+            range: (&r.body).into(),
+            header: header(node, r.revision),
+        })
+        .into_response()
+    })
+    .await
+}
+
+/// `DELETE /kv?prefix=…` or `?start=…&end=…`: a range delete in one
+/// revision.
+pub async fn delete_range(
+    State(app): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let del = match delete_query(uri.query()) {
+        Ok(d) => d,
+        Err(e) => return ApiError::from(e).into_response(),
     };
-    if params.stale {
-        return read_local(&app.node);
+    if let Err(e) = read_body(&headers, body, MAX_KV_BODY_BYTES).await {
+        return e.into_response();
     }
     let req = Incoming {
         method,
@@ -169,10 +276,108 @@ pub async fn list(
         headers,
         body: Default::default(),
     };
-    match linearizable(&app, &req).await {
-        Ok(()) => read_local(&app.node),
-        Err(resp) => resp,
+    let label = String::from_utf8_lossy(&del.key).into_owned();
+    write(
+        &app,
+        Command::DeleteRange(del),
+        &label,
+        &req,
+        |node, answer| match answer.body {
+            CommandResponse::DeleteRange(d) => Json(JsonDeleteReply::new(
+                &d,
+                answer.revision,
+                header(node, answer.revision),
+            ))
+            .into_response(),
+            _ => ApiError::internal("a range delete got another command's answer").into_response(),
+        },
+    )
+    .await
+}
+
+/// `POST /txn`.
+pub async fn txn(
+    State(app): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(e) = super::input::no_params(uri.query()) {
+        return e.into_response();
     }
+    let body = match read_body(&headers, body, MAX_TXN_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let txn = match parse_txn_body(&body) {
+        Ok(t) => t,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let req = Incoming {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    write(
+        &app,
+        Command::Txn(txn),
+        "",
+        &req,
+        |node, answer| match answer.body {
+            CommandResponse::Txn(t) => Json(JsonTxnReply {
+                txn: (&t).into(),
+                index: answer.revision,
+                header: header(node, answer.revision),
+            })
+            .into_response(),
+            _ => ApiError::internal("a transaction got another command's answer").into_response(),
+        },
+    )
+    .await
+}
+
+/// `POST /compact`.
+pub async fn compact(
+    State(app): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(e) = super::input::no_params(uri.query()) {
+        return e.into_response();
+    }
+    let body = match read_body(&headers, body, MAX_KV_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let req_body = match parse_compact_body(&body) {
+        Ok(c) => c,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let revision = req_body.revision;
+    let req = Incoming {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    write(
+        &app,
+        Command::Compact(req_body),
+        "",
+        &req,
+        move |node, answer| {
+            Json(JsonCompactReply {
+                compact_revision: revision,
+                header: header(node, answer.revision),
+            })
+            .into_response()
+        },
+    )
+    .await
 }
 
 /// `/kv` and `/kv/` with a write method: the key is missing.
@@ -180,7 +385,7 @@ pub async fn empty_key() -> Response {
     ApiError::bad_request("the key must not be empty: use /kv/{key}").into_response()
 }
 
-/// The 412 of a failed compare-and-swap: names the index the write
+/// The 412 of a failed compare-and-swap: names the mod revision the write
 /// expected and the key's current one (`index`, 0 = absent).
 fn cas_mismatch(key: &str, expected: u64, current: u64) -> ApiError {
     let wanted = if expected == 0 {
@@ -202,23 +407,25 @@ fn cas_mismatch(key: &str, expected: u64, current: u64) -> ApiError {
     .with("expected", expected)
 }
 
-fn write_result(cmd: &KvCommand, result: ApplyResult) -> Response {
-    let key = cmd.key();
-    match result {
-        ApplyResult::Written { index } | ApplyResult::Deleted { index } => {
-            Json(json!({"status": "committed", "key": key, "index": index})).into_response()
+/// Serves `range` from this node's store: linearizable (through the
+/// leader) unless it asks for a serializable read; `answer` builds the
+/// response.
+async fn read(
+    app: &AppState,
+    range: &RangeRequest,
+    req: &Incoming,
+    answer: impl FnOnce(&NodeHandle, Revisioned<RangeResponse>) -> Response,
+) -> Response {
+    if !range.serializable {
+        if let Err(resp) = linearizable(app, req).await {
+            return resp;
         }
-        ApplyResult::NotFound => ApiError::key_not_found(key).into_response(),
-        ApplyResult::CasMismatch { current } => {
-            let expected = match cmd {
-                KvCommand::Put { cas, .. } | KvCommand::Delete { cas, .. } => cas.unwrap_or(0),
-            };
-            cas_mismatch(key, expected, current).into_response()
-        }
-        ApplyResult::Noop => {
-            ApiError::internal("the write was committed as a no-op (undecodable command)")
-                .with("key", key)
-                .into_response()
+    }
+    match app.node.reader().range(range) {
+        Ok(r) => answer(&app.node, r),
+        Err(ExecError::Kv(e)) => json::kv_error(&e).into_response(),
+        Err(ExecError::Store(e)) => {
+            ApiError::internal(format!("reading the state machine failed: {e}")).into_response()
         }
     }
 }
@@ -274,19 +481,42 @@ fn forward_timeout(node: &NodeHandle) -> std::time::Duration {
     node.request_timeout() + std::time::Duration::from_millis(1000)
 }
 
-async fn write(app: &AppState, cmd: KvCommand, req: &Incoming) -> Response {
+/// Proposes `cmd` (here, or through the leader) and answers with
+/// `answer` once it is applied; `key` labels errors (empty: none).
+async fn write(
+    app: &AppState,
+    cmd: Command,
+    key: &str,
+    req: &Incoming,
+    answer: impl FnOnce(&NodeHandle, Revisioned<CommandResponse>) -> Response,
+) -> Response {
     let node = &app.node;
-    let key = cmd.key().to_string();
+    let label = |e: ApiError| {
+        if key.is_empty() {
+            e
+        } else {
+            e.with("key", key)
+        }
+    };
     let deadline = Instant::now() + node.request_timeout();
     let mut hint: Option<NodeId> = None;
+    let mut answer = Some(answer);
     loop {
         let target = match route(node, hint.take(), deadline, req).await {
             Ok(t) => t,
-            Err(e) => return e.with("key", key.as_str()).into_response(),
+            Err(e) => return label(e).into_response(),
         };
         match target {
             Route::Local => match node.propose(&cmd, deadline).await {
-                Ok(applied) => return write_result(&cmd, applied.result),
+                Ok(applied) => {
+                    return match applied.answer {
+                        Ok(a) => match answer.take() {
+                            Some(f) => f(node, a),
+                            None => ApiError::internal("answered twice").into_response(),
+                        },
+                        Err(e) => label(json::kv_error(&e)).into_response(),
+                    }
+                }
                 Err(WriteError::NotLeader { leader }) => {
                     if leader != Some(node.self_id()) {
                         hint = leader;
@@ -297,12 +527,10 @@ async fn write(app: &AppState, cmd: KvCommand, req: &Incoming) -> Response {
                     // may be proposed again.
                 }
                 Err(WriteError::Unknown(why)) => {
-                    return ApiError::outcome_unknown(why.to_string(), &key).into_response()
+                    return ApiError::outcome_unknown(why.to_string(), key).into_response()
                 }
                 Err(WriteError::Unavailable(why)) => {
-                    return ApiError::unavailable(why.to_string())
-                        .with("key", key.as_str())
-                        .into_response()
+                    return label(ApiError::unavailable(why.to_string())).into_response()
                 }
             },
             Route::Forward(leader) => {
@@ -329,11 +557,10 @@ async fn write(app: &AppState, cmd: KvCommand, req: &Incoming) -> Response {
             }
         }
         if Instant::now() + RETRY_PAUSE >= deadline {
-            return ApiError::unavailable(format!(
+            return label(ApiError::unavailable(format!(
                 "no leader accepted the write within {} ms; it was not applied",
                 node.request_timeout().as_millis()
-            ))
-            .with("key", key.as_str())
+            )))
             .into_response();
         }
         tokio::time::sleep(RETRY_PAUSE).await;

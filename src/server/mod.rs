@@ -19,6 +19,7 @@ pub mod forward;
 pub mod input;
 pub(crate) mod json;
 pub mod kv;
+pub mod watch;
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use futures::FutureExt;
 
@@ -69,8 +70,11 @@ pub fn router_with(state: AppState, peer_routes: Router) -> Router {
     Router::new()
         .route(
             "/kv",
-            get(kv::list).put(kv::empty_key).delete(kv::empty_key),
+            get(kv::list).put(kv::empty_key).delete(kv::delete_range),
         )
+        .route("/txn", post(kv::txn))
+        .route("/compact", post(kv::compact))
+        .route("/watch", get(watch::watch))
         .route("/kv/", any(kv::empty_key))
         .route("/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/cluster/status", get(cluster::status))

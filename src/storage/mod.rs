@@ -268,7 +268,7 @@ pub trait StateMachine {
             ..Default::default()
         };
         match self.range(&req) {
-            Ok(r) => Ok(r.value.kvs.into_iter().next()),
+            Ok(r) => Ok(r.body.kvs.into_iter().next()),
             Err(kv::ExecError::Store(e)) => Err(e),
             Err(kv::ExecError::Kv(e)) => Err(StorageError::Corruption {
                 tree: "kv".into(),

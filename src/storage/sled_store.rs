@@ -1036,18 +1036,17 @@ mod tests {
     }
 
     use super::*;
-    use crate::kv::KvCommand;
 
     fn put(index: u64) -> Entry {
         Entry {
             index,
             term: 1,
             payload: EntryPayload::Command(
-                KvCommand::Put {
-                    key: format!("k{index}"),
-                    value: "v".into(),
-                    cas: None,
-                }
+                crate::kv::Command::Put(crate::kv::PutRequest {
+                    key: format!("k{index}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })
                 .encode(),
             ),
         }
@@ -1086,7 +1085,8 @@ mod tests {
         // Nothing changed, and reads still work.
         assert_eq!(s.last_index(), 1);
         assert_eq!(s.applied_index(), 1);
-        assert_eq!(s.get("k1").unwrap(), Some(("v".into(), 1)));
+        let kv = s.get(b"k1").unwrap().unwrap();
+        assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"v"[..], 2));
         assert_eq!(s.load().unwrap().entries, vec![put(1)]);
     }
 
