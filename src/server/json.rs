@@ -1,9 +1,10 @@
 //! The JSON API of the etcd v3 data model: serde types and pure conversions
 //! between HTTP inputs/outputs and [`crate::kv`]'s requests and responses.
 //!
-//! Nothing here does I/O or touches the node: handlers (wired later) parse
-//! the query or body with these functions, run the [`crate::kv`] request,
-//! and serialize the answer with the `Json*` types. docs/api.md describes
+//! Nothing here does I/O or touches the node: the handlers
+//! ([`super::kv`], [`super::watch`]) parse the query or body with these
+//! functions, run the [`crate::kv`] request, and serialize the answer with
+//! the `Json*` types. docs/api.md describes
 //! every endpoint with examples; this is the summary.
 //!
 //! # Conventions
@@ -39,8 +40,8 @@
 //! | `POST /compact` | [`parse_compact_body`] | [`JsonCompactReply`] |
 //! | `GET /watch?…` | [`WatchQuery::from_query`] | SSE ([`sse_events`], [`sse_progress`], [`sse_canceled`]) or long-poll [`JsonWatchBatch`] |
 
-// The handlers that use these types are wired in later; until then only
-// the tests and the CLI's txn parser call them.
+// The client-side halves (answers back to `kv` types, requests to JSON)
+// are used by tests and the CLI only, not by the server.
 #![allow(dead_code)]
 
 use std::time::Duration;

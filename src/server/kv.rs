@@ -1,26 +1,25 @@
-//! The key-value routes: `/kv/{key}` (the single-key contract), `/kv`
-//! (range reads and range deletes), `/txn` and `/compact` (see
-//! `docs/api.md`).
+//! `/kv`, `/txn` and `/compact`: writes, linearizable and stale reads,
+//! ranges, range deletes, transactions and compaction (docs/api.md).
 //!
 //! A node that is not the leader forwards writes and linearizable reads to
 //! the leader; one with no leader in sight waits a little for an election
 //! before answering 503. Writes are answered only once applied, and a write
-//! whose fate cannot be known says so (`"outcome":"unknown"`). Every route
-//! parses its input once (`super::json`, `super::input`), builds one
-//! [`Command`] or [`RangeRequest`], and hands it to the same write or read
-//! path.
+//! whose fate cannot be known says so (`"outcome":"unknown"`). Every write
+//! is one [`Command`] through the log; the old contract's `?cas=M` becomes
+//! a transaction comparing the key's `mod_revision` with `M`.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::kv::{
-    Command, CommandResponse, Compare, CompareResult, CompareTarget, DeleteRangeRequest, ExecError,
-    PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseOp, Revisioned, TxnRequest,
+    validate_command, Command, CommandResponse, Compare, CompareResult, CompareTarget,
+    DeleteRangeRequest, ExecError, PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseOp,
+    Revisioned, TxnRequest,
 };
 use crate::node::{NodeHandle, ReadError, WriteError};
 use crate::raft::NodeId;
@@ -29,21 +28,23 @@ use super::error::ApiError;
 use super::forward::{forward, hops, ForwardError, Incoming, MAX_HOPS};
 use super::input::{key_from_path, parse_put_body, read_body, write_params, MAX_KV_BODY_BYTES};
 use super::json::{
-    self, delete_query, key_read_request, parse_compact_body, parse_txn_body, JsonCompactReply,
+    delete_query, key_read_request, kv_error, parse_compact_body, parse_txn_body, JsonCompactReply,
     JsonDeleteReply, JsonGetReply, JsonHeader, JsonRangeReply, JsonRecord, JsonTxnReply,
     RangeContext, RangeQuery,
 };
 use super::AppState;
 
-/// Largest `POST /txn` body: a transaction of up to 128 ops may carry
-/// several 1 MiB values (etcd's request limit is 1.5 MiB; ours is larger
-/// because values travel as JSON text).
-const MAX_TXN_BODY_BYTES: usize = 16 << 20;
-
 /// Pause before retrying when the leader is being replaced.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The header of an answer served by `node` at `revision`.
+/// Largest `POST /txn` body: a transaction of up to 128 ops may carry
+/// several 1 MiB values (etcd's request limit is 1.5 MiB; ours is larger
+/// because values travel as JSON text).
+pub const MAX_TXN_BODY_BYTES: usize = 16 << 20;
+
+/// The header of an answer served or created at `revision`: the cluster
+/// id is [`crate::node::Membership::cluster_id_u64`] (the same on every
+/// member), the member id this node's Raft id, the term its current one.
 pub fn header(node: &NodeHandle, revision: i64) -> JsonHeader {
     JsonHeader {
         cluster_id: node.membership().cluster_id_u64(),
@@ -53,25 +54,87 @@ pub fn header(node: &NodeHandle, revision: i64) -> JsonHeader {
     }
 }
 
-/// The compare-and-swap of the single-key contract: `?cas=M` means "only
-/// if the key's `mod_revision` is M" (0: only if absent — an absent key
-/// compares as 0). Runs `op` if it holds, else reads the key so the 412
-/// can say where it is.
-fn cas_txn(key: &[u8], cas: u64, op: RequestOp) -> Command {
+fn header_value(node: &NodeHandle, revision: i64) -> Value {
+    serde_json::to_value(header(node, revision)).unwrap_or(Value::Null)
+}
+
+fn with_key(e: ApiError, key: Option<&str>) -> ApiError {
+    match key {
+        Some(k) => e.with("key", k),
+        None => e,
+    }
+}
+
+/// The 500 of an answer that does not fit the command (a bug).
+fn unexpected(what: &str) -> Response {
+    ApiError::internal(format!(
+        "the state machine's answer does not fit the command ({what})"
+    ))
+    .into_response()
+}
+
+/// Runs a range read on the local copy, mapping refusals (compacted,
+/// future revision, bad options) through [`kv_error`].
+fn read_local(
+    node: &NodeHandle,
+    req: &RangeRequest,
+) -> Result<Revisioned<RangeResponse>, ApiError> {
+    node.reader().range(req).map_err(|e| match e {
+        ExecError::Kv(k) => kv_error(&k),
+        ExecError::Store(s) => ApiError::internal(format!("reading the state machine failed: {s}")),
+    })
+}
+
+fn incoming(method: Method, uri: Uri, headers: HeaderMap, body: bytes::Bytes) -> Incoming {
+    Incoming {
+        method,
+        uri,
+        headers,
+        body,
+    }
+}
+
+// ------------------------------------------------------ single-key routes ---
+
+/// A compare-and-swap as a transaction: `mod_revision(key) == expected`
+/// (0 = absent), then `op`, else read the key (its current `mod_revision`
+/// goes into the 412).
+fn cas_txn(key: &[u8], expected: i64, op: RequestOp) -> Command {
     Command::Txn(TxnRequest {
         compare: vec![Compare {
             key: key.to_vec(),
             range_end: Vec::new(),
             result: CompareResult::Equal,
-            target: CompareTarget::ModRevision(i64::try_from(cas).unwrap_or(i64::MAX)),
+            target: CompareTarget::ModRevision(expected),
         }],
         success: vec![op],
         failure: vec![RequestOp::Range(RangeRequest {
             key: key.to_vec(),
             keys_only: true,
-            ..Default::default()
+            ..RangeRequest::default()
         })],
     })
+}
+
+fn cas_param(key: &str, cas: Option<u64>) -> Result<Option<i64>, ApiError> {
+    cas.map(|m| {
+        i64::try_from(m).map_err(|_| {
+            ApiError::bad_request(format!(
+                "query parameter `cas` must be at most {}, got {m}",
+                i64::MAX
+            ))
+            .with("key", key)
+        })
+    })
+    .transpose()
+}
+
+/// The `mod_revision` of the key a failed CAS read (0 = absent).
+fn current_mod(responses: &[ResponseOp]) -> i64 {
+    match responses.first() {
+        Some(ResponseOp::Range(r)) => r.body.kvs.first().map_or(0, |kv| kv.mod_revision),
+        _ => 0,
+    }
 }
 
 /// `PUT /kv/{key}`.
@@ -90,6 +153,10 @@ pub async fn put(
         Ok(p) => p,
         Err(e) => return e.with("key", key.as_str()).into_response(),
     };
+    let cas = match cas_param(&key, params.cas) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let body = match read_body(&headers, body, MAX_KV_BODY_BYTES).await {
         Ok(b) => b,
         Err(e) => return e.with("key", key.as_str()).into_response(),
@@ -99,28 +166,38 @@ pub async fn put(
         Err(e) => return e.with("key", key.as_str()).into_response(),
     };
     let put = PutRequest {
-        key: key.as_bytes().to_vec(),
+        key: key.clone().into_bytes(),
         value: value.into_bytes(),
-        ..Default::default()
+        ..PutRequest::default()
     };
-    let cmd = match params.cas {
+    let cmd = match cas {
         None => Command::Put(put),
-        Some(cas) => cas_txn(key.as_bytes(), cas, RequestOp::Put(put)),
+        Some(m) => cas_txn(key.as_bytes(), m, RequestOp::Put(put)),
     };
-    let req = Incoming {
-        method,
-        uri,
-        headers,
-        body,
-    };
-    let cas = params.cas;
-    write(&app, cmd, &key, &req, |_, answer| {
-        single_key_answer(&key, cas, answer)
+    let req = incoming(method, uri, headers, body);
+    write(&app, &cmd, &req, Some(&key), |node, answer| {
+        let committed = |revision: i64| {
+            Json(json!({
+                "status": "committed",
+                "key": key,
+                "index": revision,
+                "header": header_value(node, revision),
+            }))
+            .into_response()
+        };
+        match answer.body {
+            CommandResponse::Put(_) => committed(answer.revision),
+            CommandResponse::Txn(t) if t.succeeded => committed(answer.revision),
+            CommandResponse::Txn(t) => {
+                cas_mismatch(&key, cas.unwrap_or(0), current_mod(&t.responses)).into_response()
+            }
+            _ => unexpected("put"),
+        }
     })
     .await
 }
 
-/// `DELETE /kv/{key}`.
+/// `DELETE /kv/{key}`: 404 when the key does not exist.
 pub async fn delete(
     State(app): State<AppState>,
     method: Method,
@@ -136,64 +213,54 @@ pub async fn delete(
         Ok(p) => p,
         Err(e) => return e.with("key", key.as_str()).into_response(),
     };
+    let cas = match cas_param(&key, params.cas) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     // A DELETE carries no body; read (and bound) it anyway so that the
     // connection stays usable.
     if let Err(e) = read_body(&headers, body, MAX_KV_BODY_BYTES).await {
         return e.into_response();
     }
     let del = DeleteRangeRequest {
-        key: key.as_bytes().to_vec(),
+        key: key.clone().into_bytes(),
         range_end: Vec::new(),
         prev_kv: false,
     };
-    let cmd = match params.cas {
+    let cmd = match cas {
         None => Command::DeleteRange(del),
-        Some(cas) => cas_txn(key.as_bytes(), cas, RequestOp::DeleteRange(del)),
+        Some(m) => cas_txn(key.as_bytes(), m, RequestOp::DeleteRange(del)),
     };
-    let req = Incoming {
-        method,
-        uri,
-        headers,
-        body: Default::default(),
-    };
-    let cas = params.cas;
-    write(&app, cmd, &key, &req, |_, answer| {
-        single_key_answer(&key, cas, answer)
+    let req = incoming(method, uri, headers, Default::default());
+    write(&app, &cmd, &req, Some(&key), |node, answer| {
+        let deleted = |n: i64, revision: i64| {
+            if n == 0 {
+                return ApiError::key_not_found(&key).into_response();
+            }
+            Json(json!({
+                "status": "committed",
+                "key": key,
+                "index": revision,
+                "header": header_value(node, revision),
+            }))
+            .into_response()
+        };
+        match answer.body {
+            CommandResponse::DeleteRange(d) => deleted(d.deleted, answer.revision),
+            CommandResponse::Txn(t) if t.succeeded => match t.responses.first() {
+                Some(ResponseOp::DeleteRange(d)) => deleted(d.body.deleted, answer.revision),
+                _ => unexpected("delete"),
+            },
+            CommandResponse::Txn(t) => {
+                cas_mismatch(&key, cas.unwrap_or(0), current_mod(&t.responses)).into_response()
+            }
+            _ => unexpected("delete"),
+        }
     })
     .await
 }
 
-/// The single-key contract's answer to a put or delete (plain or CAS).
-fn single_key_answer(key: &str, cas: Option<u64>, answer: Revisioned<CommandResponse>) -> Response {
-    let committed = |revision: i64| {
-        Json(json!({"status": "committed", "key": key, "index": revision})).into_response()
-    };
-    match answer.body {
-        CommandResponse::Put(_) => committed(answer.revision),
-        CommandResponse::DeleteRange(d) if d.deleted == 0 => {
-            ApiError::key_not_found(key).into_response()
-        }
-        CommandResponse::DeleteRange(_) => committed(answer.revision),
-        CommandResponse::Txn(t) if t.succeeded => match t.responses.first() {
-            Some(ResponseOp::DeleteRange(d)) if d.body.deleted == 0 => {
-                ApiError::key_not_found(key).into_response()
-            }
-            _ => committed(answer.revision),
-        },
-        CommandResponse::Txn(t) => {
-            let current = match t.responses.first() {
-                Some(ResponseOp::Range(r)) => r.body.kvs.first().map_or(0, |kv| kv.mod_revision),
-                _ => 0,
-            };
-            cas_mismatch(key, cas.unwrap_or(0), u64::try_from(current).unwrap_or(0)).into_response()
-        }
-        CommandResponse::Compact(_) => {
-            ApiError::internal("a single-key write was answered as a compaction").into_response()
-        }
-    }
-}
-
-/// `GET /kv/{key}` (`?revision=`, `?consistency=`).
+/// `GET /kv/{key}[?revision=R][&consistency=stale]`.
 pub async fn get(
     State(app): State<AppState>,
     method: Method,
@@ -208,25 +275,28 @@ pub async fn get(
         Ok(r) => r,
         Err(e) => return ApiError::from(e).with("key", key.as_str()).into_response(),
     };
-    let req = Incoming {
-        method,
-        uri,
-        headers,
-        body: Default::default(),
-    };
-    read(&app, &range, &req, |node, r| match r.body.kvs.first() {
-        Some(kv) => Json(JsonGetReply {
-            record: JsonRecord::from(kv),
-            header: header(node, r.revision),
-        })
-        .into_response(),
-        None => ApiError::key_not_found(&key).into_response(),
-    })
-    .await
+    if !range.serializable {
+        let req = incoming(method, uri, headers, Default::default());
+        if let Err(resp) = linearizable(&app, &req).await {
+            return resp;
+        }
+    }
+    match read_local(&app.node, &range) {
+        Ok(r) => match r.body.kvs.first() {
+            Some(kv) => Json(JsonGetReply {
+                record: JsonRecord::from(kv),
+                header: header(&app.node, r.revision),
+            })
+            .into_response(),
+            None => ApiError::key_not_found(&key).into_response(),
+        },
+        Err(e) => e.with("key", key.as_str()).into_response(),
+    }
 }
 
-/// `GET /kv`: a range (prefix, `[start, end)`, paging, revision, filters,
-/// sort; see `docs/api.md`).
+// ------------------------------------------------------------ range routes ---
+
+/// `GET /kv?prefix=…|start=…&end=…` and the range options of docs/api.md.
 pub async fn list(
     State(app): State<AppState>,
     method: Method,
@@ -238,24 +308,26 @@ pub async fn list(
             Ok(r) => r,
             Err(e) => return ApiError::from(e).into_response(),
         };
-    let req = Incoming {
-        method,
-        uri,
-        headers,
-        body: Default::default(),
-    };
-    read(&app, &range, &req, |node, r| {
-        Json(JsonRangeReply {
+    if let Err(e) = crate::kv::validate::validate_range(&range) {
+        return kv_error(&e).into_response();
+    }
+    if !range.serializable {
+        let req = incoming(method, uri, headers, Default::default());
+        if let Err(resp) = linearizable(&app, &req).await {
+            return resp;
+        }
+    }
+    match read_local(&app.node, &range) {
+        Ok(r) => Json(JsonRangeReply {
             range: (&r.body).into(),
-            header: header(node, r.revision),
+            header: header(&app.node, r.revision),
         })
-        .into_response()
-    })
-    .await
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
-/// `DELETE /kv?prefix=…` or `?start=…&end=…`: a range delete in one
-/// revision.
+/// `DELETE /kv?prefix=…|start=…&end=…[&prev_kv=true]`.
 pub async fn delete_range(
     State(app): State<AppState>,
     method: Method,
@@ -270,32 +342,21 @@ pub async fn delete_range(
     if let Err(e) = read_body(&headers, body, MAX_KV_BODY_BYTES).await {
         return e.into_response();
     }
-    let req = Incoming {
-        method,
-        uri,
-        headers,
-        body: Default::default(),
-    };
-    let label = String::from_utf8_lossy(&del.key).into_owned();
-    write(
-        &app,
-        Command::DeleteRange(del),
-        &label,
-        &req,
-        |node, answer| match answer.body {
-            CommandResponse::DeleteRange(d) => Json(JsonDeleteReply::new(
-                &d,
-                answer.revision,
-                header(node, answer.revision),
-            ))
-            .into_response(),
-            _ => ApiError::internal("a range delete got another command's answer").into_response(),
-        },
-    )
+    let cmd = Command::DeleteRange(del);
+    let req = incoming(method, uri, headers, Default::default());
+    write(&app, &cmd, &req, None, |node, answer| match answer.body {
+        CommandResponse::DeleteRange(d) => Json(JsonDeleteReply::new(
+            &d,
+            answer.revision,
+            header(node, answer.revision),
+        ))
+        .into_response(),
+        _ => unexpected("delete range"),
+    })
     .await
 }
 
-/// `POST /txn`.
+/// `POST /txn`: a failed compare is a 200 with `"succeeded": false`.
 pub async fn txn(
     State(app): State<AppState>,
     method: Method,
@@ -310,31 +371,21 @@ pub async fn txn(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let txn = match parse_txn_body(&body) {
+    let t = match parse_txn_body(&body) {
         Ok(t) => t,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let req = Incoming {
-        method,
-        uri,
-        headers,
-        body,
-    };
-    write(
-        &app,
-        Command::Txn(txn),
-        "",
-        &req,
-        |node, answer| match answer.body {
-            CommandResponse::Txn(t) => Json(JsonTxnReply {
-                txn: (&t).into(),
-                index: answer.revision,
-                header: header(node, answer.revision),
-            })
-            .into_response(),
-            _ => ApiError::internal("a transaction got another command's answer").into_response(),
-        },
-    )
+    let cmd = Command::Txn(t);
+    let req = incoming(method, uri, headers, body);
+    write(&app, &cmd, &req, None, |node, answer| match answer.body {
+        CommandResponse::Txn(t) => Json(JsonTxnReply {
+            txn: (&t).into(),
+            index: answer.revision,
+            header: header(node, answer.revision),
+        })
+        .into_response(),
+        _ => unexpected("txn"),
+    })
     .await
 }
 
@@ -353,30 +404,21 @@ pub async fn compact(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let req_body = match parse_compact_body(&body) {
+    let c = match parse_compact_body(&body) {
         Ok(c) => c,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let revision = req_body.revision;
-    let req = Incoming {
-        method,
-        uri,
-        headers,
-        body,
-    };
-    write(
-        &app,
-        Command::Compact(req_body),
-        "",
-        &req,
-        move |node, answer| {
-            Json(JsonCompactReply {
-                compact_revision: revision,
-                header: header(node, answer.revision),
-            })
-            .into_response()
-        },
-    )
+    let compact_revision = c.revision;
+    let cmd = Command::Compact(c);
+    let req = incoming(method, uri, headers, body);
+    write(&app, &cmd, &req, None, |node, answer| match answer.body {
+        CommandResponse::Compact(_) => Json(JsonCompactReply {
+            compact_revision,
+            header: header(node, answer.revision),
+        })
+        .into_response(),
+        _ => unexpected("compact"),
+    })
     .await
 }
 
@@ -385,9 +427,9 @@ pub async fn empty_key() -> Response {
     ApiError::bad_request("the key must not be empty: use /kv/{key}").into_response()
 }
 
-/// The 412 of a failed compare-and-swap: names the mod revision the write
+/// The 412 of a failed compare-and-swap: names the index the write
 /// expected and the key's current one (`index`, 0 = absent).
-fn cas_mismatch(key: &str, expected: u64, current: u64) -> ApiError {
+fn cas_mismatch(key: &str, expected: i64, current: i64) -> ApiError {
     let wanted = if expected == 0 {
         "expected the key to be absent (cas=0)".to_string()
     } else {
@@ -405,29 +447,6 @@ fn cas_mismatch(key: &str, expected: u64, current: u64) -> ApiError {
     .with("key", key)
     .with("index", current)
     .with("expected", expected)
-}
-
-/// Serves `range` from this node's store: linearizable (through the
-/// leader) unless it asks for a serializable read; `answer` builds the
-/// response.
-async fn read(
-    app: &AppState,
-    range: &RangeRequest,
-    req: &Incoming,
-    answer: impl FnOnce(&NodeHandle, Revisioned<RangeResponse>) -> Response,
-) -> Response {
-    if !range.serializable {
-        if let Err(resp) = linearizable(app, req).await {
-            return resp;
-        }
-    }
-    match app.node.reader().range(range) {
-        Ok(r) => answer(&app.node, r),
-        Err(ExecError::Kv(e)) => json::kv_error(&e).into_response(),
-        Err(ExecError::Store(e)) => {
-            ApiError::internal(format!("reading the state machine failed: {e}")).into_response()
-        }
-    }
 }
 
 /// What to do next while hunting for the leader.
@@ -481,40 +500,38 @@ fn forward_timeout(node: &NodeHandle) -> std::time::Duration {
     node.request_timeout() + std::time::Duration::from_millis(1000)
 }
 
-/// Proposes `cmd` (here, or through the leader) and answers with
-/// `answer` once it is applied; `key` labels errors (empty: none).
-async fn write(
+/// Proposes `cmd` on the leader (here, or by forwarding `req` to it) and
+/// turns the applied answer into the response with `answer`; a refusal of
+/// the data model goes through [`kv_error`]. `key` names the key in error
+/// bodies (the single-key routes).
+async fn write<F>(
     app: &AppState,
-    cmd: Command,
-    key: &str,
+    cmd: &Command,
     req: &Incoming,
-    answer: impl FnOnce(&NodeHandle, Revisioned<CommandResponse>) -> Response,
-) -> Response {
+    key: Option<&str>,
+    answer: F,
+) -> Response
+where
+    F: FnOnce(&NodeHandle, Revisioned<CommandResponse>) -> Response,
+{
+    // Refuse what the data model would refuse before it costs a log entry.
+    if let Err(e) = validate_command(cmd) {
+        return with_key(kv_error(&e), key).into_response();
+    }
     let node = &app.node;
-    let label = |e: ApiError| {
-        if key.is_empty() {
-            e
-        } else {
-            e.with("key", key)
-        }
-    };
     let deadline = Instant::now() + node.request_timeout();
     let mut hint: Option<NodeId> = None;
-    let mut answer = Some(answer);
     loop {
         let target = match route(node, hint.take(), deadline, req).await {
             Ok(t) => t,
-            Err(e) => return label(e).into_response(),
+            Err(e) => return with_key(e, key).into_response(),
         };
         match target {
-            Route::Local => match node.propose(&cmd, deadline).await {
+            Route::Local => match node.propose(cmd, deadline).await {
                 Ok(applied) => {
                     return match applied.answer {
-                        Ok(a) => match answer.take() {
-                            Some(f) => f(node, a),
-                            None => ApiError::internal("answered twice").into_response(),
-                        },
-                        Err(e) => label(json::kv_error(&e)).into_response(),
+                        Ok(a) => answer(node, a),
+                        Err(e) => with_key(kv_error(&e), key).into_response(),
                     }
                 }
                 Err(WriteError::NotLeader { leader }) => {
@@ -527,10 +544,10 @@ async fn write(
                     // may be proposed again.
                 }
                 Err(WriteError::Unknown(why)) => {
-                    return ApiError::outcome_unknown(why.to_string(), key).into_response()
+                    return outcome_unknown(why.to_string(), key).into_response()
                 }
                 Err(WriteError::Unavailable(why)) => {
-                    return label(ApiError::unavailable(why.to_string())).into_response()
+                    return with_key(ApiError::unavailable(why.to_string()), key).into_response()
                 }
             },
             Route::Forward(leader) => {
@@ -544,12 +561,12 @@ async fn write(
                         // notice and elect another.
                     }
                     Err(ForwardError::Lost(e)) => {
-                        return ApiError::outcome_unknown(
+                        return outcome_unknown(
                             format!(
                                 "the leader ({}) did not answer the forwarded write: {e}",
                                 node.name_of(leader)
                             ),
-                            &key,
+                            key,
                         )
                         .into_response()
                     }
@@ -557,13 +574,24 @@ async fn write(
             }
         }
         if Instant::now() + RETRY_PAUSE >= deadline {
-            return label(ApiError::unavailable(format!(
-                "no leader accepted the write within {} ms; it was not applied",
-                node.request_timeout().as_millis()
-            )))
+            return with_key(
+                ApiError::unavailable(format!(
+                    "no leader accepted the write within {} ms; it was not applied",
+                    node.request_timeout().as_millis()
+                )),
+                key,
+            )
             .into_response();
         }
         tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The 503 of a write that may or may not have been applied.
+fn outcome_unknown(message: String, key: Option<&str>) -> ApiError {
+    match key {
+        Some(k) => ApiError::outcome_unknown(message, k),
+        None => ApiError::unavailable(message).with("outcome", "unknown"),
     }
 }
 

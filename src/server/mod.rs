@@ -4,9 +4,14 @@
 //! | route | handler |
 //! |---|---|
 //! | `PUT/GET/DELETE /kv/{key}` | [`kv`] (key = the rest of the path, `/` allowed) |
-//! | `GET /kv` | [`kv::list`] |
+//! | `GET /kv` (range), `DELETE /kv` (range delete) | [`kv::list`], [`kv::delete_range`] |
+//! | `POST /txn`, `POST /compact` | [`kv::txn`], [`kv::compact`] |
+//! | `GET /watch` (SSE or long poll, served locally) | [`watch::watch`] |
 //! | `GET /cluster/status`, `/cluster/leader`, `/health` | [`cluster`] |
 //! | `POST /raft/*` | the peer transport's routes (`crate::transport::routes`), mounted by the process |
+//!
+//! docs/api.md is the API's reference; [`json`] translates between its
+//! JSON and [`crate::kv`]'s requests and answers.
 //!
 //! No handler uses an extractor that can reject (handlers parse raw path,
 //! query and body themselves), so every error is the JSON of
@@ -44,7 +49,15 @@ pub struct AppState {
     /// Kept-alive client for forwarding requests to the leader (it keeps
     /// paths byte for byte, see [`crate::http_client`]).
     pub client: crate::http_client::HttpClient,
+    /// How long an SSE watch may stay silent before it sends a progress
+    /// message (`progress_notify`) or a keep-alive comment.
+    pub watch_progress_every: Duration,
 }
+
+/// Default of [`AppState::watch_progress_every`] (etcd sends its progress
+/// notifications every 10 minutes; HTTP clients and proxies time idle
+/// streams out much sooner).
+pub const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 impl AppState {
     /// State for `node`, with its own forwarding client.
@@ -54,7 +67,11 @@ impl AppState {
             pool_idle_timeout: Duration::from_secs(90),
             max_idle_per_host: 256,
         });
-        AppState { node, client }
+        AppState {
+            node,
+            client,
+            watch_progress_every: WATCH_PROGRESS_EVERY,
+        }
     }
 }
 
@@ -106,7 +123,8 @@ async fn method_not_allowed(req: Request) -> Response {
     )
     .into_response();
     let allow = match req.uri().path() {
-        "/kv" => "GET",
+        "/kv" => "GET, DELETE",
+        "/txn" | "/compact" => "POST",
         p if p.starts_with("/kv/") => "GET, PUT, DELETE",
         p if p.starts_with("/raft/") => "POST",
         _ => "GET",

@@ -18,6 +18,8 @@ use crate::raft::{NodeId, Role};
 /// The fake loop's peer traffic is not looked at here.
 type Fake = crate::node::handle::testing::Fake<()>;
 
+mod api;
+
 fn membership(self_name: &str, self_port: u16, peers: &[(&str, u16)]) -> Membership {
     let mut c = NodeConfig::new(self_name);
     c.port = self_port;

@@ -1,39 +1,45 @@
-//! `GET /watch`: the changes of a key, a prefix or a range, served from
-//! this node's applied state (followers included, no forwarding), as
-//! Server-Sent Events or as a long poll (`docs/api.md`).
+//! `GET /watch`: changes to a key or range, from this node's applied
+//! state (docs/api.md).
 //!
-//! Both sit on the node's watch hub (`crate::node::watch`), which delivers
-//! every event of the range from the start revision exactly once, in
-//! revision order, whole revisions at a time, and cancels a watcher whose
-//! start was compacted away. The SSE stream ends with a `canceled` message
-//! when the hub ends the watch (compaction, the node stopping); a client
-//! that goes away drops the stream and with it the watcher.
+//! Watches are never forwarded: every node, follower or leader, serves
+//! them from its own watch hub ([`crate::node::watch`]), which sees only
+//! applied entries, so a watch never runs ahead of what a linearizable
+//! read could see. Two transports:
+//!
+//! - **Server-Sent Events** (`Accept: text/event-stream`): a comment line
+//!   once the watch is registered (so a client knows that changes made
+//!   from now on will be reported), then one `events` message per revision,
+//!   `progress` messages when asked for with `progress_notify` and nothing
+//!   changed for [`AppState::watch_progress_every`] (a `: keep-alive`
+//!   comment instead without `progress_notify`), and a `canceled`
+//!   message as the last one when the server ends the watch (compacted
+//!   start, node stopping, history unreadable).
+//! - **Long poll** (any other `Accept`): the first revision's events at or
+//!   after `start_revision`, or an empty batch at the revision up to which
+//!   nothing changed when `wait` ran out.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::kv::KvError;
 use crate::node::watch::{CancelReason, WatchError, WatchItem, WatchRequest, Watcher};
 
 use super::error::ApiError;
-use super::json::{self, sse_canceled, sse_events, sse_progress, JsonWatchBatch, WatchQuery};
+use super::json::{kv_error, sse_canceled, sse_events, sse_progress, JsonWatchBatch, WatchQuery};
 use super::AppState;
 
-/// How often an SSE stream with `progress_notify` that saw nothing gets a
-/// progress message (etcd's gRPC default is 10 minutes; an HTTP stream is
-/// better served by a shorter beat).
-pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
-/// How often an idle SSE stream without `progress_notify` gets a comment
-/// line, so that a client that went away is noticed and proxies keep the
-/// connection.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a long poll whose `wait` ran out waits for the hub to confirm
+/// the revision up to which nothing changed (it answers at once unless the
+/// watcher is still reading history).
+const PROGRESS_GRACE: Duration = Duration::from_secs(1);
 
 /// `GET /watch`.
 pub async fn watch(State(app): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
@@ -51,67 +57,113 @@ pub async fn watch(State(app): State<AppState>, uri: Uri, headers: HeaderMap) ->
     };
     let watcher = match app.node.watch(req) {
         Ok(w) => w,
-        Err(WatchError::Stopped) => {
-            return ApiError::unavailable("the node is shutting down").into_response()
-        }
-        Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
+        Err(e) => return watch_error(&e).into_response(),
     };
-    let wants_sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
-    if wants_sse {
-        sse(watcher, q.progress_notify)
+    if wants_sse(&headers) {
+        sse(watcher, app.watch_progress_every, q.progress_notify)
     } else {
-        long_poll(&app, watcher, q.wait).await
+        long_poll(watcher, q.wait).await
     }
 }
 
-/// What a cancel reason says on the wire: the `reason` text and the
-/// compact revision (0 unless compacted).
-fn cancel_text(reason: &CancelReason) -> (String, i64) {
+fn watch_error(e: &WatchError) -> ApiError {
+    match e {
+        WatchError::Stopped => ApiError::unavailable("the node is shutting down"),
+        WatchError::EmptyKey | WatchError::EmptyRange | WatchError::NegativeRevision(_) => {
+            ApiError::bad_request(e.to_string()).with("code", "invalid_request")
+        }
+    }
+}
+
+/// True when the client asked for Server-Sent Events.
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|m| {
+            m.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// The `reason` and `compact_revision` of a `canceled` message.
+fn cancel_reason(reason: &CancelReason) -> (String, i64) {
     match reason {
-        CancelReason::Compacted { compact_revision } => {
-            ("compacted".to_string(), *compact_revision)
-        }
-        CancelReason::Stopped => ("the node is shutting down".to_string(), 0),
-        CancelReason::Failed(e) => (format!("reading the history failed: {e}"), 0),
+        CancelReason::Compacted { compact_revision } => ("compacted".into(), *compact_revision),
+        CancelReason::Stopped => ("stopped".into(), 0),
+        CancelReason::Failed(e) => (format!("failed: {e}"), 0),
     }
 }
 
-/// The SSE stream of `watcher` (see the module doc).
-fn sse(watcher: Watcher, progress_notify: bool) -> Response {
-    let beat = if progress_notify {
-        PROGRESS_INTERVAL
-    } else {
-        KEEPALIVE_INTERVAL
-    };
-    let state = Some(watcher);
-    let stream = futures::stream::unfold(state, move |state| async move {
-        let mut watcher = state?;
-        loop {
-            match tokio::time::timeout(beat, watcher.next()).await {
-                Ok(Some(WatchItem::Events { revision, events })) => {
-                    let msg = sse_events(revision, &events);
-                    return Some((Ok::<_, Infallible>(Bytes::from(msg)), Some(watcher)));
-                }
-                Ok(Some(WatchItem::Progress { revision })) => {
-                    return Some((Ok(Bytes::from(sse_progress(revision))), Some(watcher)));
-                }
-                Ok(Some(WatchItem::Canceled(reason))) => {
-                    let (text, compact) = cancel_text(&reason);
-                    return Some((Ok(Bytes::from(sse_canceled(&text, compact))), None));
-                }
-                Ok(None) => {
-                    let msg = sse_canceled("the watch ended", 0);
-                    return Some((Ok(Bytes::from(msg)), None));
-                }
-                Err(_) if progress_notify => watcher.request_progress(),
-                Err(_) => {
-                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(watcher)));
-                }
-            }
+/// What the SSE body's stream carries between messages.
+struct SseFeed {
+    watcher: Watcher,
+    /// How long the stream may stay silent.
+    every: Duration,
+    /// On silence, ask for a progress message (`progress_notify`) rather
+    /// than send a keep-alive comment.
+    progress: bool,
+    /// The registration comment, sent first.
+    hello: Option<String>,
+    /// The `canceled` message went out: end the stream.
+    done: bool,
+}
+
+impl SseFeed {
+    /// The next message, or `None` at the end of the watch.
+    async fn next_message(&mut self) -> Option<String> {
+        if let Some(hello) = self.hello.take() {
+            return Some(hello);
         }
+        if self.done {
+            return None;
+        }
+        loop {
+            let item = match tokio::time::timeout(self.every, self.watcher.next()).await {
+                Ok(item) => item,
+                Err(_) if self.progress => {
+                    // Idle for a whole interval: the hub answers with a
+                    // progress item once everything is yielded.
+                    self.watcher.request_progress();
+                    continue;
+                }
+                // A comment: writing it finds a client that went away
+                // (dropping the watcher), and keeps proxies from timing
+                // the stream out.
+                Err(_) => return Some(": keep-alive\n\n".to_string()),
+            };
+            return match item? {
+                WatchItem::Events { revision, events } => Some(sse_events(revision, &events)),
+                WatchItem::Progress { revision } => Some(sse_progress(revision)),
+                WatchItem::Canceled(reason) => {
+                    self.done = true;
+                    let (reason, compact_revision) = cancel_reason(&reason);
+                    Some(sse_canceled(&reason, compact_revision))
+                }
+            };
+        }
+    }
+}
+
+fn sse(watcher: Watcher, every: Duration, progress: bool) -> Response {
+    let feed = SseFeed {
+        hello: Some(format!(
+            ": watching from revision {}\n\n",
+            watcher.start_revision()
+        )),
+        watcher,
+        every,
+        progress,
+        done: false,
+    };
+    // The stream (and with it the watcher, which unregisters) is dropped
+    // when the client goes away.
+    let stream = futures::stream::unfold(feed, |mut feed| async move {
+        let msg = feed.next_message().await?;
+        Some((Ok::<Bytes, Infallible>(Bytes::from(msg)), feed))
     });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
@@ -120,40 +172,45 @@ fn sse(watcher: Watcher, progress_notify: bool) -> Response {
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Reverse proxies (nginx) would otherwise hold messages back.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
 
-/// The long poll: the first batch of events, or an empty batch at the
-/// store's revision when `wait` runs out.
-async fn long_poll(app: &AppState, mut watcher: Watcher, wait: Duration) -> Response {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match tokio::time::timeout_at(deadline, watcher.next()).await {
-            Ok(Some(WatchItem::Events { revision, events })) => {
-                return Json(JsonWatchBatch::new(revision, &events)).into_response()
-            }
-            Ok(Some(WatchItem::Progress { .. })) => continue,
-            Ok(Some(WatchItem::Canceled(CancelReason::Compacted { compact_revision }))) => {
-                return json::kv_error(&KvError::Compacted { compact_revision }).into_response()
-            }
-            Ok(Some(WatchItem::Canceled(reason))) => {
-                let (text, _) = cancel_text(&reason);
-                return ApiError::unavailable(text).into_response();
-            }
-            Ok(None) => return ApiError::unavailable("the watch ended").into_response(),
-            Err(_) => {
-                let revision = match app.node.reader().revision() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            format!("reading the revision failed: {e}"),
-                        )
-                        .into_response()
-                    }
-                };
-                return Json(JsonWatchBatch::new(revision, &[])).into_response();
+async fn long_poll(mut watcher: Watcher, wait: Duration) -> Response {
+    let item = match tokio::time::timeout(wait, watcher.next()).await {
+        Ok(item) => item,
+        Err(_) => {
+            // The wait ran out: ask the hub up to which revision nothing
+            // changed, so the client continues from exactly there.
+            watcher.request_progress();
+            match tokio::time::timeout(PROGRESS_GRACE, watcher.next()).await {
+                Ok(item) => item,
+                // Still reading history: nothing is known beyond the start.
+                Err(_) => {
+                    let revision = watcher.start_revision() - 1;
+                    return Json(JsonWatchBatch::new(revision, &[])).into_response();
+                }
             }
         }
+    };
+    match item {
+        Some(WatchItem::Events { revision, events }) => {
+            Json(JsonWatchBatch::new(revision, &events)).into_response()
+        }
+        Some(WatchItem::Progress { revision }) => {
+            Json(JsonWatchBatch::new(revision, &[])).into_response()
+        }
+        Some(WatchItem::Canceled(CancelReason::Compacted { compact_revision })) => {
+            kv_error(&KvError::Compacted { compact_revision }).into_response()
+        }
+        Some(WatchItem::Canceled(CancelReason::Stopped)) | None => {
+            ApiError::unavailable("the node is shutting down").into_response()
+        }
+        Some(WatchItem::Canceled(CancelReason::Failed(e))) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the watch history failed: {e}"),
+        )
+        .into_response(),
     }
 }
