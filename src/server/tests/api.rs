@@ -1011,3 +1011,45 @@ async fn followers_serve_watches_from_their_own_state() {
     let (s, _, v) = call(&app, "GET", "/watch?key=k&wait=0", Body::empty()).await;
     assert_eq!((s, &v["revision"]), (StatusCode::OK, &json!(rev)));
 }
+
+#[tokio::test]
+async fn sse_over_a_socket_streams_then_closes_when_the_node_stops() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let f = leader_fake(Mode::Leader);
+    super::serve(listener, app_of(&f)).await;
+    let client = reqwest::Client::new();
+    let mut resp = client
+        .get(format!("http://127.0.0.1:{port}/watch?key=k"))
+        .header(header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut text = String::new();
+    // Reads until `want` arrived (bounded), returning false at the end.
+    async fn until(resp: &mut reqwest::Response, text: &mut String, want: &str) -> bool {
+        while !text.contains(want) {
+            match tokio::time::timeout(PATIENCE, resp.chunk()).await {
+                Ok(Ok(Some(c))) => text.push_str(std::str::from_utf8(&c).unwrap()),
+                Ok(Ok(None)) => return false,
+                Ok(Err(e)) => panic!("stream error: {e}"),
+                Err(_) => panic!("nothing within {PATIENCE:?}; got {text:?}"),
+            }
+        }
+        true
+    }
+    // Registered before the client sees anything: the put is reported.
+    assert!(until(&mut resp, &mut text, ": watching from revision 2\n\n").await);
+    let app = app_of(&f);
+    let r = put(&app, "k", "v").await;
+    assert!(until(&mut resp, &mut text, &format!("id: {r}\nevent: events\n")).await);
+    f.handle.watch_hub().stop();
+    assert!(until(&mut resp, &mut text, "event: canceled\n").await);
+    // Then the body ends: the connection is not held open.
+    assert!(!until(&mut resp, &mut text, "never sent").await);
+    assert!(
+        text.ends_with("data: {\"reason\":\"stopped\"}\n\n"),
+        "{text}"
+    );
+}
