@@ -14,6 +14,8 @@
 //!   comment instead without `progress_notify`), and a `canceled`
 //!   message as the last one when the server ends the watch (compacted
 //!   start, node stopping, history unreadable).
+//!   A reconnecting client's `Last-Event-ID` (the revision of the last
+//!   message it got) moves the start to the revision after it.
 //! - **Long poll** (any other `Accept`): the first revision's events at or
 //!   after `start_revision`, or an empty batch at the revision up to which
 //!   nothing changed when `wait` ran out.
@@ -47,10 +49,21 @@ pub async fn watch(State(app): State<AppState>, uri: Uri, headers: HeaderMap) ->
         Ok(q) => q,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let sse_wanted = wants_sse(&headers);
+    let mut start_revision = q.start_revision;
+    if sse_wanted {
+        // An EventSource that reconnects repeats the URL and names the last
+        // message it got: continue after it rather than from the start.
+        match last_event_id(&headers) {
+            Ok(Some(id)) => start_revision = start_revision.max(id.saturating_add(1)),
+            Ok(None) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
     let req = WatchRequest {
         key: q.key.clone(),
         range_end: q.range_end.clone(),
-        start_revision: q.start_revision,
+        start_revision,
         prev_kv: q.prev_kv,
         no_put: q.no_put,
         no_delete: q.no_delete,
@@ -59,7 +72,7 @@ pub async fn watch(State(app): State<AppState>, uri: Uri, headers: HeaderMap) ->
         Ok(w) => w,
         Err(e) => return watch_error(&e).into_response(),
     };
-    if wants_sse(&headers) {
+    if sse_wanted {
         sse(watcher, app.watch_progress_every, q.progress_notify)
     } else {
         long_poll(watcher, q.wait).await
@@ -72,6 +85,25 @@ fn watch_error(e: &WatchError) -> ApiError {
         WatchError::EmptyKey | WatchError::EmptyRange | WatchError::NegativeRevision(_) => {
             ApiError::bad_request(e.to_string()).with("code", "invalid_request")
         }
+    }
+}
+
+/// The `Last-Event-ID` header: the revision of the last message a
+/// reconnecting SSE client received.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(v) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or_default().trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<i64>() {
+        Ok(id) if id >= 0 => Ok(Some(id)),
+        _ => Err(ApiError::bad_request(format!(
+            "`Last-Event-ID` must be a revision (a non-negative integer), got `{text}`"
+        ))
+        .with("code", "invalid_request")),
     }
 }
 

@@ -648,12 +648,19 @@ struct Sse {
 
 impl Sse {
     async fn open(app: &axum::Router, uri: &str) -> Sse {
-        let req = Request::builder()
+        Sse::open_after(app, uri, None).await
+    }
+
+    /// Opens `uri` as a reconnecting client that last got message `last`.
+    async fn open_after(app: &axum::Router, uri: &str, last: Option<&str>) -> Sse {
+        let mut req = Request::builder()
             .method("GET")
             .uri(uri)
-            .header(header::ACCEPT, "text/event-stream")
-            .body(Body::empty())
-            .unwrap();
+            .header(header::ACCEPT, "text/event-stream");
+        if let Some(id) = last {
+            req = req.header("last-event-id", id);
+        }
+        let req = req.body(Body::empty()).unwrap();
         let resp = app.clone().oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{uri}");
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
@@ -1052,4 +1059,29 @@ async fn sse_over_a_socket_streams_then_closes_when_the_node_stops() {
         text.ends_with("data: {\"reason\":\"stopped\"}\n\n"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_reconnecting_event_source_continues_after_its_last_event_id() {
+    let f = leader_fake(Mode::Leader);
+    let app = app_of(&f);
+    let r1 = put(&app, "k", "1").await;
+    let r2 = put(&app, "k", "2").await;
+    let r3 = put(&app, "k", "3").await;
+    let uri = format!("/watch?key=k&start_revision={r1}");
+    let mut sse = Sse::open_after(&app, &uri, Some(&r2.to_string())).await;
+    assert_eq!(sse.next().await.unwrap().data["revision"], r3);
+    // An id below the start changes nothing.
+    let mut sse = Sse::open_after(&app, &uri, Some("0")).await;
+    assert_eq!(sse.next().await.unwrap().data["revision"], r1);
+    for bad in ["x", "-3"] {
+        let req = Request::builder()
+            .uri(&uri)
+            .header(header::ACCEPT, "text/event-stream")
+            .header("last-event-id", bad)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
 }
