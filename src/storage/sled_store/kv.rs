@@ -335,6 +335,7 @@ impl StateMachine for SledStore {
                 index: e.index,
                 term: e.term,
             };
+            batch_applied = applied;
             let cmd = match &e.payload {
                 EntryPayload::Noop => {
                     results.push(EntryOutcome::Noop);
@@ -400,7 +401,6 @@ impl StateMachine for SledStore {
             if let Some(c) = outcome.compact_revision {
                 compact = c;
             }
-            batch_applied = applied;
             results.push(EntryOutcome::Command(outcome));
         }
         if batch_applied.index != inner.applied_index.load(Ordering::Acquire) {
