@@ -42,7 +42,7 @@ fn reopen_after_clean_close_recovers_everything() {
     assert_eq!(s.last_index(), 10);
     assert_eq!(s.applied_index(), 4);
     assert_eq!(s.applied(), SnapshotMeta { index: 4, term: 2 });
-    assert_eq!(get(&s, "k4").unwrap().unwrap().1, 4);
+    assert_eq!(get(&s, "k4").unwrap().unwrap().1, 5);
     assert_eq!(get(&s, "k5").unwrap(), None);
 }
 

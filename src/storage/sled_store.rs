@@ -203,6 +203,11 @@ fn describe_key(tree: &str, key: &[u8]) -> String {
     if key == APPLIED_KEY {
         return "applied index (0xFF \"applied\")".into();
     }
+    if KV_TREES.contains(&tree) {
+        if let Some(d) = describe_mvcc_key(key) {
+            return d;
+        }
+    }
     if tree == LOG_TREE && key.len() == 8 {
         let mut b = [0u8; 8];
         b.copy_from_slice(key);
@@ -219,6 +224,31 @@ fn describe_key(tree: &str, key: &[u8]) -> String {
             let hex: String = key.iter().take(40).map(|b| format!("{b:02x}")).collect();
             format!("0x{hex}{}", if key.len() > 40 { "…" } else { "" })
         }
+    }
+}
+
+/// A key of the MVCC tree (`mvcc_tree`'s layout) printed for an error
+/// message: which record it is and of which user key.
+fn describe_mvcc_key(key: &[u8]) -> Option<String> {
+    use crate::storage::mvcc_tree::keys;
+    let user = |k: &[u8]| describe_key("", k);
+    match *key.first()? {
+        keys::CURRENT => Some(format!("current record of {}", user(&key[1..]))),
+        keys::HISTORY => {
+            let h = keys::parse_history_key(key)?;
+            Some(format!(
+                "version of {} at revision {}.{}",
+                user(&h.key),
+                h.rev,
+                h.sub
+            ))
+        }
+        keys::BY_REVISION => {
+            let (rev, sub) = keys::parse_change(&key[1..])?;
+            Some(format!("change at revision {rev}.{sub}"))
+        }
+        keys::META => Some(format!("MVCC meta record 0x{:02x}", key.get(1)?)),
+        _ => None,
     }
 }
 

@@ -127,7 +127,7 @@ pub fn scan<S: StateMachine>(
     let req = kv::RangeRequest {
         key: start,
         range_end: end,
-        limit: limit as i64,
+        limit: limit.min(i64::MAX as usize) as i64,
         ..Default::default()
     };
     let r = s.range(&req).map_err(|e| match e {

@@ -331,12 +331,15 @@ impl StateMachine for SledStore {
                 results.push(EntryOutcome::Noop);
                 continue;
             }
+            // What a commit before this entry's outcome may record.
+            let before = applied;
             applied = SnapshotMeta {
                 index: e.index,
                 term: e.term,
             };
             let cmd = match &e.payload {
                 EntryPayload::Noop => {
+                    batch_applied = applied;
                     results.push(EntryOutcome::Noop);
                     continue;
                 }
@@ -357,7 +360,7 @@ impl StateMachine for SledStore {
                         None => {
                             // Commit what the batch holds, then run the
                             // command on the tree as it then is.
-                            commit(std::mem::take(&mut batch), batch_applied, &mut buf)?;
+                            commit(std::mem::take(&mut batch), before, &mut buf)?;
                             pending.clear();
                             base_revision = revision;
                             let view = BatchView {
