@@ -123,7 +123,12 @@ fn or_dash(s: &str) -> String {
 pub fn exit_code(err: &ClientError) -> u8 {
     match err {
         ClientError::NotFound { .. } | ClientError::CasMismatch { .. } => super::EXIT_NOT_FOUND,
-        ClientError::BadRequest(_) | ClientError::Config(_) => super::EXIT_USAGE,
+        ClientError::Kv(crate::kv::KvError::KeyNotFound | crate::kv::KvError::LeaseNotFound) => {
+            super::EXIT_NOT_FOUND
+        }
+        ClientError::BadRequest(_) | ClientError::Config(_) | ClientError::Kv(_) => {
+            super::EXIT_USAGE
+        }
         ClientError::Unavailable { .. }
         | ClientError::Http { .. }
         | ClientError::InvalidResponse { .. } => super::EXIT_UNAVAILABLE,

@@ -60,12 +60,15 @@ use crate::http_client::{HttpClient, HttpClientConfig, HttpError};
 
 pub mod error;
 pub mod types;
+pub mod v3;
 
 pub use error::ClientError;
 use types::ErrorBody;
 pub use types::{
-    Consistency, Health, KvItem, LeaderInfo, ListPage, NodeStatus, Routing, WriteResult,
+    Consistency, Header, Health, KvItem, LeaderInfo, ListPage, NodeStatus, Reply, Routing,
+    WriteResult,
 };
+pub use v3::watch::{WatchBatch, WatchMessage, WatchOptions, WatchStream};
 
 /// The nodes a client talks to when none are configured.
 pub const DEFAULT_NODES: &str = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
@@ -544,9 +547,21 @@ impl Client {
     /// while it restarts) is retried too, with backoff, until the deadline:
     /// the deadline is the caller's statement of how long it will wait.
     async fn execute(&self, op: &Op) -> Result<Answer, ClientError> {
+        self.execute_with_timeout(op, self.inner.config.attempt_timeout)
+            .await
+    }
+
+    /// [`Client::execute`] with another timeout per attempt (a long poll
+    /// needs its wait plus the usual margin); the call's deadline is
+    /// stretched to fit at least one such attempt.
+    async fn execute_with_timeout(
+        &self,
+        op: &Op,
+        attempt_timeout: Duration,
+    ) -> Result<Answer, ClientError> {
         let config = &self.inner.config;
         let started = Instant::now();
-        let deadline = started + config.total_timeout;
+        let deadline = started + config.total_timeout.max(attempt_timeout);
         let n = config.nodes.len();
         // Nodes that failed since the last backoff; skipped while others remain.
         let mut failed: Vec<String> = Vec::new();
@@ -568,7 +583,7 @@ impl Client {
             }
             attempts += 1;
             let attempt = attempts;
-            let timeout = remaining.min(config.attempt_timeout);
+            let timeout = remaining.min(attempt_timeout);
             match self.send(&target, op, timeout).await {
                 Ok(answer) if answer.status == StatusCode::SERVICE_UNAVAILABLE => {
                     let body: ErrorBody = serde_json::from_slice(&answer.body).unwrap_or_default();
