@@ -65,7 +65,7 @@ pub enum ClientError {
     /// revision ([`crate::kv::KvError::Compacted`], HTTP 410) or above the
     /// current one, or a request it does not allow (HTTP 400/413). The
     /// text is etcd's where etcd has one.
-    #[error("{0}")]
+    #[error("{}", kv_message(.0))]
     Kv(crate::kv::KvError),
     /// The client itself is misconfigured (e.g. a bad node URL).
     #[error("invalid client configuration: {0}")]
@@ -103,5 +103,16 @@ impl ClientError {
                 ..
             }
         )
+    }
+}
+
+/// A refusal's text, with the compact revision for a compacted read (the
+/// number a caller needs to re-list).
+fn kv_message(e: &crate::kv::KvError) -> String {
+    match e {
+        crate::kv::KvError::Compacted { compact_revision } if *compact_revision > 0 => {
+            format!("{e} (compact revision {compact_revision})")
+        }
+        _ => e.to_string(),
     }
 }

@@ -400,18 +400,17 @@ impl Client {
             *req.uri_mut() = uri;
             req.headers_mut()
                 .insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-            let resp =
-                match tokio::time::timeout(config.attempt_timeout, http.request(req)).await {
-                    Err(_) => {
-                        last_error = format!("{node}: timed out");
-                        continue;
-                    }
-                    Ok(Err(e)) => {
-                        last_error = format!("{node}: {e}");
-                        continue;
-                    }
-                    Ok(Ok(r)) => r,
-                };
+            let resp = match tokio::time::timeout(config.attempt_timeout, http.request(req)).await {
+                Err(_) => {
+                    last_error = format!("{node}: timed out");
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    last_error = format!("{node}: {e}");
+                    continue;
+                }
+                Ok(Ok(r)) => r,
+            };
             let (parts, body) = resp.into_parts();
             if parts.status == StatusCode::OK {
                 return Ok(WatchStream {
@@ -460,7 +459,9 @@ impl Client {
             kind: Kind::Read,
             any_node: true,
         };
-        let answer = self.execute_with_timeout(&op, self.poll_timeout(wait)).await?;
+        let answer = self
+            .execute_with_timeout(&op, self.poll_timeout(wait))
+            .await?;
         if answer.status != StatusCode::OK {
             return Err(api_error(&answer));
         }
