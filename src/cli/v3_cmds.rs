@@ -477,3 +477,6 @@ async fn watch_loop(client: &crate::client::Client, args: &WatchArgs) -> ExitCod
     }
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests;
