@@ -547,21 +547,24 @@ impl Client {
     /// while it restarts) is retried too, with backoff, until the deadline:
     /// the deadline is the caller's statement of how long it will wait.
     async fn execute(&self, op: &Op) -> Result<Answer, ClientError> {
-        self.execute_with_timeout(op, self.inner.config.attempt_timeout)
-            .await
+        self.execute_with_timeout(op, None).await
     }
 
-    /// [`Client::execute`] with another timeout per attempt (a long poll
-    /// needs its wait plus the usual margin); the call's deadline is
-    /// stretched to fit at least one such attempt.
+    /// [`Client::execute`] with another timeout per attempt when given (a
+    /// long poll needs its wait plus the usual margin); the call's deadline
+    /// is then stretched to fit at least one such attempt.
     async fn execute_with_timeout(
         &self,
         op: &Op,
-        attempt_timeout: Duration,
+        attempt_timeout: Option<Duration>,
     ) -> Result<Answer, ClientError> {
         let config = &self.inner.config;
         let started = Instant::now();
-        let deadline = started + config.total_timeout.max(attempt_timeout);
+        let (attempt_timeout, total) = match attempt_timeout {
+            Some(t) => (t, config.total_timeout.max(t)),
+            None => (config.attempt_timeout, config.total_timeout),
+        };
+        let deadline = started + total;
         let n = config.nodes.len();
         // Nodes that failed since the last backoff; skipped while others remain.
         let mut failed: Vec<String> = Vec::new();
@@ -647,12 +650,7 @@ impl Client {
         }
         Err(ClientError::Unavailable {
             outcome_unknown: maybe_applied,
-            message: give_up_message(
-                attempts,
-                started.elapsed(),
-                config.total_timeout,
-                last_error.as_deref(),
-            ),
+            message: give_up_message(attempts, started.elapsed(), total, last_error.as_deref()),
         })
     }
 

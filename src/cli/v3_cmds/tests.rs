@@ -126,7 +126,7 @@ fn conflicting_or_bad_options_are_usage_errors() {
     assert!(refused(&["list", "--keys-only", "--count-only"]).contains("cannot be used"));
     assert!(refused(&["list", "--limit", "0"]).contains("--limit"));
     assert!(refused(&["list", "--sort-by", "size"]).contains("possible values"));
-    assert!(refused(&["get", "k", "--rev", "-1"]).contains("--rev"));
+    assert!(refused(&["get", "k", "--rev=-1"]).contains("--rev"));
     assert!(refused(&["delete"]).contains("required"));
     assert!(refused(&["delete", "k", "--prefix", "p"]).contains("cannot be used"));
     assert!(refused(&["delete", "--prefix", "p", "--cas", "3"]).contains("cannot be used"));

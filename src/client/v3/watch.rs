@@ -460,7 +460,7 @@ impl Client {
             any_node: true,
         };
         let answer = self
-            .execute_with_timeout(&op, self.poll_timeout(wait))
+            .execute_with_timeout(&op, Some(self.poll_timeout(wait)))
             .await?;
         if answer.status != StatusCode::OK {
             return Err(api_error(&answer));
