@@ -314,7 +314,7 @@ fn json(status: StatusCode, v: impl serde::Serialize) -> Response {
 
 impl Shared {
     /// Applies a write; the answer or the refusal as the server maps it.
-    fn apply(&self, cmd: Command) -> Result<Revisioned<CommandResponse>, Response> {
+    fn apply(&self, cmd: Command) -> Result<Revisioned<CommandResponse>, KvError> {
         let applied = self.state.lock().unwrap().apply(&cmd);
         if !applied.events.is_empty() {
             let _ = self.changes.send(applied.events.clone());
@@ -362,7 +362,7 @@ impl Shared {
                         JsonDeleteReply::new(&d, revision, header(revision)),
                     ),
                     Ok(other) => panic!("unexpected {other:?}"),
-                    Err(resp) => resp,
+                    Err(e) => kv_error(&e).into_response(),
                 }
             }
             ("POST", "/txn") => {
@@ -383,7 +383,7 @@ impl Shared {
                         },
                     ),
                     Ok(other) => panic!("unexpected {other:?}"),
-                    Err(resp) => resp,
+                    Err(e) => kv_error(&e).into_response(),
                 }
             }
             ("POST", "/compact") => {
@@ -400,7 +400,7 @@ impl Shared {
                             header: header(r.revision),
                         },
                     ),
-                    Err(resp) => resp,
+                    Err(e) => kv_error(&e).into_response(),
                 }
             }
             ("GET", "/watch") => match WatchQuery::from_query(query) {
@@ -421,7 +421,7 @@ impl Shared {
                         StatusCode::OK,
                         serde_json::json!({"status": "committed", "key": key, "index": r.revision}),
                     ),
-                    Err(resp) => resp,
+                    Err(e) => kv_error(&e).into_response(),
                 }
             }
             ("GET", p) if p.starts_with("/kv/") => {
