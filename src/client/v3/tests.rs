@@ -319,7 +319,7 @@ impl Shared {
         if !applied.events.is_empty() {
             let _ = self.changes.send(applied.events.clone());
         }
-        applied.answer.map_err(|e| kv_error(&e).into_response())
+        applied.answer
     }
 
     fn handle(&self, method: &str, uri: &hyper::Uri, body: &[u8], sse: bool) -> Response {
