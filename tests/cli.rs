@@ -473,6 +473,17 @@ fn usage_errors_exit_2() {
         vec!["local-cluster", "--nodes", "0"],
         vec!["put", "k", "v", "--file", "/dev/null"],
         vec!["put", "k", "--file", "/no/such/file"],
+        vec!["get", "k", "--rev", "x"],
+        vec!["list", "--limit", "0"],
+        vec!["list", "--prefix", "a", "--from", "b"],
+        vec!["list", "--sort-by", "size"],
+        vec!["delete"],
+        vec!["delete", "--prefix", ""],
+        vec!["delete", "--prefix", "p", "--cas", "1"],
+        vec!["compact"],
+        vec!["compact", "0"],
+        vec!["watch"],
+        vec!["watch", "k", "--prefix", "p"],
     ];
     for args in cases {
         let mut cmd = raftkv();
@@ -631,6 +642,9 @@ fn help_matches_behaviour_and_shows_no_empty_env_values() {
         "get",
         "delete",
         "list",
+        "txn",
+        "compact",
+        "watch",
         "status",
         "leader",
         "health",

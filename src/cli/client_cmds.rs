@@ -1,5 +1,6 @@
 //! The client commands: `put`, `get`, `delete`, `list`, `status`, `leader`
-//! and `health`.
+//! and `health` (the range forms of `get`, `delete` and `list` run in
+//! [`super::v3_cmds`]).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -96,7 +97,8 @@ pub struct PutArgs {
     raftkv get greeting --stale     # read the contacted node's copy, no leader round trip\n  \
     raftkv get greeting --index     # prints: greeting = hello (index 12)\n  \
     raftkv get greeting --rev 9     # the value as of revision 9\n\n\
-    Exit 1 (message on stderr) if the key does not exist."
+    The index is the key's mod revision. Exit 1 (message on stderr) if the key does not exist\n\
+    (at that revision); exit 2 if the revision is compacted or in the future."
 )]
 pub struct GetArgs {
     /// The key.
@@ -106,11 +108,11 @@ pub struct GetArgs {
     /// instead of a linearizable read through the leader.
     #[arg(long)]
     pub stale: bool,
-    /// Also print the key's index (its mod revision).
+    /// Also print the index that last modified the key.
     #[arg(long)]
     pub index: bool,
-    /// Read the key as of revision R (must not be compacted).
-    #[arg(long, value_name = "R")]
+    /// Read the key as of revision R (0 = the current revision).
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(i64).range(0..))]
     pub rev: Option<i64>,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -120,22 +122,32 @@ pub struct GetArgs {
 /// `raftkv delete KEY`.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  raftkv delete greeting\n  \
-    raftkv delete lock --cas 17   # only if lock was last written at index 17\n  \
-    raftkv delete --prefix tmp/ --prev-kv   # every key under tmp/, in one revision\n\n\
-    Prints \"OK (index N)\" (a range: \"OK: D deleted (index N)\"). Exit 1 (message on stderr)\n\
-    if the key does not exist or --cas does not match.")]
+    raftkv delete lock --cas 17          # only if lock was last written at index 17\n  \
+    raftkv delete --prefix tmp/          # every key starting with tmp/\n  \
+    raftkv delete --from a --to m        # every key in [a, m)\n  \
+    raftkv delete --prefix tmp/ --prev-kv  # also print the deleted keys and values\n\n\
+    A KEY prints \"OK (index N)\" (with --prev-kv, then \"KEY = OLD VALUE\"); exit 1 (message\n\
+    on stderr) if the key does not exist or --cas does not match. A range prints\n\
+    \"deleted N (index R)\", then with --prev-kv one \"KEY = VALUE\" line per deleted key;\n\
+    deleting nothing is not an error. `--from ''` (no --to) deletes every key.")]
 pub struct DeleteArgs {
-    /// The key (or use --prefix / --from).
-    #[arg(allow_hyphen_values = true, required_unless_present_any = ["prefix", "from"],
-          conflicts_with_all = ["prefix", "from"])]
+    /// The key.
+    #[arg(allow_hyphen_values = true, conflicts_with_all = ["prefix", "from", "to"],
+          required_unless_present_any = ["prefix", "from", "to"])]
     pub key: Option<String>,
     /// Compare-and-swap: delete only if the key's current mod index is M.
-    #[arg(long, value_name = "M", requires = "key")]
+    #[arg(long, value_name = "M", conflicts_with_all = ["prefix", "from", "to", "prev_kv"])]
     pub cas: Option<u64>,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub keys: super::data_cmds::KeySelection,
-    /// With a range: print the deleted keys and values.
+    /// Delete every key starting with P, in one revision.
+    #[arg(long, value_name = "P", allow_hyphen_values = true, conflicts_with_all = ["from", "to"])]
+    pub prefix: Option<String>,
+    /// Delete the keys ≥ K (with --to: the range [K, E)); '' = from the first key.
+    #[arg(long, value_name = "K", allow_hyphen_values = true)]
+    pub from: Option<String>,
+    /// Delete the keys < E.
+    #[arg(long, value_name = "E", allow_hyphen_values = true)]
+    pub to: Option<String>,
+    /// Print the deleted keys and values.
     #[arg(long)]
     pub prev_kv: bool,
     #[command(flatten)]
@@ -147,37 +159,58 @@ pub struct DeleteArgs {
 #[derive(Args, Debug)]
 #[command(
     after_help = "Examples:\n  raftkv list\n  raftkv list --prefix user/\n  \
-    raftkv list --prefix user/ --rev 40             # as of revision 40\n  \
-    raftkv list --from a --to m --keys-only         # keys in [a, m)\n  \
-    raftkv list --prefix job/ --sort-by create --limit 1   # the oldest job (a lock queue)\n  \
-    raftkv list --prefix user/ --count-only\n\n\
+    raftkv list --from a --to m               # the keys in [a, m)\n  \
+    raftkv list --prefix user/ --rev 12       # as of revision 12\n  \
+    raftkv list --prefix user/ --keys-only    # keys only\n  \
+    raftkv list --prefix user/ --count-only   # just the number of keys\n  \
+    raftkv list --sort-by mod --order descend --limit 5   # the 5 latest changed keys\n\n\
     Prints one \"KEY = VALUE\" line per key, sorted by key (fetched page by page, all pages\n\
-    at the revision of the first)."
+    at one revision when a range option is given). --keys-only prints one key per line,\n\
+    --count-only the number of keys in the range (before --limit and the revision filters,\n\
+    as etcd counts). A listing sorted by another field than the key is one page of at most\n\
+    10000 keys. Exit 2 if --rev is compacted or in the future."
 )]
 pub struct ListArgs {
     /// Only keys starting with P.
-    #[arg(
-        long,
-        value_name = "P",
-        default_value = "",
-        allow_hyphen_values = true,
-        conflicts_with = "from"
-    )]
+    #[arg(long, value_name = "P", default_value = "", allow_hyphen_values = true,
+          conflicts_with_all = ["from", "to"])]
     pub prefix: String,
-    /// First key of a range [KEY, --to) (instead of --prefix).
-    #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
+    /// Only keys ≥ K (with --to: the range [K, E)).
+    #[arg(long, value_name = "K", allow_hyphen_values = true)]
     pub from: Option<String>,
-    /// End of the --from range (exclusive).
-    #[arg(
-        long,
-        value_name = "KEY",
-        allow_hyphen_values = true,
-        requires = "from"
-    )]
+    /// Only keys < E.
+    #[arg(long, value_name = "E", allow_hyphen_values = true)]
     pub to: Option<String>,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub range: super::data_cmds::RangeOpts,
+    /// Read as of revision R (0 = current).
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(i64).range(0..))]
+    pub rev: Option<i64>,
+    /// At most N keys.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+    pub limit: Option<i64>,
+    /// Print keys without values.
+    #[arg(long, conflicts_with = "count_only")]
+    pub keys_only: bool,
+    /// Print only the number of keys in the range.
+    #[arg(long)]
+    pub count_only: bool,
+    /// Sort by this field.
+    #[arg(long, value_name = "FIELD", value_enum)]
+    pub sort_by: Option<super::v3_cmds::SortBy>,
+    /// Sort order (default: ascending).
+    #[arg(long, value_name = "ORDER", value_enum)]
+    pub order: Option<super::v3_cmds::Order>,
+    /// Only keys created at or after revision R.
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(i64).range(1..))]
+    pub min_create_rev: Option<i64>,
+    /// Only keys created at or before revision R.
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_create_rev: Option<i64>,
+    /// Only keys last modified at or after revision R.
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(i64).range(1..))]
+    pub min_mod_rev: Option<i64>,
+    /// Only keys last modified at or before revision R.
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_mod_rev: Option<i64>,
     /// Read from the contacted node's state machine (may be stale).
     #[arg(long)]
     pub stale: bool,
@@ -243,12 +276,11 @@ pub struct HealthArgs {
 }
 
 /// Prints a client error on stderr and returns the contract's exit code.
-fn fail(err: &ClientError) -> ExitCode {
+pub(crate) fn fail(err: &ClientError) -> ExitCode {
     eprintln!("error: {err}");
     ExitCode::from(output::exit_code(err))
 }
 
-/// The client of a command, or the usage error its options deserve.
 pub(crate) fn client_or_usage(
     opts: &ClientOpts,
     global: Option<&str>,
@@ -257,7 +289,7 @@ pub(crate) fn client_or_usage(
     opts.client(global).map_err(|e| super::usage_error(cmd, e))
 }
 
-fn print_line(line: &str) {
+pub(crate) fn print_line(line: &str) {
     // A closed stdout (e.g. `| head`) is not worth a panic.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -325,6 +357,9 @@ pub async fn put(args: PutArgs, global: Option<&str>) -> ExitCode {
 
 /// Runs `get`.
 pub async fn get(args: GetArgs, global: Option<&str>) -> ExitCode {
+    if let Some(rev) = args.rev {
+        return super::v3_cmds::get_at(&args, rev, global).await;
+    }
     let client = match client_or_usage(&args.client, global, "get") {
         Ok(c) => c,
         Err(code) => return code,
@@ -334,9 +369,6 @@ pub async fn get(args: GetArgs, global: Option<&str>) -> ExitCode {
     } else {
         Consistency::Linearizable
     };
-    if let Some(rev) = args.rev {
-        return super::data_cmds::get_at(&client, &args.key, rev, args.stale, args.index).await;
-    }
     match client.get(&args.key, consistency).await {
         Ok(item) => {
             let mut line = output::item_line(&item);
@@ -352,12 +384,13 @@ pub async fn get(args: GetArgs, global: Option<&str>) -> ExitCode {
 
 /// Runs `delete`.
 pub async fn delete(args: DeleteArgs, global: Option<&str>) -> ExitCode {
+    let key = match &args.key {
+        Some(k) if !args.prev_kv => k,
+        _ => return super::v3_cmds::delete_range(&args, global).await,
+    };
     let client = match client_or_usage(&args.client, global, "delete") {
         Ok(c) => c,
         Err(code) => return code,
-    };
-    let Some(key) = &args.key else {
-        return super::data_cmds::delete_range(&client, &args.keys, args.prev_kv).await;
     };
     match client.delete(key, args.cas).await {
         Ok(w) => {
@@ -370,6 +403,9 @@ pub async fn delete(args: DeleteArgs, global: Option<&str>) -> ExitCode {
 
 /// Runs `list`.
 pub async fn list(args: ListArgs, global: Option<&str>) -> ExitCode {
+    if !args.is_plain() {
+        return super::v3_cmds::list_range(&args, global).await;
+    }
     let client = match client_or_usage(&args.client, global, "list") {
         Ok(c) => c,
         Err(code) => return code,
@@ -379,14 +415,6 @@ pub async fn list(args: ListArgs, global: Option<&str>) -> ExitCode {
     } else {
         Consistency::Linearizable
     };
-    if args.from.is_some() || args.range.any() {
-        let keys = super::data_cmds::KeySelection {
-            prefix: args.from.is_none().then(|| args.prefix.clone()),
-            from: args.from.clone(),
-            to: args.to.clone(),
-        };
-        return super::data_cmds::list_range(&client, &keys, &args.range, args.stale).await;
-    }
     match client.list_all(&args.prefix, consistency).await {
         Ok(items) => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

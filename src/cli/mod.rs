@@ -9,12 +9,12 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod client_cmds;
-pub mod data_cmds;
 pub mod local_cluster;
 pub mod output;
 pub mod signals;
 pub mod start;
 pub mod txn_text;
+pub mod v3_cmds;
 
 pub use start::{parse_host_port, parse_node_id, parse_peer_list, PeerList, StartArgs};
 
@@ -35,6 +35,12 @@ Getting started:
   raftkv list --prefix gr              # greeting = hello
   raftkv put notes --file notes.txt    # a value from a file (`-` = stdin)
   raftkv delete greeting               # OK (index 4)
+  raftkv get greeting --rev 2          # greeting = hello (as of revision 2)
+  raftkv list --prefix user/ --rev 9 --keys-only
+  raftkv delete --prefix tmp/          # deleted 3 (index 10)
+  printf '\nput a 1\n' | raftkv txn    # SUCCESS (no compares; see txn --help)
+  raftkv watch --prefix user/          # one line per change, until Ctrl-C
+  raftkv compact 8                     # compacted revision 8
   raftkv status                        # a table of every node
   raftkv leader                        # node-1 http://127.0.0.1:8001
 
@@ -43,8 +49,11 @@ http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003), find the
 leader themselves, and retry on another node when one is down, with backoff,
 until --timeout-ms (env RAFTKV_TIMEOUT_MS, default 15000) has passed.
 
-Exit codes: 0 success, 1 key not found / precondition failed, 2 usage error,
-3 cluster unavailable.
+Indexes are revisions: every change to the store creates one, and a key's
+index is the revision that last modified it (its mod revision).
+
+Exit codes: 0 success, 1 key not found / precondition failed, 2 usage error
+or refused request (e.g. a compacted revision), 3 cluster unavailable.
 
 Run `raftkv <COMMAND> --help` for the options and examples of each command.";
 
@@ -80,14 +89,14 @@ pub enum Command {
     Get(client_cmds::GetArgs),
     /// Delete a key: prints "OK (index N)".
     Delete(client_cmds::DeleteArgs),
-    /// List keys, sorted: one "KEY = VALUE" per line (ranges, past revisions).
+    /// List keys, sorted: one "KEY = VALUE" per line.
     List(client_cmds::ListArgs),
-    /// Run a transaction read from stdin: compares, then one branch of ops.
-    Txn(data_cmds::TxnArgs),
-    /// Discard the key-value history below a revision.
-    Compact(data_cmds::CompactArgs),
-    /// Print the changes of a key, a prefix or a range as they happen.
-    Watch(data_cmds::WatchArgs),
+    /// Run a transaction read from stdin: prints SUCCESS or FAILURE and each op's result.
+    Txn(v3_cmds::TxnArgs),
+    /// Discard the history before a revision: prints "compacted revision R".
+    Compact(v3_cmds::CompactArgs),
+    /// Print changes to a key, a prefix or a range, one event per line.
+    Watch(v3_cmds::WatchArgs),
     /// Show every node's role, term, leader and indexes as a table.
     Status(client_cmds::StatusArgs),
     /// Print the leader's id and URL.
@@ -119,18 +128,9 @@ pub async fn main() -> ExitCode {
         Command::Get(a) => client_cmds::get(a, global).await,
         Command::Delete(a) => client_cmds::delete(a, global).await,
         Command::List(a) => client_cmds::list(a, global).await,
-        Command::Txn(a) => match client_cmds::client_or_usage(&a.client, global, "txn") {
-            Ok(c) => data_cmds::txn(a, c).await,
-            Err(code) => code,
-        },
-        Command::Compact(a) => match client_cmds::client_or_usage(&a.client, global, "compact") {
-            Ok(c) => data_cmds::compact(a, c).await,
-            Err(code) => code,
-        },
-        Command::Watch(a) => match client_cmds::client_or_usage(&a.client, global, "watch") {
-            Ok(c) => data_cmds::watch(a, c).await,
-            Err(code) => code,
-        },
+        Command::Txn(a) => v3_cmds::txn(a, global).await,
+        Command::Compact(a) => v3_cmds::compact(a, global).await,
+        Command::Watch(a) => v3_cmds::watch(a, global).await,
         Command::Status(a) => client_cmds::status(a, global).await,
         Command::Leader(a) => client_cmds::leader(a, global).await,
         Command::Health(a) => client_cmds::health(a).await,

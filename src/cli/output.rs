@@ -1,7 +1,9 @@
 //! Text formatting of the client commands' results (kept apart from the I/O
 //! so it can be tested).
 
-use crate::client::{ClientError, KvItem, LeaderInfo, NodeStatus, WriteResult};
+use crate::client::{ClientError, KvItem, LeaderInfo, NodeStatus, Reply, WriteResult};
+use crate::kv::{DeleteRangeResponse, Event, EventKind, KeyValue, RangeResponse, TxnResponse};
+use crate::server::json::{JsonEvent, JsonTxnReply};
 
 /// `put` / `delete`: `OK (index N)`.
 pub fn write_ok(result: &WriteResult) -> String {
@@ -11,6 +13,82 @@ pub fn write_ok(result: &WriteResult) -> String {
 /// `get` and each line of `list`: `KEY = VALUE`.
 pub fn item_line(item: &KvItem) -> String {
     format!("{} = {}", item.key, item.value)
+}
+
+/// Bytes as text; bytes that are not UTF-8 become U+FFFD (keys and values
+/// written through the CLI are always text).
+fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+/// A record as `KEY = VALUE` (the same line as [`item_line`]).
+pub fn kv_line(kv: &KeyValue) -> String {
+    format!("{} = {}", text(&kv.key), text(&kv.value))
+}
+
+/// `list` with range options: the count alone (`count_only`), one key
+/// per line (`keys_only`), or one `KEY = VALUE` line per key.
+pub fn range_output(r: &RangeResponse, keys_only: bool, count_only: bool) -> String {
+    if count_only {
+        return format!("{}\n", r.count);
+    }
+    let mut out = String::new();
+    for kv in &r.kvs {
+        if keys_only {
+            out.push_str(&text(&kv.key));
+        } else {
+            out.push_str(&kv_line(kv));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A delete through `DELETE /kv`: for one key (`single`) the old
+/// `OK (index R)`, for a range `deleted N (index R)`; then each deleted
+/// record as `KEY = VALUE` (when asked for).
+pub fn delete_output(d: &DeleteRangeResponse, revision: i64, single: bool) -> String {
+    let mut out = if single {
+        format!("OK (index {revision})\n")
+    } else {
+        format!("deleted {} (index {revision})\n", d.deleted)
+    };
+    for kv in &d.prev_kvs {
+        out.push_str(&kv_line(kv));
+        out.push('\n');
+    }
+    out
+}
+
+/// `txn --json`: the answer exactly as `POST /txn` gives it.
+pub fn txn_json(reply: &Reply<TxnResponse>) -> String {
+    let j = JsonTxnReply {
+        txn: (&reply.body).into(),
+        index: reply.header.revision,
+        header: reply.header.into(),
+    };
+    serde_json::to_string(&j).unwrap_or_default()
+}
+
+/// `watch`: one event, `PUT KEY = VALUE (rev R)` or `DELETE KEY (rev R)`,
+/// with `, prev: VALUE` when `prev_kv` is shown and the key existed.
+pub fn event_line(e: &Event, prev_kv: bool) -> String {
+    let mut line = match e.kind {
+        EventKind::Put => format!("PUT {} (rev {}", kv_line(&e.kv), e.kv.mod_revision),
+        EventKind::Delete => format!("DELETE {} (rev {}", text(&e.kv.key), e.kv.mod_revision),
+    };
+    if prev_kv {
+        if let Some(p) = &e.prev_kv {
+            line.push_str(&format!(", prev: {}", text(&p.value)));
+        }
+    }
+    line.push(')');
+    line
+}
+
+/// `watch --json`: one event as the API shows it, on one line.
+pub fn event_json(e: &Event) -> String {
+    serde_json::to_string(&JsonEvent::from(e)).unwrap_or_default()
 }
 
 /// `leader`: the leader's id and URL, separated by a space.
@@ -123,7 +201,12 @@ fn or_dash(s: &str) -> String {
 pub fn exit_code(err: &ClientError) -> u8 {
     match err {
         ClientError::NotFound { .. } | ClientError::CasMismatch { .. } => super::EXIT_NOT_FOUND,
-        ClientError::BadRequest(_) | ClientError::Config(_) => super::EXIT_USAGE,
+        ClientError::Kv(crate::kv::KvError::KeyNotFound | crate::kv::KvError::LeaseNotFound) => {
+            super::EXIT_NOT_FOUND
+        }
+        ClientError::BadRequest(_) | ClientError::Config(_) | ClientError::Kv(_) => {
+            super::EXIT_USAGE
+        }
         ClientError::Unavailable { .. }
         | ClientError::Http { .. }
         | ClientError::InvalidResponse { .. } => super::EXIT_UNAVAILABLE,

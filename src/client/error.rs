@@ -61,6 +61,12 @@ pub enum ClientError {
         /// What could not be parsed.
         message: String,
     },
+    /// The data model refused the request: a revision below the compact
+    /// revision ([`crate::kv::KvError::Compacted`], HTTP 410) or above the
+    /// current one, or a request it does not allow (HTTP 400/413). The
+    /// text is etcd's where etcd has one.
+    #[error("{}", kv_message(.0))]
+    Kv(crate::kv::KvError),
     /// The client itself is misconfigured (e.g. a bad node URL).
     #[error("invalid client configuration: {0}")]
     Config(String),
@@ -82,6 +88,9 @@ impl ClientError {
             ClientError::Http { .. } => "http",
             ClientError::InvalidResponse { .. } => "invalid_response",
             ClientError::Config(_) => "config",
+            ClientError::Kv(crate::kv::KvError::Compacted { .. }) => "compacted",
+            ClientError::Kv(crate::kv::KvError::FutureRevision) => "future_revision",
+            ClientError::Kv(_) => "refused",
         }
     }
 
@@ -94,5 +103,16 @@ impl ClientError {
                 ..
             }
         )
+    }
+}
+
+/// A refusal's text, with the compact revision for a compacted read (the
+/// number a caller needs to re-list).
+fn kv_message(e: &crate::kv::KvError) -> String {
+    match e {
+        crate::kv::KvError::Compacted { compact_revision } if *compact_revision > 0 => {
+            format!("{e} (compact revision {compact_revision})")
+        }
+        _ => e.to_string(),
     }
 }

@@ -60,12 +60,15 @@ use crate::http_client::{HttpClient, HttpClientConfig, HttpError};
 
 pub mod error;
 pub mod types;
+pub mod v3;
 
 pub use error::ClientError;
 use types::ErrorBody;
 pub use types::{
-    Consistency, Health, KvItem, LeaderInfo, ListPage, NodeStatus, Routing, WriteResult,
+    Consistency, Header, Health, KvItem, LeaderInfo, ListPage, NodeStatus, Reply, Routing,
+    WriteResult,
 };
+pub use v3::watch::{WatchBatch, WatchMessage, WatchOptions, WatchStream};
 
 /// The nodes a client talks to when none are configured.
 pub const DEFAULT_NODES: &str = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
@@ -448,58 +451,6 @@ impl Client {
         }
     }
 
-    /// A read of the etcd-model JSON API (`docs/api.md`): `GET path`, e.g.
-    /// `/kv?prefix=a&revision=5`, `/kv/{key}?revision=5` or a long-poll
-    /// `/watch?…`; retried like every read. `any_node` serves it from the
-    /// first node that answers (stale reads, watches) instead of through the
-    /// leader. Returns the JSON answer of a 200; a 404 is
-    /// [`ClientError::NotFound`] for `key`.
-    pub async fn read_json(
-        &self,
-        path: String,
-        any_node: bool,
-        key: &str,
-    ) -> Result<serde_json::Value, ClientError> {
-        let op = Op {
-            method: Method::GET,
-            path,
-            body: None,
-            kind: Kind::Read,
-            any_node,
-        };
-        let answer = self.execute(&op).await?;
-        match answer.status {
-            StatusCode::OK => parse(&answer),
-            StatusCode::NOT_FOUND if !key.is_empty() => {
-                Err(ClientError::NotFound { key: key.into() })
-            }
-            _ => Err(unexpected(&answer)),
-        }
-    }
-
-    /// A write of the etcd-model JSON API: `DELETE /kv?…`, `POST /txn`,
-    /// `POST /compact`. Not sent again once its outcome is unknown (a
-    /// transaction's second attempt could see its own first one).
-    pub async fn write_json(
-        &self,
-        method: Method,
-        path: String,
-        body: Option<Vec<u8>>,
-    ) -> Result<serde_json::Value, ClientError> {
-        let op = Op {
-            method,
-            path,
-            body: body.map(Bytes::from),
-            kind: Kind::UnsafeWrite,
-            any_node: false,
-        };
-        let answer = self.execute(&op).await?;
-        match answer.status {
-            StatusCode::OK => parse(&answer),
-            _ => Err(unexpected(&answer)),
-        }
-    }
-
     /// `GET /cluster/leader` on the nodes in turn, until one knows a leader
     /// (retrying through an election, within the deadline).
     pub async fn leader(&self) -> Result<LeaderInfo, ClientError> {
@@ -596,9 +547,24 @@ impl Client {
     /// while it restarts) is retried too, with backoff, until the deadline:
     /// the deadline is the caller's statement of how long it will wait.
     async fn execute(&self, op: &Op) -> Result<Answer, ClientError> {
+        self.execute_with_timeout(op, None).await
+    }
+
+    /// [`Client::execute`] with another timeout per attempt when given (a
+    /// long poll needs its wait plus the usual margin); the call's deadline
+    /// is then stretched to fit at least one such attempt.
+    async fn execute_with_timeout(
+        &self,
+        op: &Op,
+        attempt_timeout: Option<Duration>,
+    ) -> Result<Answer, ClientError> {
         let config = &self.inner.config;
         let started = Instant::now();
-        let deadline = started + config.total_timeout;
+        let (attempt_timeout, total) = match attempt_timeout {
+            Some(t) => (t, config.total_timeout.max(t)),
+            None => (config.attempt_timeout, config.total_timeout),
+        };
+        let deadline = started + total;
         let n = config.nodes.len();
         // Nodes that failed since the last backoff; skipped while others remain.
         let mut failed: Vec<String> = Vec::new();
@@ -620,7 +586,7 @@ impl Client {
             }
             attempts += 1;
             let attempt = attempts;
-            let timeout = remaining.min(config.attempt_timeout);
+            let timeout = remaining.min(attempt_timeout);
             match self.send(&target, op, timeout).await {
                 Ok(answer) if answer.status == StatusCode::SERVICE_UNAVAILABLE => {
                     let body: ErrorBody = serde_json::from_slice(&answer.body).unwrap_or_default();
@@ -684,12 +650,7 @@ impl Client {
         }
         Err(ClientError::Unavailable {
             outcome_unknown: maybe_applied,
-            message: give_up_message(
-                attempts,
-                started.elapsed(),
-                config.total_timeout,
-                last_error.as_deref(),
-            ),
+            message: give_up_message(attempts, started.elapsed(), total, last_error.as_deref()),
         })
     }
 

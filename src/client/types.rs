@@ -22,6 +22,29 @@ pub struct ListPage {
     pub more: bool,
 }
 
+/// The header of every answer of the JSON API (etcd's `ResponseHeader`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The id of the member that answered.
+    pub member_id: u64,
+    /// The store revision the answer was served at (reads) or created
+    /// (writes that changed something; else the current revision).
+    pub revision: i64,
+    /// The answering member's Raft term.
+    pub raft_term: u64,
+}
+
+/// An answer of the JSON API: the data model's response and the header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply<T> {
+    /// Revision, term and ids of the answer.
+    pub header: Header,
+    /// The response itself.
+    pub body: T,
+}
+
 /// The current leader as a node sees it (`GET /cluster/leader`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderInfo {
