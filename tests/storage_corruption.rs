@@ -5,6 +5,7 @@
 mod storage_common;
 
 use raftkv::raft::{HardState, SnapshotMeta};
+use raftkv::storage::mvcc_tree::keys::current_key;
 use raftkv::storage::sled_store::{
     log_key, watermark, APPLIED_KEY, HARD_STATE_KEY, HARD_STATE_TREE, IDENTITY_KEY, IDENTITY_TREE,
     KV_TREE, LOG_TREE, SNAPSHOT_META_KEY, SNAPSHOT_TREE,
@@ -12,7 +13,6 @@ use raftkv::storage::sled_store::{
 use raftkv::storage::{LogStore, SledStore, StateMachine, StorageError};
 use std::path::Path;
 use std::process::Command;
-use raftkv::storage::mvcc_tree::keys::current_key;
 use storage_common::*;
 
 const N: u64 = 400;

@@ -63,7 +63,10 @@ fn a_healthy_store_passes_the_background_check() {
     assert!(matches!(status, KvCheckStatus::Passed), "{status:?}");
     assert_eq!(s.applied_index(), N);
     // Entry i is a put of k{i}, revision i + 1.
-    assert_eq!(get(&s, &format!("k{N}")).unwrap().map(|(_, i)| i), Some(N + 1));
+    assert_eq!(
+        get(&s, &format!("k{N}")).unwrap().map(|(_, i)| i),
+        Some(N + 1)
+    );
 }
 
 #[test]
