@@ -1123,10 +1123,17 @@ mod tests {
     #[test]
     fn keys_are_described_readably() {
         assert_eq!(describe_key(LOG_TREE, &log_key(42)), "index 42");
-        assert_eq!(describe_key(KV_TREE, b"user/1"), "\"user/1\"");
+        assert_eq!(describe_key(SNAPSHOT_TREE, b"user/1"), "\"user/1\"");
         assert!(describe_key(KV_TREE, APPLIED_KEY).contains("applied"));
-        assert_eq!(describe_key(KV_TREE, &[0xFE, 0x01]), "0xfe01");
+        assert_eq!(
+            describe_key(KV_TREE, b"\x01user/1"),
+            "current record of \"user/1\""
+        );
+        assert_eq!(
+            describe_key(KV_TREE, &[0xFE, 0x01]),
+            "MVCC meta record 0x01"
+        );
         let long = "x".repeat(200);
-        assert!(describe_key(KV_TREE, long.as_bytes()).contains("200 bytes"));
+        assert!(describe_key(SNAPSHOT_TREE, long.as_bytes()).contains("200 bytes"));
     }
 }
