@@ -15,7 +15,7 @@
 //! daemon     one node process               raft, kv, storage, node, server, transport
 //! sim        deterministic simulation       raft, kv, storage, node
 //! http_client raw HTTP/1.1 client            —
-//! client     HTTP client                    raft, kv, http_client
+//! client     HTTP client                    raft, kv, http_client, server (JSON wire types)
 //! bench      load generator                 kv, client
 //! cli        the command line               everything above but sim
 //! ```
