@@ -400,12 +400,18 @@ impl WatchHub {
     /// hub's current one: used when revisions went by unannounced.
     fn resync_all(&self, st: &mut HubState) {
         st.ring.clear();
-        let next = st.revision + 1;
+        let after = st.revision + 1;
         let mut switched = 0;
         for slot in all_slots(st) {
             let mut s = lock(&slot.state);
             if s.mode == Mode::Live {
-                s.mode = Mode::CatchUp { next };
+                // A watcher starting in the future owes nothing before its
+                // start: catching up from earlier would read history it
+                // filters out, or cancel it as compacted when a restored
+                // snapshot compacted revisions it never wanted.
+                s.mode = Mode::CatchUp {
+                    next: after.max(slot.start),
+                };
                 switched += 1;
             }
             drop(s);

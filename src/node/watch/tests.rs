@@ -445,6 +445,34 @@ async fn compaction_cancels_watchers_that_need_compacted_history() {
     assert_eq!(stats.watchers, 2);
 }
 
+/// A watcher whose start lies beyond a restored snapshot's compact
+/// revision stays open through the restore, and reports from its start.
+#[tokio::test]
+async fn restore_compacting_below_a_future_start_keeps_the_watcher() {
+    let h = Harness::new(WatchLimits::default());
+    for n in 0..5 {
+        h.apply(&put(KEYS[n % KEYS.len()], "v"));
+    }
+    let start = h.revision() + 20;
+    let spec = req(b"\x00", b"\x00", start);
+    let mut future = h.hub.watch(spec.clone()).expect("valid");
+    // The snapshot brings 10 revisions and compacts all but the last.
+    for n in 0..10 {
+        h.apply_silently(&put(KEYS[n % KEYS.len()], "s"));
+    }
+    let c = h.revision() - 1;
+    h.apply_silently(&compact(c));
+    assert!(c < start);
+    h.hub.restored(h.revision(), c);
+    while h.revision() < start + 3 {
+        h.apply(&put("a/late", "x"));
+    }
+    let (got, _) = collect(&mut future, h.revision()).await;
+    assert_eq!(got, h.expected(&spec, start));
+    assert_eq!(got.first().map(|g| g.0), Some(start));
+    assert_eq!(h.hub.stats().cancellations, 0);
+}
+
 #[tokio::test]
 async fn restored_resyncs_every_watcher_from_history() {
     let h = Harness::new(WatchLimits {
