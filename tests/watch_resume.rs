@@ -87,7 +87,11 @@ async fn watcher(
                     conn = Some((n, sse));
                     break;
                 }
-                Ok(Err(r)) => log.lock().unwrap().ends.push(format!("node {n} refused: {r}")),
+                Ok(Err(r)) => log
+                    .lock()
+                    .unwrap()
+                    .ends
+                    .push(format!("node {n} refused: {r}")),
                 Err(_) => {}
             }
         }
@@ -261,13 +265,7 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
         written: AtomicI64::new(r0),
     });
     let log = Arc::new(Mutex::new(WatchLog::default()));
-    let watch_task = tokio::spawn(watcher(
-        bases.clone(),
-        home,
-        start,
-        sh.clone(),
-        log.clone(),
-    ));
+    let watch_task = tokio::spawn(watcher(bases.clone(), home, start, sh.clone(), log.clone()));
     wait_for(&sh, FORM, "the watcher connecting to its node", |s| {
         s.on_node.load(Ordering::SeqCst) == home
     })
@@ -331,8 +329,13 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
         log.ends
     );
     watch_task.await.expect("watcher");
-    assert!(log.cancels.iter().all(|(_, d)| d["compact_revision"].is_null()),
-        "a watch was canceled as compacted although nothing was compacted: {:?}", log.cancels);
+    assert!(
+        log.cancels
+            .iter()
+            .all(|(_, d)| d["compact_revision"].is_null()),
+        "a watch was canceled as compacted although nothing was compacted: {:?}",
+        log.cancels
+    );
     eprintln!(
         "{ops} writes, revisions {start}..={fin}, {} messages, connects {:?}, cancels {:?}, ends {:?}",
         log.msgs.len(),
@@ -344,7 +347,12 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
     // Exactly once, in order.
     let revs: Vec<i64> = log.msgs.iter().map(|m| m.1).collect();
     for w in revs.windows(2) {
-        assert!(w[0] < w[1], "revision {} received after {}: {revs:?}", w[1], w[0]);
+        assert!(
+            w[0] < w[1],
+            "revision {} received after {}: {revs:?}",
+            w[1],
+            w[0]
+        );
     }
     // Every revision from the start to the end: all writes are under the
     // prefix, and each one that changed something made one revision.
@@ -371,10 +379,14 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
     // A fresh watch from the start on the leader gives the same messages,
     // in the same order within each revision.
     let sc = stream_client();
-    let mut sse = Sse::open(&sc, &bases[leader], &format!("{SEL}&start_revision={start}"))
-        .await
-        .expect("fresh watch")
-        .expect("fresh watch accepted");
+    let mut sse = Sse::open(
+        &sc,
+        &bases[leader],
+        &format!("{SEL}&start_revision={start}"),
+    )
+    .await
+    .expect("fresh watch")
+    .expect("fresh watch accepted");
     let fresh: Vec<(i64, Vec<Value>)> = read_until(&mut sse, fin, Duration::from_secs(20))
         .await
         .into_iter()
@@ -405,7 +417,9 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
     // A watch from below the compact revision is refused with it, on the
     // leader and on a follower once it has applied the compaction.
     let at = start + (fin - start) / 2;
-    let (s, v) = compact(&c.client, &bases[leader], at).await.expect("compact");
+    let (s, v) = compact(&c.client, &bases[leader], at)
+        .await
+        .expect("compact");
     assert_eq!(s, 200, "compact: {v}");
     assert_eq!(v["compact_revision"], at, "{v}");
     let follower = (leader + 1) % 3;
@@ -421,8 +435,13 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
             }
         })
         .await;
-        assert_watch_compacted(&sc, &bases[i], &format!("{SEL}&start_revision={}", at - 1), at)
-            .await;
+        assert_watch_compacted(
+            &sc,
+            &bases[i],
+            &format!("{SEL}&start_revision={}", at - 1),
+            at,
+        )
+        .await;
         // From the compact revision itself the history is still there.
         let mut sse = Sse::open(&sc, &bases[i], &format!("{SEL}&start_revision={at}"))
             .await

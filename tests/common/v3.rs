@@ -31,7 +31,10 @@ pub struct Rec {
 impl Rec {
     /// Reads a record object; `Err` names what is missing.
     pub fn from_json(v: &Value) -> Result<Rec, String> {
-        let num = |f: &str| v[f].as_i64().ok_or_else(|| format!("record without `{f}`: {v}"));
+        let num = |f: &str| {
+            v[f].as_i64()
+                .ok_or_else(|| format!("record without `{f}`: {v}"))
+        };
         let rec = Rec {
             key: v["key"]
                 .as_str()
@@ -517,12 +520,7 @@ pub fn assert_compacted(status: u16, body: &Value, at: i64, what: &str) {
 /// Asserts that a watch starting below the compact revision `at` is
 /// refused: either an HTTP 410 compacted answer, or a stream whose first
 /// message is `canceled` with `compact_revision == at`.
-pub async fn assert_watch_compacted(
-    client: &reqwest::Client,
-    base: &str,
-    query: &str,
-    at: i64,
-) {
+pub async fn assert_watch_compacted(client: &reqwest::Client, base: &str, query: &str, at: i64) {
     match Sse::open(client, base, query).await {
         Err(e) => panic!("watch {query} on {base}: {e}"),
         Ok(Err(r)) => {
