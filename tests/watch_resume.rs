@@ -25,6 +25,8 @@ use serde_json::{json, Value};
 
 const FORM: Duration = Duration::from_secs(20);
 const SEL: &str = "prefix=w/";
+/// The watch: the prefix, with each event's previous record.
+const WQ: &str = "prefix=w/&prev_kv=true";
 /// How far (in revisions) the writer may run ahead of the watcher, so the
 /// failures happen while the watcher is in the middle of the stream.
 const AHEAD: i64 = 40;
@@ -77,7 +79,7 @@ async fn watcher(
     while !done(&sh) && Instant::now() < deadline {
         let last = sh.last_rev.load(Ordering::SeqCst);
         let from = if last == 0 { start } else { last + 1 };
-        let query = format!("{SEL}&start_revision={from}");
+        let query = format!("{WQ}&start_revision={from}");
         // Home first, then the others.
         let mut conn = None;
         for k in 0..bases.len() {
@@ -360,9 +362,13 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
     assert_eq!(revs, expected, "the watcher's revisions");
 
     // The oracle: each revision's change set from range reads.
-    let oracle = history_by_ranges(&c.client, &bases[leader], SEL, start, fin, false)
+    let states = states_by_ranges(&c.client, &bases[leader], SEL, start, fin, false)
         .await
         .expect("range reads of the history");
+    let oracle = history_from_states(&states);
+    for (n, r, evs) in &log.msgs {
+        check_prev_kv(*r, evs, &states[&(r - 1)]).unwrap_or_else(|e| panic!("from node {n}: {e}"));
+    }
     let got: BTreeMap<i64, Vec<Ev>> = log
         .msgs
         .iter()
@@ -379,14 +385,10 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
     // A fresh watch from the start on the leader gives the same messages,
     // in the same order within each revision.
     let sc = stream_client();
-    let mut sse = Sse::open(
-        &sc,
-        &bases[leader],
-        &format!("{SEL}&start_revision={start}"),
-    )
-    .await
-    .expect("fresh watch")
-    .expect("fresh watch accepted");
+    let mut sse = Sse::open(&sc, &bases[leader], &format!("{WQ}&start_revision={start}"))
+        .await
+        .expect("fresh watch")
+        .expect("fresh watch accepted");
     let fresh: Vec<(i64, Vec<Value>)> = read_until(&mut sse, fin, Duration::from_secs(20))
         .await
         .into_iter()
@@ -438,12 +440,12 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
         assert_watch_compacted(
             &sc,
             &bases[i],
-            &format!("{SEL}&start_revision={}", at - 1),
+            &format!("{WQ}&start_revision={}", at - 1),
             at,
         )
         .await;
         // From the compact revision itself the history is still there.
-        let mut sse = Sse::open(&sc, &bases[i], &format!("{SEL}&start_revision={at}"))
+        let mut sse = Sse::open(&sc, &bases[i], &format!("{WQ}&start_revision={at}"))
             .await
             .expect("watch at the compact revision")
             .expect("watch at the compact revision accepted");

@@ -216,10 +216,54 @@ pub fn derive_changes(
     out
 }
 
+/// The range `selector` at every revision in `from - 1 ..= to`, read from
+/// `base` (the state before revision 1 is empty). The reads must not be
+/// compacted away.
+pub async fn states_by_ranges(
+    client: &reqwest::Client,
+    base: &str,
+    selector: &str,
+    from: i64,
+    to: i64,
+    stale: bool,
+) -> Result<BTreeMap<i64, BTreeMap<String, Rec>>, String> {
+    let mut out = BTreeMap::new();
+    for rev in from - 1..=to {
+        let state = if rev < 1 {
+            BTreeMap::new()
+        } else {
+            range_all(client, base, selector, rev, stale)
+                .await
+                .map_err(|e| format!("range at {rev}: {e}"))?
+                .1
+        };
+        out.insert(rev, state);
+    }
+    Ok(out)
+}
+
 /// The oracle: for every revision in `from..=to`, the sorted change set in
-/// the range `selector`, derived from range reads at `from - 1` .. `to` on
-/// `base` (revisions with no change in the range are left out). The reads
-/// must not be compacted away.
+/// the range, derived from consecutive `states` (see [`states_by_ranges`];
+/// revisions with no change in the range are left out).
+pub fn history_from_states(
+    states: &BTreeMap<i64, BTreeMap<String, Rec>>,
+) -> BTreeMap<i64, Vec<Ev>> {
+    let mut out = BTreeMap::new();
+    let mut it = states.iter();
+    let Some((_, mut prev)) = it.next() else {
+        return out;
+    };
+    for (rev, cur) in it {
+        let changes = derive_changes(prev, cur, *rev);
+        if !changes.is_empty() {
+            out.insert(*rev, changes);
+        }
+        prev = cur;
+    }
+    out
+}
+
+/// [`history_from_states`] of [`states_by_ranges`].
 pub async fn history_by_ranges(
     client: &reqwest::Client,
     base: &str,
@@ -228,26 +272,34 @@ pub async fn history_by_ranges(
     to: i64,
     stale: bool,
 ) -> Result<BTreeMap<i64, Vec<Ev>>, String> {
-    let mut prev = if from > 1 {
-        range_all(client, base, selector, from - 1, stale)
-            .await
-            .map_err(|e| format!("range at {}: {e}", from - 1))?
-            .1
-    } else {
-        BTreeMap::new()
-    };
-    let mut out = BTreeMap::new();
-    for rev in from..=to {
-        let (_, cur) = range_all(client, base, selector, rev, stale)
-            .await
-            .map_err(|e| format!("range at {rev}: {e}"))?;
-        let changes = derive_changes(&prev, &cur, rev);
-        if !changes.is_empty() {
-            out.insert(rev, changes);
+    let states = states_by_ranges(client, base, selector, from, to, stale).await?;
+    Ok(history_from_states(&states))
+}
+
+/// Checks the `prev_kv` of every event of a message of revision `rev`
+/// against the state before it: the key's record there, or no `prev_kv`
+/// when the key did not exist.
+pub fn check_prev_kv(
+    rev: i64,
+    events: &[Value],
+    before: &BTreeMap<String, Rec>,
+) -> Result<(), String> {
+    for e in events {
+        let key = e["kv"]["key"].as_str().unwrap_or_default();
+        let got = if e["prev_kv"].is_null() {
+            None
+        } else {
+            Some(Rec::from_json(&e["prev_kv"])?)
+        };
+        if got.as_ref() != before.get(key) {
+            return Err(format!(
+                "revision {rev}: prev_kv of {key} is {got:?}, the range at {} says {:?}",
+                rev - 1,
+                before.get(key)
+            ));
         }
-        prev = cur;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One SSE message of `GET /watch`.
