@@ -349,6 +349,9 @@ async fn follower_restored_from_a_snapshot_serves_history_like_the_leader() {
     let at = r0 + (mid - r0) / 2;
     let (s, v) = compact(&c.client, &bases[leader], at).await.unwrap();
     assert_eq!(s, 200, "compact: {v}");
+    // Some bulk outside the watched prefix, so that the snapshot takes a
+    // moment to send (the watches opened below race with its install).
+    put_many(&bases, leader, "big/", 150, 150, 16 * 1024, 8).await;
     write_mixed(&bases, leader, 150, 3 * THRESHOLD as usize).await;
     let (fin, _) = range_all(&c.client, &bases[leader], SEL, 0, false)
         .await
@@ -360,6 +363,38 @@ async fn follower_restored_from_a_snapshot_serves_history_like_the_leader() {
     );
 
     c.nodes[f].start();
+    // As soon as it answers, before it has caught up: one watch from just
+    // above the compact revision (above its own revision too, which only
+    // the snapshot will bring), one from the start of the history (compacted away by
+    // the snapshot it is about to install).
+    {
+        let (client, url) = (c.client.clone(), bases[f].clone());
+        eventually(FORM, "the follower answering", || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let r = client.get(format!("{url}/health")).send().await.ok()?;
+                (r.status().as_u16() == 200).then_some(())
+            }
+        })
+        .await;
+    }
+    let sc = stream_client();
+    let mut early_new = Sse::open(
+        &sc,
+        &bases[f],
+        &format!("{SEL}&start_revision={}&prev_kv=true", at + 1),
+    )
+    .await
+    .expect("early watch")
+    .expect("early watch accepted");
+    let mut early_old = Sse::open(&sc, &bases[f], &format!("{SEL}&start_revision={}", r0 + 1))
+        .await
+        .expect("early watch")
+        .expect("early watch accepted");
+    let f_rev = range_all(&c.client, &bases[f], SEL, 0, true)
+        .await
+        .map(|x| x.0);
+    eprintln!("the early watches were opened when the follower was at revision {f_rev:?} (the leader at {fin})");
     {
         let node = &c.nodes[f];
         eventually(FORM, "the follower installing a snapshot", || {
@@ -401,7 +436,6 @@ async fn follower_restored_from_a_snapshot_serves_history_like_the_leader() {
     assert!(compared > 100, "{compared}");
 
     // Watches from an old revision, with and without previous records.
-    let sc = stream_client();
     for extra in ["", "&prev_kv=true"] {
         let q = format!("{SEL}&start_revision={at}{extra}");
         let here = watch_all(&sc, &bases[f], &q, fin).await;
@@ -416,6 +450,51 @@ async fn follower_restored_from_a_snapshot_serves_history_like_the_leader() {
         assert_watch_compacted(&sc, &bases[f], &q, at).await;
         assert_watch_compacted(&sc, &bases[leader], &q, at).await;
     }
+
+    // The early watches: the one from the compact revision gives exactly
+    // what the leader gives; the one from before it reports only history
+    // the follower had, then is canceled with the compact revision.
+    let old = read_until(&mut early_old, fin, Duration::from_secs(20)).await;
+    let mut last = r0;
+    for (k, m) in old.iter().enumerate() {
+        match m {
+            WatchMsg::Events { revision, .. } => {
+                assert!(
+                    *revision > last && *revision < at,
+                    "early watch from {}: {m:?} after {last}",
+                    r0 + 1
+                );
+                last = *revision;
+            }
+            WatchMsg::Canceled(d) => {
+                assert_eq!(k, old.len() - 1);
+                assert_eq!(d["compact_revision"], at, "{d}");
+            }
+            WatchMsg::Progress { .. } => {}
+        }
+    }
+    assert!(
+        matches!(old.last(), Some(WatchMsg::Canceled(_))),
+        "the early watch from {} was not canceled: {:?}",
+        r0 + 1,
+        old.last()
+    );
+    let here = read_until(&mut early_new, fin, Duration::from_secs(20)).await;
+    let there = watch_all(
+        &sc,
+        &bases[leader],
+        &format!("{SEL}&start_revision={}&prev_kv=true", at + 1),
+        fin,
+    )
+    .await;
+    // Its start is above the compact revision, and was in the follower's
+    // future when the watch was registered: nothing it needs is compacted.
+    assert_eq!(
+        here, there,
+        "a watch from {}, above the compact revision {at}, opened on the follower at revision {f_rev:?} \
+         before its snapshot install, differs from the leader's",
+        at + 1
+    );
 }
 
 /// Disk space taken by the files under `dir`.
