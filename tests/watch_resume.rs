@@ -461,3 +461,166 @@ async fn watcher_on_a_follower_resumes_across_kill9_and_sees_exactly_the_committ
         assert_eq!(msgs, want, "watch from the compact revision on node {i}");
     }
 }
+
+/// What the long-poll watcher saw.
+#[derive(Default)]
+struct PollLog {
+    /// (revision, events) of every non-empty answer.
+    batches: Vec<(i64, Vec<Value>)>,
+    /// Empty answers (the wait ran out).
+    empties: usize,
+    /// The next start revision.
+    next: i64,
+    /// Refusals and transport errors, for the failure message.
+    errors: Vec<String>,
+}
+
+/// Long polls `GET /watch` (no SSE) on `home`, or another node while it
+/// does not answer, continuing each time from the answer's revision + 1,
+/// until `stop` is set and it has passed `target`.
+async fn long_poller(
+    bases: Vec<String>,
+    home: usize,
+    log: Arc<Mutex<PollLog>>,
+    stop: Arc<AtomicI64>,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut node = home;
+    while Instant::now() < deadline {
+        let next = log.lock().unwrap().next;
+        let target = stop.load(Ordering::SeqCst);
+        if target != 0 && next > target {
+            return;
+        }
+        let url = format!(
+            "{}/watch?{WQ}&start_revision={next}&wait=300ms",
+            bases[node]
+        );
+        match send(http.get(url)).await {
+            Ok((200, v)) => {
+                let rev = v["revision"].as_i64().expect("revision");
+                let events = v["events"].as_array().cloned().expect("events");
+                let mut l = log.lock().unwrap();
+                if events.is_empty() {
+                    l.empties += 1;
+                    assert!(
+                        rev + 1 >= next,
+                        "an empty answer at {rev} for a poll from {next}"
+                    );
+                } else {
+                    l.batches.push((rev, events));
+                }
+                l.next = rev + 1;
+                node = home;
+            }
+            other => {
+                log.lock()
+                    .unwrap()
+                    .errors
+                    .push(format!("node {node}: {other:?}"));
+                node = (node + 1) % bases.len();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The long-poll form of the watch: each answer is one revision's events
+/// or, when the wait runs out, an empty batch whose revision says where to
+/// continue. A poller following a follower across bursts of writes (each
+/// burst ends with the poller timing out at least once) and a kill -9 of
+/// the leader gets every revision exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_poll_watcher_continues_by_revision_and_sees_exactly_the_history() {
+    let mut c = Cluster::start(3, &Opts::default());
+    let leader = c.wait_for_leader(FORM).await;
+    let home = (leader + 1) % 3;
+    let bases: Vec<String> = (0..3).map(|i| c.url(i)).collect();
+    let (r0, _) = range_all(&c.client, &bases[leader], SEL, 0, false)
+        .await
+        .expect("initial range");
+    let start = r0 + 1;
+    let log = Arc::new(Mutex::new(PollLog {
+        next: start,
+        ..PollLog::default()
+    }));
+    let stop = Arc::new(AtomicI64::new(0));
+    let poller = tokio::spawn(long_poller(bases.clone(), home, log.clone(), stop.clone()));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut i = 0;
+    for burst in 0..8 {
+        if burst == 3 {
+            c.nodes[leader].kill9();
+        }
+        if burst == 6 {
+            c.nodes[leader].start();
+        }
+        for _ in 0..15 {
+            let (n, s, v) =
+                send_retry(&bases, i, FORM, &format!("write #{i}"), |b| op(&http, b, i)).await;
+            assert!(
+                s == 200 || (s == 404 && i % 10 == 4),
+                "write #{i} via node {n}: {s} {v}"
+            );
+            i += 1;
+        }
+        // Let the poller run dry: at least one empty answer after the burst.
+        let empties = log.lock().unwrap().empties;
+        let deadline = Instant::now() + FORM;
+        while log.lock().unwrap().empties < empties + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the long poller stopped answering"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let leader = c.wait_for_leader(FORM).await;
+    let (fin, _) = range_all(&c.client, &bases[leader], SEL, 0, false)
+        .await
+        .expect("final range");
+    stop.store(fin, Ordering::SeqCst);
+    let deadline = Instant::now() + FORM;
+    while !poller.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    assert!(
+        poller.is_finished(),
+        "the long poller did not pass the final revision {fin} (next {}); errors {:?}",
+        log.next,
+        log.errors
+    );
+    poller.await.expect("poller");
+    eprintln!(
+        "{i} writes, revisions {start}..={fin}, {} batches, {} empty answers, errors {:?}",
+        log.batches.len(),
+        log.empties,
+        log.errors
+    );
+    let revs: Vec<i64> = log.batches.iter().map(|b| b.0).collect();
+    assert_eq!(
+        revs,
+        (start..=fin).collect::<Vec<_>>(),
+        "the long poller's revisions"
+    );
+    let states = states_by_ranges(&c.client, &bases[leader], SEL, start, fin, false)
+        .await
+        .expect("range reads of the history");
+    let oracle = history_from_states(&states);
+    for (r, evs) in &log.batches {
+        assert_eq!(
+            Some(&sorted_events(*r, evs).unwrap()),
+            oracle.get(r),
+            "events of revision {r}"
+        );
+        check_prev_kv(*r, evs, &states[&(r - 1)]).unwrap();
+    }
+}
