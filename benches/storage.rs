@@ -17,7 +17,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use raftkv::kv::KvCommand;
+use raftkv::kv::{Command, PutRequest};
 use raftkv::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
 use raftkv::storage::{LogStore, SledStore, StateMachine};
 
@@ -37,11 +37,11 @@ fn put_entry(index: u64) -> Entry {
         index,
         term: 1,
         payload: EntryPayload::Command(
-            KvCommand::Put {
-                key: format!("key-{:05}", (index * 7919) % 10_000),
-                value,
-                cas: None,
-            }
+            Command::Put(PutRequest {
+                key: format!("key-{:05}", (index * 7919) % 10_000).into_bytes(),
+                value: value.into_bytes(),
+                ..Default::default()
+            })
             .encode(),
         ),
     }

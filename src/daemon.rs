@@ -22,9 +22,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::node::{KvReader, Membership, NodeConfig, NodeError, PreparedNode, RunningNode, Timing};
+use crate::node::{
+    KvReader, Membership, NodeConfig, NodeError, PreparedNode, RunningNode, StoreReader, Timing,
+};
 use crate::storage::sled_store::{KvCheck, KvCheckStatus, StoreOptions};
-use crate::storage::{SledStore, StateMachine, StorageError};
+use crate::storage::{SledStore, StorageError};
 use crate::transport::{HttpTransport, PeerReceiver, PeerState, TransportTiming};
 
 /// Runs a node until `shutdown` resolves (SIGTERM/SIGINT in the binary), then
@@ -104,24 +106,6 @@ fn data_dir_error(dir: &std::path::Path, e: StorageError) -> NodeError {
     }
 }
 
-/// The state machine, read from the server's threads while the loop
-/// writes.
-struct SledReader(SledStore);
-
-impl KvReader for SledReader {
-    fn get(&self, key: &str) -> Result<Option<(String, u64)>, StorageError> {
-        StateMachine::get(&self.0, key)
-    }
-    fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<crate::kv::KvItem>, bool), StorageError> {
-        StateMachine::scan(&self.0, prefix, after, limit)
-    }
-}
-
 /// Runs a node on an already opened store.
 async fn serve(
     config: NodeConfig,
@@ -134,7 +118,7 @@ async fn serve(
     let data_dir = config.data_dir.display().to_string();
     let kv_check = kv_check_failure(store.clone(), data_dir.clone());
     let peers = PeerState::new(&membership);
-    let reader: Arc<dyn KvReader> = Arc::new(SledReader(store.clone()));
+    let reader: Arc<dyn KvReader> = Arc::new(StoreReader(store.clone()));
     let staging = store.clone();
     let prepared = PreparedNode::prepare(
         &config,

@@ -3,9 +3,8 @@
 
 mod storage_common;
 
-use raftkv::kv::ApplyResult;
 use raftkv::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
-use raftkv::storage::{LogStore, SledStore, StateMachine, StorageError};
+use raftkv::storage::{EntryOutcome, LogStore, SledStore, StateMachine, StorageError};
 use storage_common::*;
 
 fn hs(term: u64, vote: u64, commit: u64) -> HardState {
@@ -23,7 +22,7 @@ fn fresh_store_is_empty() {
     assert_eq!(s.last_index(), 0);
     assert_eq!(s.first_index(), 1);
     assert_eq!(s.applied_index(), 0);
-    assert_eq!(s.get("k").unwrap(), None);
+    assert_eq!(get(&s, "k").unwrap(), None);
 }
 
 #[test]
@@ -43,8 +42,8 @@ fn reopen_after_clean_close_recovers_everything() {
     assert_eq!(s.last_index(), 10);
     assert_eq!(s.applied_index(), 4);
     assert_eq!(s.applied(), SnapshotMeta { index: 4, term: 2 });
-    assert_eq!(s.get("k4").unwrap().unwrap().1, 4);
-    assert_eq!(s.get("k5").unwrap(), None);
+    assert_eq!(get(&s, "k4").unwrap().unwrap().1, 5);
+    assert_eq!(get(&s, "k5").unwrap(), None);
 }
 
 #[test]
@@ -142,47 +141,40 @@ fn apply_follows_kv_semantics_and_records_mod_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
     let entries = vec![
-        put(1, 1, "a", "1"),
+        put(1, 1, "a", "1"), // revision 2
         Entry {
             index: 2,
             term: 1,
             payload: EntryPayload::Noop,
         },
-        cmd_entry(3, 1, put_cmd("a", "2", Some(1))), // cas ok
-        cmd_entry(4, 1, put_cmd("a", "3", Some(1))), // cas fails: now 3
-        cmd_entry(5, 1, put_cmd("b", "x", Some(0))), // create-only ok
+        cmd_entry(3, 1, put_cmd("a", "2", Some(2))), // cas ok: revision 3
+        cmd_entry(4, 1, put_cmd("a", "3", Some(2))), // cas fails: now 3
+        cmd_entry(5, 1, put_cmd("b", "x", Some(0))), // create-only ok: 4
         cmd_entry(6, 1, del_cmd("zz", None)),        // missing
         cmd_entry(7, 1, vec![0xde, 0xad, 0xbe, 0xef]), // undecodable
-        cmd_entry(8, 1, del_cmd("b", Some(5))),      // cas delete ok
+        cmd_entry(8, 1, del_cmd("b", Some(4))),      // cas delete ok: 5
     ];
     s.save(Some(&hs(1, 1, 8)), &entries).unwrap();
     let r = s.apply(&entries).unwrap();
     assert_eq!(
-        r,
-        vec![
-            ApplyResult::Written { index: 1 },
-            ApplyResult::Noop,
-            ApplyResult::Written { index: 3 },
-            ApplyResult::CasMismatch { current: 3 },
-            ApplyResult::Written { index: 5 },
-            ApplyResult::NotFound,
-            ApplyResult::Noop,
-            ApplyResult::Deleted { index: 8 },
-        ]
+        revisions(&r),
+        vec![Some(2), None, Some(3), None, Some(4), None, None, Some(5)]
     );
-    assert_eq!(s.get("a").unwrap(), Some(("2".to_string(), 3)));
-    assert_eq!(s.get("b").unwrap(), None);
+    assert!(matches!(&r[6], EntryOutcome::Command(a) if a.answer.is_err()));
+    assert_eq!(get(&s, "a").unwrap(), Some(("2".to_string(), 3)));
+    assert_eq!(get(&s, "b").unwrap(), None);
     assert_eq!(s.applied_index(), 8);
+    assert_eq!(s.revision().unwrap(), 5);
 
     // Re-applying is a no-op for every entry.
     let again = s.apply(&entries).unwrap();
-    assert!(again.iter().all(|r| *r == ApplyResult::Noop));
-    assert_eq!(s.get("a").unwrap(), Some(("2".to_string(), 3)));
+    assert!(again.iter().all(|r| *r == EntryOutcome::Noop));
+    assert_eq!(get(&s, "a").unwrap(), Some(("2".to_string(), 3)));
 
     // A gap is refused.
     let err = s.apply(&[put(10, 1, "c", "1")]).unwrap_err();
     assert!(matches!(err, StorageError::Inconsistent(_)), "{err}");
-    assert_eq!(s.get("c").unwrap(), None);
+    assert_eq!(get(&s, "c").unwrap(), None);
 }
 
 #[test]
@@ -190,7 +182,7 @@ fn apply_after_reopen_skips_what_was_applied() {
     let dir = tempfile::tempdir().unwrap();
     let entries = vec![
         put(1, 1, "k", "a"),
-        cmd_entry(2, 1, put_cmd("k", "b", Some(1))),
+        cmd_entry(2, 1, put_cmd("k", "b", Some(2))),
     ];
     {
         let mut s = open(dir.path());
@@ -200,11 +192,9 @@ fn apply_after_reopen_skips_what_was_applied() {
     }
     let mut s = open(dir.path());
     let r = s.apply(&entries).unwrap();
-    assert_eq!(
-        r,
-        vec![ApplyResult::Noop, ApplyResult::Written { index: 2 }]
-    );
-    assert_eq!(s.get("k").unwrap(), Some(("b".into(), 2)));
+    assert_eq!(r[0], EntryOutcome::Noop);
+    assert_eq!(revisions(&r), vec![None, Some(3)]);
+    assert_eq!(get(&s, "k").unwrap(), Some(("b".into(), 3)));
 }
 
 #[test]
@@ -220,7 +210,7 @@ fn scan_lists_by_prefix_with_paging() {
     s.save(Some(&hs(1, 0, 0)), &entries).unwrap();
     s.apply(&entries).unwrap();
 
-    let (all, more) = s.scan("", None, 100).unwrap();
+    let (all, more) = scan(&s, "", None, 100).unwrap();
     assert!(!more);
     let names: Vec<_> = all.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(
@@ -229,28 +219,28 @@ fn scan_lists_by_prefix_with_paging() {
         "applied-index record must not be listed"
     );
 
-    let (page, more) = s.scan("app/", None, 2).unwrap();
+    let (page, more) = scan(&s, "app/", None, 2).unwrap();
     assert!(more);
     assert_eq!(
         page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
         ["app/1", "app/2"]
     );
-    assert_eq!(page[1].index, 3);
-    let (page, more) = s.scan("app/", Some("app/2"), 2).unwrap();
+    assert_eq!(page[1].index, 4, "mod revision of app/2");
+    let (page, more) = scan(&s, "app/", Some("app/2"), 2).unwrap();
     assert!(!more);
     assert_eq!(
         page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
         ["app/3"]
     );
-    let (page, more) = s.scan("app", Some("app/3"), 10).unwrap();
+    let (page, more) = scan(&s, "app", Some("app/3"), 10).unwrap();
     assert!(!more);
     assert_eq!(
         page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
         ["apple"]
     );
-    let (none, more) = s.scan("zzz", None, 10).unwrap();
+    let (none, more) = scan(&s, "zzz", None, 10).unwrap();
     assert!(none.is_empty() && !more);
-    let (zero, more) = s.scan("", None, 0).unwrap();
+    let (zero, more) = scan(&s, "", None, 0).unwrap();
     assert!(zero.is_empty() && more);
 }
 
@@ -272,10 +262,10 @@ fn snapshot_restores_into_another_store() {
     b.apply(&[put(1, 1, "stale", "x")]).unwrap();
     b.install_snapshot(meta, &image).unwrap();
     assert_eq!(b.applied(), meta);
-    assert_eq!(b.get("stale").unwrap(), None);
+    assert_eq!(get(&b, "stale").unwrap(), None);
     assert_eq!(
-        b.scan("", None, 100).unwrap().0,
-        a.scan("", None, 100).unwrap().0
+        scan(&b, "", None, 100).unwrap().0,
+        scan(&a, "", None, 100).unwrap().0
     );
     assert_eq!(b.last_index(), 20);
     assert_eq!(b.first_index(), 21);
@@ -285,7 +275,7 @@ fn snapshot_restores_into_another_store() {
     drop(b);
     let b = SledStore::open(b_dir.path(), "node-2", CLUSTER).unwrap();
     assert_eq!(b.applied(), meta);
-    assert_eq!(b.get("k7").unwrap(), a.get("k7").unwrap());
+    assert_eq!(get(&b, "k7").unwrap(), get(&a, "k7").unwrap());
 }
 
 #[test]
@@ -307,7 +297,7 @@ fn restore_rejects_a_damaged_or_mismatched_image() {
     assert!(s.restore(other, &image).is_err());
     // Nothing changed.
     assert_eq!(s.applied_index(), 3);
-    assert!(s.get("k2").unwrap().is_some());
+    assert!(get(&s, "k2").unwrap().is_some());
 }
 
 #[test]
@@ -417,12 +407,13 @@ fn readers_run_concurrently_with_apply() {
         let mut last = 0;
         let mut reads = 0u64;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some((v, idx)) = reader.get("hot").unwrap() {
-                assert!(idx >= last, "mod index went backwards");
-                assert_eq!(v, format!("v{idx}"));
+            if let Some((v, idx)) = get(&reader, "hot").unwrap() {
+                assert!(idx >= last, "mod revision went backwards");
+                // Entry i (a put, no no-op before it) is revision i + 1.
+                assert_eq!(v, format!("v{}", idx - 1));
                 last = idx;
             }
-            let (items, _) = reader.scan("", None, 10).unwrap();
+            let (items, _) = scan(&reader, "", None, 10).unwrap();
             assert!(items.len() <= 1);
             reads += 1;
         }
@@ -441,24 +432,31 @@ fn readers_run_concurrently_with_apply() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (last, reads) = handle.join().unwrap();
     assert!(reads > 0);
-    assert!(last <= 1000);
-    assert_eq!(s.get("hot").unwrap(), Some(("v1000".into(), 1000)));
+    assert!(last <= 1001);
+    assert_eq!(get(&s, "hot").unwrap(), Some(("v1000".into(), 1001)));
 }
 
 #[test]
-fn huge_length_prefixes_in_a_command_decode_to_noop() {
+fn huge_length_prefixes_in_a_command_are_refused_without_harm() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());
-    // Variant 0 (Put), then a key length of ~2^62: must not allocate or
-    // panic; the entry is a no-op.
-    let mut evil = vec![0u8, 0xFF];
+    // Format 2, variant 0 (Put), then a key length of ~2^62: must not
+    // allocate or panic; the entry is refused as malformed and changes
+    // nothing.
+    let mut evil = vec![2u8, 0u8, 0xFF];
     evil.extend_from_slice(&(1u64 << 62).to_le_bytes());
     evil.extend_from_slice(b"abc");
     let e = cmd_entry(1, 1, evil);
     s.save(Some(&hs(1, 0, 1)), std::slice::from_ref(&e))
         .unwrap();
-    assert_eq!(s.apply(&[e]).unwrap(), vec![ApplyResult::Noop]);
+    let r = s.apply(&[e]).unwrap();
+    assert!(
+        matches!(&r[0], EntryOutcome::Command(a)
+            if matches!(a.answer, Err(raftkv::kv::KvError::MalformedCommand(_))) && a.events.is_empty()),
+        "{r:?}"
+    );
     assert_eq!(s.applied_index(), 1);
+    assert_eq!(s.revision().unwrap(), 1);
 }
 
 // ---- The log layout: one record per saved batch (`raft_log` keyed by the

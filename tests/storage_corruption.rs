@@ -12,6 +12,7 @@ use raftkv::storage::sled_store::{
 use raftkv::storage::{LogStore, SledStore, StateMachine, StorageError};
 use std::path::Path;
 use std::process::Command;
+use raftkv::storage::mvcc_tree::keys::current_key;
 use storage_common::*;
 
 const N: u64 = 400;
@@ -52,7 +53,7 @@ fn build_store(dir: &Path) {
 fn open_and_check_all(dir: &Path) -> Result<(), String> {
     let s = SledStore::open(dir, NODE, CLUSTER).map_err(|e| e.to_string())?;
     let rec = s.load().map_err(|e| e.to_string())?;
-    let (items, _) = s.scan("", None, 10_000).map_err(|e| e.to_string())?;
+    let (items, _) = scan(&s, "", None, 10_000).map_err(|e| e.to_string())?;
     let complete = rec.entries.len() as u64 == N - SNAP
         && rec.snapshot.index == SNAP
         && rec.hard_state.commit == N
@@ -126,7 +127,7 @@ fn damaged_records_through_sled_are_named_on_open() {
         ),
         (HARD_STATE_TREE, HARD_STATE_KEY.to_vec(), "hard_state"),
         (SNAPSHOT_TREE, SNAPSHOT_META_KEY.to_vec(), "meta"),
-        (KV_TREE, b"k123".to_vec(), "k123"),
+        (KV_TREE, current_key(b"k123"), "k123"),
         (KV_TREE, APPLIED_KEY.to_vec(), "applied"),
         (IDENTITY_TREE, IDENTITY_KEY.to_vec(), "identity"),
     ];
@@ -179,16 +180,16 @@ fn damage_found_while_running_is_a_typed_error() {
     build_store(dir.path());
     let s = open(dir.path());
     let kv = s.raw_db().open_tree(KV_TREE).unwrap();
-    let mut v = kv.get(b"k7").unwrap().unwrap().to_vec();
+    let mut v = kv.get(current_key(b"k7")).unwrap().unwrap().to_vec();
     let last = v.len() - 1;
     v[last] ^= 1;
-    kv.insert(b"k7", v).unwrap();
-    let err = s.get("k7").unwrap_err();
+    kv.insert(current_key(b"k7"), v).unwrap();
+    let err = get(&s, "k7").unwrap_err();
     assert!(
         matches!(err, StorageError::Corruption { ref tree, ref key, .. } if tree == KV_TREE && key.contains("k7")),
         "{err}"
     );
-    assert!(s.scan("k", None, 1000).is_err());
+    assert!(scan(&s, "k", None, 1000).is_err());
     assert!(s.snapshot().is_err());
     let log = s.raw_db().open_tree(LOG_TREE).unwrap();
     let mut v = log.get(log_key(151)).unwrap().unwrap().to_vec();

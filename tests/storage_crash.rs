@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raftkv::kv::{decide, Effect, KvCommand};
+use raftkv::kv::{self, MemMvcc};
 use raftkv::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
 use raftkv::storage::{LogStore, SledStore, StateMachine};
 use rand::rngs::SmallRng;
@@ -35,21 +35,25 @@ const SEED_ENV: &str = "RAFTKV_CRASH_CHILD_SEED";
 
 /// The command stored at `index` with `term`: deterministic, so the parent
 /// can rebuild every entry from the operation log.
-fn command(index: u64, term: u64) -> KvCommand {
-    let key = format!("k{}", index % 64);
+fn command(index: u64, term: u64) -> kv::Command {
+    let key = format!("k{}", index % 64).into_bytes();
     if index.is_multiple_of(11) {
-        KvCommand::Delete { key, cas: None }
+        kv::Command::DeleteRange(kv::DeleteRangeRequest {
+            key,
+            range_end: Vec::new(),
+            prev_kv: false,
+        })
     } else {
         let len = 10 + ((index * 31 + term * 17) % 300) as usize;
         let mut value = format!("v{index}.t{term}.");
         while value.len() < len {
             value.push('x');
         }
-        KvCommand::Put {
+        kv::Command::Put(kv::PutRequest {
             key,
-            value,
-            cas: None,
-        }
+            value: value.into_bytes(),
+            ..Default::default()
+        })
     }
 }
 
@@ -297,25 +301,33 @@ impl Model {
 
 /// The key-value state after applying entries `1..=upto`.
 fn replay(applied_terms: &[u64], upto: u64) -> BTreeMap<String, (String, u64)> {
-    let mut kv: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut model = MemMvcc::new();
     for i in 1..=upto {
         let term = applied_terms[i as usize - 1];
         if i.is_multiple_of(13) {
             continue;
         }
-        let cmd = command(i, term);
-        let current = kv.get(cmd.key()).map(|(_, m)| *m);
-        match decide(&cmd, i, current).0 {
-            Effect::Set { value, index } => {
-                kv.insert(cmd.key().to_string(), (value, index));
-            }
-            Effect::Remove => {
-                kv.remove(cmd.key());
-            }
-            Effect::None => {}
-        }
+        model.apply(&command(i, term));
     }
-    kv
+    let every = kv::RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
+    let r = model.range(&every).expect("range of the model");
+    r.body
+        .kvs
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                (
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                    kv.mod_revision as u64,
+                ),
+            )
+        })
+        .collect()
 }
 
 struct KillOnDrop(Child);
@@ -372,7 +384,7 @@ impl Observed {
                 .is_none_or(|e| e.term <= rec.hard_state.term),
             "hard state term below the last entry's term"
         );
-        let (items, more) = store.scan("", None, 100_000).unwrap();
+        let (items, more) = scan(store, "", None, 100_000).unwrap();
         assert!(!more);
         Observed {
             hs: rec.hard_state,

@@ -10,6 +10,7 @@ mod storage_common;
 use std::time::Duration;
 
 use raftkv::raft::{HardState, SnapshotMeta};
+use raftkv::storage::mvcc_tree::keys::current_key;
 use raftkv::storage::sled_store::{KvCheck, KvCheckStatus, StoreOptions, KV_TREE};
 use raftkv::storage::{LogStore, SledStore, StateMachine, StorageError};
 use storage_common::*;
@@ -45,7 +46,8 @@ fn build_store(dir: &std::path::Path) {
 fn damage(dir: &std::path::Path, key: &str) {
     let s = open(dir);
     let kv = s.raw_db().open_tree(KV_TREE).unwrap();
-    let mut v = kv.get(key).unwrap().expect("record exists").to_vec();
+    let key = current_key(key.as_bytes());
+    let mut v = kv.get(&key).unwrap().expect("record exists").to_vec();
     let last = v.len() - 1;
     v[last] ^= 0x10;
     kv.insert(key, v).unwrap();
@@ -60,7 +62,8 @@ fn a_healthy_store_passes_the_background_check() {
     let status = s.wait_kv_check(Duration::from_secs(30));
     assert!(matches!(status, KvCheckStatus::Passed), "{status:?}");
     assert_eq!(s.applied_index(), N);
-    assert_eq!(s.get(&format!("k{N}")).unwrap().map(|(_, i)| i), Some(N));
+    // Entry i is a put of k{i}, revision i + 1.
+    assert_eq!(get(&s, &format!("k{N}")).unwrap().map(|(_, i)| i), Some(N + 1));
 }
 
 #[test]
@@ -94,7 +97,7 @@ fn a_damaged_cold_record_is_found_in_the_background() {
         "{err}"
     );
     // The damaged record is never served meanwhile, and writes are refused.
-    assert!(s.get("k9999").is_err());
+    assert!(get(&s, "k9999").is_err());
     let next = puts(N + 1, N + 1, 1, 10);
     let refused = s.save(None, &next).unwrap_err().to_string();
     assert!(refused.contains("k9999"), "{refused}");
@@ -139,10 +142,11 @@ async fn damaged_node_stops(background: bool) {
             .open()
             .expect("open the node's sled db");
         let kv = db.open_tree(KV_TREE).unwrap();
-        let mut bad = kv.get("cold/017").unwrap().expect("record").to_vec();
+        let key = current_key(b"cold/017");
+        let mut bad = kv.get(&key).unwrap().expect("record").to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
-        kv.insert("cold/017", bad).unwrap();
+        kv.insert(key, bad).unwrap();
         db.flush().unwrap();
     }
     let before = c.nodes[0].log().len();

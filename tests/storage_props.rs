@@ -1,15 +1,14 @@
 //! Property tests of the sled store against simple models: the log
 //! (save/truncate/compact/reset/reopen/read) against a `Vec`, and apply
-//! (with batching, reopen, scans and snapshots) against a `BTreeMap`.
+//! (with batching, transactions, compaction, reopen, scans, past reads,
+//! history and snapshots) against the reference model `kv::MemMvcc`.
 
 mod storage_common;
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
-use raftkv::kv::{decide, ApplyResult, Effect, KvCommand};
+use raftkv::kv::{self, MemMvcc};
 use raftkv::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
-use raftkv::storage::{LogStore, SledStore, StateMachine, StorageError};
+use raftkv::storage::{EntryOutcome, LogStore, SledStore, StateMachine, StorageError};
 use storage_common::*;
 
 // ------------------------------------------------------------------ log --
@@ -174,8 +173,31 @@ proptest! {
 
 #[derive(Clone, Debug)]
 enum Cmd {
-    Put { key: u8, cas: Option<u8> },
-    Del { key: u8, cas: Option<u8> },
+    Put {
+        key: u8,
+        cas: Option<u8>,
+    },
+    Del {
+        key: u8,
+        cas: Option<u8>,
+    },
+    DelRange {
+        key: u8,
+        end: u8,
+    },
+    /// A transaction: compare `key`'s version against `v`, put `key` and
+    /// delete `other` on success, read the keys at a past revision and put
+    /// `other` on failure.
+    Txn {
+        key: u8,
+        other: u8,
+        v: u8,
+        back: u8,
+    },
+    /// Compact `back` revisions below the current one.
+    Compact {
+        back: u8,
+    },
     Noop,
     Garbage,
 }
@@ -185,6 +207,10 @@ fn cmd() -> impl Strategy<Value = Cmd> {
     prop_oneof![
         5 => (0u8..8, cas.clone()).prop_map(|(key, cas)| Cmd::Put { key, cas }),
         2 => (0u8..8, cas).prop_map(|(key, cas)| Cmd::Del { key, cas }),
+        1 => (0u8..8, 0u8..8).prop_map(|(key, end)| Cmd::DelRange { key, end }),
+        3 => (0u8..8, 0u8..8, 0u8..3, 0u8..6)
+            .prop_map(|(key, other, v, back)| Cmd::Txn { key, other, v, back }),
+        1 => (0u8..12).prop_map(|back| Cmd::Compact { back }),
         1 => Just(Cmd::Noop),
         1 => Just(Cmd::Garbage),
     ]
@@ -192,33 +218,79 @@ fn cmd() -> impl Strategy<Value = Cmd> {
 
 const KEYS: [&str; 8] = ["a", "a/1", "a/2", "ab", "b", "b/x", "c", "\u{e9}t\u{e9}"];
 
-/// Turns a generated command at `index` into an entry. A CAS value `c`
-/// means "the mod index `c` entries back" (0 = absent), so that CAS
-/// sometimes matches.
-fn to_entry(c: &Cmd, index: u64) -> Entry {
+/// Turns a generated command into an entry at `index`; `revision` is the
+/// model's revision before it (so CAS and compactions sometimes match).
+fn to_entry(c: &Cmd, index: u64, revision: i64) -> Entry {
+    let key = |k: &u8| KEYS[*k as usize].as_bytes().to_vec();
     let cas = |c: &Option<u8>| {
         c.map(|b| {
             if b == 0 {
                 0
             } else {
-                index.saturating_sub(b as u64)
+                (revision - b as i64).max(1) as u64
             }
         })
     };
     let payload = match c {
-        Cmd::Put { key, cas: c } => EntryPayload::Command(
-            KvCommand::Put {
-                key: KEYS[*key as usize].into(),
-                value: format!("v{index}"),
-                cas: cas(c),
-            }
+        Cmd::Put { key: k, cas: c } => {
+            EntryPayload::Command(put_cmd(KEYS[*k as usize], &format!("v{index}"), cas(c)))
+        }
+        Cmd::Del { key: k, cas: c } => EntryPayload::Command(del_cmd(KEYS[*k as usize], cas(c))),
+        Cmd::DelRange { key: k, end } => EntryPayload::Command(
+            kv::Command::DeleteRange(kv::DeleteRangeRequest {
+                key: key(k),
+                range_end: key(end),
+                prev_kv: true,
+            })
             .encode(),
         ),
-        Cmd::Del { key, cas: c } => EntryPayload::Command(
-            KvCommand::Delete {
-                key: KEYS[*key as usize].into(),
-                cas: cas(c),
-            }
+        Cmd::Txn {
+            key: k,
+            other,
+            v,
+            back,
+        } => EntryPayload::Command(
+            kv::Command::Txn(kv::TxnRequest {
+                compare: vec![kv::Compare {
+                    key: key(k),
+                    range_end: Vec::new(),
+                    result: kv::CompareResult::Greater,
+                    target: kv::CompareTarget::Version(*v as i64),
+                }],
+                success: vec![
+                    kv::RequestOp::Put(kv::PutRequest {
+                        key: key(k),
+                        value: format!("t{index}").into_bytes(),
+                        prev_kv: true,
+                        ..Default::default()
+                    }),
+                    kv::RequestOp::DeleteRange(kv::DeleteRangeRequest {
+                        key: key(other),
+                        range_end: Vec::new(),
+                        prev_kv: true,
+                    }),
+                ],
+                failure: vec![
+                    kv::RequestOp::Range(kv::RangeRequest {
+                        key: vec![0],
+                        range_end: vec![0],
+                        revision: (revision - *back as i64).max(0),
+                        ..Default::default()
+                    }),
+                    kv::RequestOp::Put(kv::PutRequest {
+                        key: key(other),
+                        value: format!("f{index}").into_bytes(),
+                        ..Default::default()
+                    }),
+                ],
+            })
+            .encode(),
+        ),
+        Cmd::Compact { back } => EntryPayload::Command(
+            kv::Command::Compact(kv::CompactionRequest {
+                revision: revision - *back as i64,
+                physical: false,
+            })
             .encode(),
         ),
         Cmd::Noop => EntryPayload::Noop,
@@ -231,37 +303,51 @@ fn to_entry(c: &Cmd, index: u64) -> Entry {
     }
 }
 
-fn model_apply(kv: &mut BTreeMap<String, (String, u64)>, e: &Entry) -> ApplyResult {
+fn model_apply(model: &mut MemMvcc, e: &Entry) -> EntryOutcome {
     let EntryPayload::Command(bytes) = &e.payload else {
-        return ApplyResult::Noop;
+        return EntryOutcome::Noop;
     };
-    let Ok(cmd) = KvCommand::decode(bytes) else {
-        return ApplyResult::Noop;
-    };
-    let (effect, result) = decide(&cmd, e.index, kv.get(cmd.key()).map(|v| v.1));
-    match effect {
-        Effect::Set { value, index } => {
-            kv.insert(cmd.key().to_string(), (value, index));
-        }
-        Effect::Remove => {
-            kv.remove(cmd.key());
-        }
-        Effect::None => {}
-    }
-    result
+    EntryOutcome::Command(match kv::Command::decode(bytes) {
+        Ok(cmd) => model.apply(&cmd),
+        Err(why) => kv::Applied {
+            answer: Err(kv::KvError::MalformedCommand(why.to_string())),
+            events: Vec::new(),
+            compact_revision: None,
+        },
+    })
 }
 
-fn check_kv(store: &SledStore, kv: &BTreeMap<String, (String, u64)>) -> Result<(), TestCaseError> {
+/// The store answers like the model: every key, paged prefix scans,
+/// reads at every readable revision, the events since the compact
+/// revision, revision and compact revision.
+fn check_kv(store: &SledStore, model: &MemMvcc) -> Result<(), TestCaseError> {
+    prop_assert_eq!(store.revision().unwrap(), model.revision());
+    prop_assert_eq!(store.compact_revision().unwrap(), model.compact_revision());
     for k in KEYS {
-        prop_assert_eq!(store.get(k).unwrap(), kv.get(k).cloned(), "key {}", k);
+        let want = model
+            .range(&kv::RangeRequest {
+                key: k.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .unwrap()
+            .body
+            .kvs
+            .first()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                    kv.mod_revision as u64,
+                )
+            });
+        prop_assert_eq!(get(store, k).unwrap(), want, "key {}", k);
     }
     for prefix in ["", "a", "a/", "b", "z"] {
         // Page through with limit 2 and compare with the model.
-        let want: Vec<_> = kv.iter().filter(|(k, _)| k.starts_with(prefix)).collect();
+        let (want, _) = scan(model_store(model).as_ref(), prefix, None, 1000).unwrap();
         let mut got = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let (page, more) = store.scan(prefix, after.as_deref(), 2).unwrap();
+            let (page, more) = scan(store, prefix, after.as_deref(), 2).unwrap();
             prop_assert!(page.len() <= 2);
             after = page.last().map(|i| i.key.clone());
             got.extend(page);
@@ -269,58 +355,162 @@ fn check_kv(store: &SledStore, kv: &BTreeMap<String, (String, u64)>) -> Result<(
                 break;
             }
         }
-        prop_assert_eq!(got.len(), want.len(), "prefix {:?}", prefix);
-        for (g, (k, (v, i))) in got.iter().zip(want) {
-            prop_assert_eq!((&g.key, &g.value, g.index), (k, v, *i));
-        }
+        prop_assert_eq!(got, want, "prefix {:?}", prefix);
     }
+    for rev in model.compact_revision().max(1)..=model.revision() {
+        let req = kv::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision: rev,
+            ..Default::default()
+        };
+        prop_assert_eq!(
+            store.range(&req).map_err(|e| e.to_string()),
+            model.range(&req).map_err(|e| e.to_string()),
+            "range at {}",
+            rev
+        );
+    }
+    let every = kv::KeyRange::new(&[0], &[0]);
+    let from = model.compact_revision().max(1);
+    prop_assert_eq!(
+        store
+            .events(from, every, usize::MAX)
+            .map_err(|e| e.to_string()),
+        model
+            .events(from, every, usize::MAX)
+            .map_err(|e| e.to_string())
+    );
     Ok(())
+}
+
+/// The model as a [`StateMachine`] for the scan helper.
+fn model_store(model: &MemMvcc) -> Box<ModelView<'_>> {
+    Box::new(ModelView(model))
+}
+
+/// Read-only [`StateMachine`] face of a model (only reads are called).
+struct ModelView<'a>(&'a MemMvcc);
+
+impl StateMachine for ModelView<'_> {
+    fn applied_index(&self) -> u64 {
+        0
+    }
+    fn apply(&mut self, _: &[Entry]) -> Result<Vec<EntryOutcome>, StorageError> {
+        Err(StorageError::Inconsistent("read-only".into()))
+    }
+    fn range(
+        &self,
+        req: &kv::RangeRequest,
+    ) -> Result<kv::Revisioned<kv::RangeResponse>, kv::ExecError<StorageError>> {
+        self.0.range(req).map_err(kv::ExecError::Kv)
+    }
+    fn events(
+        &self,
+        from: i64,
+        range: kv::KeyRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<kv::Event>, kv::ExecError<StorageError>> {
+        self.0.events(from, range, limit).map_err(kv::ExecError::Kv)
+    }
+    fn revision(&self) -> Result<i64, StorageError> {
+        Ok(self.0.revision())
+    }
+    fn compact_revision(&self) -> Result<i64, StorageError> {
+        Ok(self.0.compact_revision())
+    }
+    fn compact_step(&mut self, _: usize) -> Result<bool, StorageError> {
+        Ok(true)
+    }
+    fn hash_kv(&self, rev: i64) -> Result<u32, kv::ExecError<StorageError>> {
+        self.0.hash_kv(rev).map_err(kv::ExecError::Kv)
+    }
+    fn snapshot(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+        Err(StorageError::Inconsistent("read-only".into()))
+    }
+    fn restore(&mut self, _: SnapshotMeta, _: &[u8]) -> Result<(), StorageError> {
+        Err(StorageError::Inconsistent("read-only".into()))
+    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
+    /// Random command sequences (transactions included) applied to the sled
+    /// state machine and to the reference model give identical outcomes,
+    /// revisions and histories, in batches of random size, across a reopen
+    /// and physical compaction at random points, and across a snapshot and
+    /// restore at a random point.
     #[test]
-    fn apply_matches_a_btreemap_model(
+    fn apply_matches_the_reference_model(
         cmds in prop::collection::vec(cmd(), 1..80),
         cuts in prop::collection::vec(1usize..12, 1..20),
         reopen_at in prop::option::of(0usize..20),
+        restore_at in prop::option::of(0usize..20),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
-        let entries: Vec<Entry> = cmds.iter().enumerate().map(|(i, c)| to_entry(c, i as u64 + 1)).collect();
-        store.save(Some(&HardState { term: 1, vote: 0, commit: entries.len() as u64 }), &entries).unwrap();
-        let mut kv = BTreeMap::new();
+        let mut model = MemMvcc::new();
         let mut pos = 0usize;
         let mut batch_no = 0usize;
         let mut cut = cuts.iter().cycle();
-        while pos < entries.len() {
-            let end = (pos + cut.next().unwrap()).min(entries.len());
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut index = 0u64;
+        while pos < cmds.len() {
+            let end = (pos + cut.next().unwrap()).min(cmds.len());
+            // Entries are built as the model reaches them (CAS revisions
+            // and compactions refer to its revision).
+            let mut want = Vec::new();
+            let mut fresh = Vec::new();
+            for c in &cmds[pos..end] {
+                index += 1;
+                let e = to_entry(c, index, model.revision());
+                want.push(model_apply(&mut model, &e));
+                fresh.push(e);
+            }
+            store.save(Some(&HardState { term: 1, vote: 0, commit: index }), &fresh).unwrap();
             // Overlap the previous batch by one entry sometimes: already
             // applied entries must come back as Noop and change nothing.
-            let start = if pos > 0 && batch_no % 3 == 1 { pos - 1 } else { pos };
-            let got = store.apply(&entries[start..end]).unwrap();
-            let mut want = Vec::new();
-            if start < pos { want.push(ApplyResult::Noop); }
-            for e in &entries[pos..end] { want.push(model_apply(&mut kv, e)); }
+            let mut batch = Vec::new();
+            if batch_no % 3 == 1 {
+                if let Some(last) = entries.last() {
+                    batch.push(last.clone());
+                    want.insert(0, EntryOutcome::Noop);
+                }
+            }
+            batch.extend(fresh.iter().cloned());
+            entries.extend(fresh);
+            let got = store.apply(&batch).unwrap();
             prop_assert_eq!(got, want);
-            prop_assert_eq!(store.applied_index(), end as u64);
+            prop_assert_eq!(store.applied_index(), index);
             pos = end;
             batch_no += 1;
             if reopen_at == Some(batch_no) {
                 drop(store);
                 store = open(dir.path());
-                prop_assert_eq!(store.applied_index(), pos as u64);
+                prop_assert_eq!(store.applied_index(), index);
+                while !store.compact_step(3).unwrap() {}
             }
-            check_kv(&store, &kv)?;
+            if restore_at == Some(batch_no) {
+                let (meta, image) = store.snapshot().unwrap();
+                let other_dir = tempfile::tempdir().unwrap();
+                let mut other = SledStore::open(other_dir.path(), "node-2", CLUSTER).unwrap();
+                other.install_snapshot(meta, &image).unwrap();
+                check_kv(&other, &model)?;
+            }
+            check_kv(&store, &model)?;
         }
         // A snapshot of the final state restores into a fresh store.
         let (meta, image) = store.snapshot().unwrap();
-        prop_assert_eq!(meta.index, entries.len() as u64);
+        prop_assert_eq!(meta.index, index);
         let other_dir = tempfile::tempdir().unwrap();
         let mut other = SledStore::open(other_dir.path(), "node-2", CLUSTER).unwrap();
         other.install_snapshot(meta, &image).unwrap();
-        check_kv(&other, &kv)?;
+        check_kv(&other, &model)?;
         prop_assert_eq!(other.applied(), meta);
+        prop_assert_eq!(
+            other.hash_kv(0).map_err(|e| e.to_string()),
+            store.hash_kv(0).map_err(|e| e.to_string())
+        );
     }
 }

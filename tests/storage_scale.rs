@@ -83,7 +83,7 @@ fn open_time_at_scale() {
     let load_log_time = t.elapsed();
     assert_eq!(s.applied_index(), n);
     assert_eq!(rec.hard_state.commit, n);
-    let (items, more) = s.scan(&format!("k{n}"), None, 10).unwrap();
+    let (items, more) = scan(&s, &format!("k{n}"), None, 10).unwrap();
     assert_eq!(items.len(), 1, "{items:?} {more}");
     let t = Instant::now();
     let verified = s.verify_kv_now();

@@ -8,58 +8,72 @@
 
 mod storage_common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raftkv::kv::{decide, Effect, KvCommand, KvItem};
+use raftkv::kv::{self, MemMvcc};
 use raftkv::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
-use raftkv::storage::image::{ImageTrailer, ImageWriter};
+use raftkv::storage::image::{ImageItem, ImageTrailer, ImageWriter};
+use raftkv::storage::mvcc_tree::MvccTree;
 use raftkv::storage::sled_store::{IMAGE_CHUNK_BYTES, KV_ALT_TREE, KV_TREE};
 use raftkv::storage::{ImageChunk, LogStore, SledStore, StateMachine, StorageError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use storage_common::*;
 
-type Model = BTreeMap<String, (String, u64)>;
+type Model = MemMvcc;
 
 fn model_apply(model: &mut Model, e: &Entry) {
     let EntryPayload::Command(bytes) = &e.payload else {
         return;
     };
-    let Ok(cmd) = KvCommand::decode(bytes) else {
-        return;
-    };
-    let current = model.get(cmd.key()).map(|(_, i)| *i);
-    match decide(&cmd, e.index, current).0 {
-        Effect::Set { value, index } => {
-            model.insert(cmd.key().to_string(), (value, index));
-        }
-        Effect::Remove => {
-            model.remove(cmd.key());
-        }
-        Effect::None => {}
+    if let Ok(cmd) = kv::Command::decode(bytes) {
+        model.apply(&cmd);
     }
 }
 
-fn as_items(model: &Model) -> Vec<KvItem> {
+/// Every key of the model with value and mod revision.
+fn as_items(model: &Model) -> Vec<Item> {
+    let every = kv::RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
     model
+        .range(&every)
+        .unwrap()
+        .body
+        .kvs
         .iter()
-        .map(|(k, (v, i))| KvItem {
-            key: k.clone(),
-            value: v.clone(),
-            index: *i,
+        .map(|kv| Item {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            value: String::from_utf8_lossy(&kv.value).into_owned(),
+            index: kv.mod_revision as u64,
         })
         .collect()
 }
 
-fn all_items(store: &SledStore) -> Vec<KvItem> {
-    let (items, more) = store.scan("", None, usize::MAX).unwrap();
+fn all_items(store: &SledStore) -> Vec<Item> {
+    let (items, more) = scan(store, "", None, usize::MAX).unwrap();
     assert!(!more);
     items
+}
+
+/// The key-value state that raw image items stand for: written into an
+/// image and restored into a fresh store.
+fn state_of(meta: SnapshotMeta, items: &[ImageItem]) -> Vec<Item> {
+    let mut w = ImageWriter::new(meta).unwrap();
+    for it in items {
+        w.push(&it.key, &it.value).unwrap();
+    }
+    let image = w.finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SledStore::open(dir.path(), "reader", CLUSTER).unwrap();
+    s.restore(meta, &image).unwrap();
+    all_items(&s)
 }
 
 /// Writes entries through the log and the state machine, like a node.
@@ -141,6 +155,7 @@ fn session_view_is_the_state_at_its_index_under_concurrent_applies() {
     for round in 0..24 {
         let expected = w.model.clone();
         let session = w.store.begin_snapshot().unwrap();
+        let meta = session.meta();
         assert_eq!(session.meta().index, w.next - 1);
         assert_eq!(session.meta(), w.store.applied());
         let lockstep = round % 2 == 0;
@@ -174,11 +189,10 @@ fn session_view_is_the_state_at_its_index_under_concurrent_applies() {
             rounds_with_changes += 1;
         }
         assert_eq!(
-            got.len(),
-            expected.len(),
-            "round {round}: item count differs from the state at the session's index"
+            state_of(meta, &got),
+            as_items(&expected),
+            "round {round}: the session's items are not the state at its index"
         );
-        assert_eq!(got, as_items(&expected), "round {round}");
     }
     assert!(rounds_with_changes >= 12, "applies never overlapped a scan");
 }
@@ -200,9 +214,10 @@ fn session_sees_keys_deleted_ahead_of_the_scan_and_not_keys_created_later() {
         model_apply(&mut expected, e);
     }
     let session = store.begin_snapshot().unwrap();
+    let meta = session.meta();
     let mut items = session.items();
     // Read a few, then delete everything and create interleaved keys.
-    let mut got: Vec<KvItem> = (0..10).map(|_| items.next().unwrap().unwrap()).collect();
+    let mut got: Vec<ImageItem> = (0..10).map(|_| items.next().unwrap().unwrap()).collect();
     let mut later = Vec::new();
     let mut index = 401;
     for i in 1..=400u64 {
@@ -220,7 +235,7 @@ fn session_sees_keys_deleted_ahead_of_the_scan_and_not_keys_created_later() {
     assert_eq!(all_items(&store).len(), 400);
     assert!(all_items(&store).iter().all(|i| i.value == "new"));
     got.extend(items.map(|i| i.unwrap()));
-    assert_eq!(got, as_items(&expected));
+    assert_eq!(state_of(meta, &got), as_items(&expected));
 }
 
 fn hs(term: u64, commit: u64) -> HardState {
@@ -306,7 +321,10 @@ fn streamed_image_is_staged_and_installed_atomically() {
         .finish(&chunks.last().unwrap().trailer.unwrap())
         .unwrap();
     assert_eq!(staged.meta(), meta);
-    assert_eq!(staged.items(), expected.len() as u64);
+    assert!(
+        staged.items() >= as_items(&expected).len() as u64,
+        "an image holds at least one record per key"
+    );
     assert_eq!(staged.bytes(), image.len() as u64);
     assert_eq!(all_items(&b), old_items);
     assert_eq!(b.applied_index(), 25);
@@ -324,7 +342,10 @@ fn streamed_image_is_staged_and_installed_atomically() {
     b.save(Some(&hs(2, meta.index + 1)), std::slice::from_ref(&next))
         .unwrap();
     b.apply(std::slice::from_ref(&next)).unwrap();
-    assert_eq!(b.get("after").unwrap(), Some(("x".into(), meta.index + 1)));
+    assert_eq!(
+        get(&b, "after").unwrap(),
+        Some(("x".into(), expected.revision() as u64 + 1))
+    );
 
     // The old tree (`kv`, active before) is cleared in the background.
     let old = b.raw_db().open_tree(KV_TREE).unwrap();
@@ -501,8 +522,8 @@ fn restart_after_compaction_is_the_tree_plus_the_log_tail() {
     assert_eq!(rec.snapshot, SnapshotMeta { index: 80, term: 2 });
     assert_eq!(rec.entries, entries[80..].to_vec());
     assert_eq!(s.applied_index(), 80);
-    assert_eq!(s.get("k80").unwrap().map(|v| v.1), Some(80));
-    assert_eq!(s.get("k81").unwrap(), None);
+    assert_eq!(get(&s, "k80").unwrap().map(|v| v.1), Some(81));
+    assert_eq!(get(&s, "k81").unwrap(), None);
 }
 
 // ------------------------------------------------------ crash (kill -9) --
@@ -510,33 +531,47 @@ fn restart_after_compaction_is_the_tree_plus_the_log_tail() {
 const DIR_ENV: &str = "RAFTKV_SNAPCRASH_CHILD_DIR";
 const KEYS_PER_STATE: u64 = 1500;
 
-/// The deterministic state number `k`: its snapshot meta and its items.
-fn state(k: u64) -> (SnapshotMeta, Vec<(String, String, u64)>) {
+/// The deterministic state number `k`: its snapshot meta, its image (the
+/// raw records of an MVCC tree that applied its puts) and its keys.
+fn state(k: u64) -> (SnapshotMeta, Vec<u8>, Vec<Item>) {
     let meta = SnapshotMeta {
         index: 1000 * k,
         term: k,
     };
-    let items = (0..KEYS_PER_STATE)
-        .filter(|i| !(i + k).is_multiple_of(7))
-        .map(|i| {
-            let key = format!("s{:05}", i * 3 + k % 3);
-            let mut value = format!("state{k}-{i}-");
-            while value.len() < 300 + (i as usize % 200) {
-                value.push('x');
-            }
-            (key, value, meta.index - i % 50)
-        })
-        .collect();
-    (meta, items)
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let tree = MvccTree::new(db.open_tree("state").unwrap());
+    let mut want = Vec::new();
+    for i in (0..KEYS_PER_STATE).filter(|i| !(i + k).is_multiple_of(7)) {
+        let key = format!("s{:05}", i * 3 + k % 3);
+        let mut value = format!("state{k}-{i}-");
+        while value.len() < 300 + (i as usize % 200) {
+            value.push('x');
+        }
+        let applied = tree
+            .apply(&kv::Command::Put(kv::PutRequest {
+                key: key.clone().into_bytes(),
+                value: value.clone().into_bytes(),
+                ..Default::default()
+            }))
+            .unwrap();
+        let revision = applied.new_revision().unwrap() as u64;
+        want.push(Item {
+            key,
+            value,
+            index: revision,
+        });
+    }
+    let mut w = ImageWriter::new(meta).unwrap();
+    for r in tree.tree().iter() {
+        let (key, value) = r.unwrap();
+        w.push(&key, &value).unwrap();
+    }
+    want.sort_by(|a, b| a.key.cmp(&b.key));
+    (meta, w.finish().unwrap(), want)
 }
 
 fn state_image(k: u64) -> Vec<u8> {
-    let (meta, items) = state(k);
-    let mut w = ImageWriter::new(meta).unwrap();
-    for (key, value, index) in &items {
-        w.push(key, value, *index).unwrap();
-    }
-    w.finish().unwrap()
+    state(k).1
 }
 
 /// Child half: installs states 1, 2, 3, ... one after the other (staging
@@ -569,7 +604,7 @@ fn snapshot_crash_child() {
         println!("@INSTALL {k}");
         store.install_staged(staged).expect("child: install");
         println!("@OK {k}");
-        let (meta, _) = state(k);
+        let (meta, _, _) = state(k);
         let tail: Vec<Entry> = (1..=5)
             .map(|i| put(meta.index + i, k, &format!("tail{i}"), "t"))
             .collect();
@@ -734,17 +769,13 @@ fn crash_during_staging_or_install_leaves_a_usable_state() {
             installed = k;
         }
         if k > 0 {
-            let (meta, items) = state(k);
+            let (meta, _, want) = state(k);
             assert_eq!(applied, meta);
             assert_eq!(
                 rec.snapshot, meta,
                 "snapshot meta and state machine disagree"
             );
             let got = all_items(&store);
-            let want: Vec<KvItem> = items
-                .into_iter()
-                .map(|(key, value, index)| KvItem { key, value, index })
-                .collect();
             assert!(got == want, "state {k} is not exactly what was installed");
             // Entries after the snapshot: only this state's own tail.
             for e in &rec.entries {

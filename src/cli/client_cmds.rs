@@ -94,7 +94,8 @@ pub struct PutArgs {
 #[command(
     after_help = "Examples:\n  raftkv get greeting             # prints: greeting = hello\n  \
     raftkv get greeting --stale     # read the contacted node's copy, no leader round trip\n  \
-    raftkv get greeting --index     # prints: greeting = hello (index 12)\n\n\
+    raftkv get greeting --index     # prints: greeting = hello (index 12)\n  \
+    raftkv get greeting --rev 9     # the value as of revision 9\n\n\
     Exit 1 (message on stderr) if the key does not exist."
 )]
 pub struct GetArgs {
@@ -105,9 +106,12 @@ pub struct GetArgs {
     /// instead of a linearizable read through the leader.
     #[arg(long)]
     pub stale: bool,
-    /// Also print the index that last modified the key.
+    /// Also print the key's index (its mod revision).
     #[arg(long)]
     pub index: bool,
+    /// Read the key as of revision R (must not be compacted).
+    #[arg(long, value_name = "R")]
+    pub rev: Option<i64>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientOpts,
@@ -116,15 +120,24 @@ pub struct GetArgs {
 /// `raftkv delete KEY`.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  raftkv delete greeting\n  \
-    raftkv delete lock --cas 17   # only if lock was last written at index 17\n\n\
-    Prints \"OK (index N)\". Exit 1 (message on stderr) if the key does not exist or --cas does not match.")]
+    raftkv delete lock --cas 17   # only if lock was last written at index 17\n  \
+    raftkv delete --prefix tmp/ --prev-kv   # every key under tmp/, in one revision\n\n\
+    Prints \"OK (index N)\" (a range: \"OK: D deleted (index N)\"). Exit 1 (message on stderr)\n\
+    if the key does not exist or --cas does not match.")]
 pub struct DeleteArgs {
-    /// The key.
-    #[arg(allow_hyphen_values = true)]
-    pub key: String,
+    /// The key (or use --prefix / --from).
+    #[arg(allow_hyphen_values = true, required_unless_present_any = ["prefix", "from"],
+          conflicts_with_all = ["prefix", "from"])]
+    pub key: Option<String>,
     /// Compare-and-swap: delete only if the key's current mod index is M.
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", requires = "key")]
     pub cas: Option<u64>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub keys: super::data_cmds::KeySelection,
+    /// With a range: print the deleted keys and values.
+    #[arg(long)]
+    pub prev_kv: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientOpts,
@@ -133,13 +146,38 @@ pub struct DeleteArgs {
 /// `raftkv list [--prefix P]`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  raftkv list\n  raftkv list --prefix user/\n\n\
-    Prints one \"KEY = VALUE\" line per key, sorted by key (fetched page by page)."
+    after_help = "Examples:\n  raftkv list\n  raftkv list --prefix user/\n  \
+    raftkv list --prefix user/ --rev 40             # as of revision 40\n  \
+    raftkv list --from a --to m --keys-only         # keys in [a, m)\n  \
+    raftkv list --prefix job/ --sort-by create --limit 1   # the oldest job (a lock queue)\n  \
+    raftkv list --prefix user/ --count-only\n\n\
+    Prints one \"KEY = VALUE\" line per key, sorted by key (fetched page by page, all pages\n\
+    at the revision of the first)."
 )]
 pub struct ListArgs {
     /// Only keys starting with P.
-    #[arg(long, value_name = "P", default_value = "", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "P",
+        default_value = "",
+        allow_hyphen_values = true,
+        conflicts_with = "from"
+    )]
     pub prefix: String,
+    /// First key of a range [KEY, --to) (instead of --prefix).
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
+    pub from: Option<String>,
+    /// End of the --from range (exclusive).
+    #[arg(
+        long,
+        value_name = "KEY",
+        allow_hyphen_values = true,
+        requires = "from"
+    )]
+    pub to: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub range: super::data_cmds::RangeOpts,
     /// Read from the contacted node's state machine (may be stale).
     #[arg(long)]
     pub stale: bool,
@@ -210,7 +248,12 @@ fn fail(err: &ClientError) -> ExitCode {
     ExitCode::from(output::exit_code(err))
 }
 
-fn client_or_usage(opts: &ClientOpts, global: Option<&str>, cmd: &str) -> Result<Client, ExitCode> {
+/// The client of a command, or the usage error its options deserve.
+pub(crate) fn client_or_usage(
+    opts: &ClientOpts,
+    global: Option<&str>,
+    cmd: &str,
+) -> Result<Client, ExitCode> {
     opts.client(global).map_err(|e| super::usage_error(cmd, e))
 }
 
@@ -291,6 +334,9 @@ pub async fn get(args: GetArgs, global: Option<&str>) -> ExitCode {
     } else {
         Consistency::Linearizable
     };
+    if let Some(rev) = args.rev {
+        return super::data_cmds::get_at(&client, &args.key, rev, args.stale, args.index).await;
+    }
     match client.get(&args.key, consistency).await {
         Ok(item) => {
             let mut line = output::item_line(&item);
@@ -310,7 +356,10 @@ pub async fn delete(args: DeleteArgs, global: Option<&str>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match client.delete(&args.key, args.cas).await {
+    let Some(key) = &args.key else {
+        return super::data_cmds::delete_range(&client, &args.keys, args.prev_kv).await;
+    };
+    match client.delete(key, args.cas).await {
         Ok(w) => {
             print_line(&output::write_ok(&w));
             ExitCode::SUCCESS
@@ -330,6 +379,14 @@ pub async fn list(args: ListArgs, global: Option<&str>) -> ExitCode {
     } else {
         Consistency::Linearizable
     };
+    if args.from.is_some() || args.range.any() {
+        let keys = super::data_cmds::KeySelection {
+            prefix: args.from.is_none().then(|| args.prefix.clone()),
+            from: args.from.clone(),
+            to: args.to.clone(),
+        };
+        return super::data_cmds::list_range(&client, &keys, &args.range, args.stale).await;
+    }
     match client.list_all(&args.prefix, consistency).await {
         Ok(items) => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod client_cmds;
+pub mod data_cmds;
 pub mod local_cluster;
 pub mod output;
 pub mod signals;
@@ -79,8 +80,14 @@ pub enum Command {
     Get(client_cmds::GetArgs),
     /// Delete a key: prints "OK (index N)".
     Delete(client_cmds::DeleteArgs),
-    /// List keys, sorted: one "KEY = VALUE" per line.
+    /// List keys, sorted: one "KEY = VALUE" per line (ranges, past revisions).
     List(client_cmds::ListArgs),
+    /// Run a transaction read from stdin: compares, then one branch of ops.
+    Txn(data_cmds::TxnArgs),
+    /// Discard the key-value history below a revision.
+    Compact(data_cmds::CompactArgs),
+    /// Print the changes of a key, a prefix or a range as they happen.
+    Watch(data_cmds::WatchArgs),
     /// Show every node's role, term, leader and indexes as a table.
     Status(client_cmds::StatusArgs),
     /// Print the leader's id and URL.
@@ -112,6 +119,18 @@ pub async fn main() -> ExitCode {
         Command::Get(a) => client_cmds::get(a, global).await,
         Command::Delete(a) => client_cmds::delete(a, global).await,
         Command::List(a) => client_cmds::list(a, global).await,
+        Command::Txn(a) => match client_cmds::client_or_usage(&a.client, global, "txn") {
+            Ok(c) => data_cmds::txn(a, c).await,
+            Err(code) => code,
+        },
+        Command::Compact(a) => match client_cmds::client_or_usage(&a.client, global, "compact") {
+            Ok(c) => data_cmds::compact(a, c).await,
+            Err(code) => code,
+        },
+        Command::Watch(a) => match client_cmds::client_or_usage(&a.client, global, "watch") {
+            Ok(c) => data_cmds::watch(a, c).await,
+            Err(code) => code,
+        },
         Command::Status(a) => client_cmds::status(a, global).await,
         Command::Leader(a) => client_cmds::leader(a, global).await,
         Command::Health(a) => client_cmds::health(a).await,

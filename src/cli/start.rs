@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::node::compaction::AutoCompaction;
 use crate::node::{NodeConfig, PeerSpec};
 
 /// Flags of `raftkv start`.
@@ -88,6 +89,24 @@ pub struct StartArgs {
     /// because a node should never serve on damaged state.
     #[arg(long, env = "RAFTKV_KV_CHECK_IN_BACKGROUND", hide_env_values = true)]
     pub kv_check_in_background: bool,
+
+    /// How the leader compacts the key-value history on its own (etcd's
+    /// flag): "revision" keeps the last N revisions, "periodic" keeps the
+    /// history of the last DURATION. Off unless a retention is given.
+    #[arg(long, env = "RAFTKV_AUTO_COMPACTION_MODE", hide_env_values = true, default_value = "periodic",
+          value_parser = ["revision", "periodic"])]
+    pub auto_compaction_mode: String,
+
+    /// What auto-compaction keeps: a revision count ("revision" mode) or a
+    /// duration such as 30m, 1h, 90s, or a bare number of hours ("periodic"
+    /// mode). 0 (the default) turns it off.
+    #[arg(
+        long,
+        env = "RAFTKV_AUTO_COMPACTION_RETENTION",
+        hide_env_values = true,
+        default_value = "0"
+    )]
+    pub auto_compaction_retention: String,
 }
 
 const START_EXAMPLES: &str = "\
@@ -139,6 +158,9 @@ impl StartArgs {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("./data").join(&self.node_id));
+        let auto_compaction =
+            AutoCompaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)
+                .map_err(|e| format!("--auto-compaction-retention: {e}"))?;
         Ok(NodeConfig {
             node_id: self.node_id.clone(),
             host: self.host.clone(),
@@ -153,6 +175,7 @@ impl StartArgs {
             request_timeout_ms: self.request_timeout_ms,
             cache_mb: self.cache_mb,
             kv_check_in_background: self.kv_check_in_background,
+            auto_compaction,
         })
     }
 }
@@ -367,6 +390,39 @@ mod tests {
         assert_eq!(config(parse(&["--cache-mb", "32"]).unwrap()).cache_mb, 32);
         assert_eq!(parse(&["--cache-mb", "0"]).unwrap_err().exit_code(), 2);
         assert_eq!(parse(&["--cache-mb", "lots"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn auto_compaction_flags_follow_etcd() {
+        let config = |extra: &[&str]| {
+            let mut argv = vec!["raftkv", "start", "--node-id", "n"];
+            argv.extend_from_slice(extra);
+            let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+            let crate::cli::Command::Start(args) = cli.command else {
+                panic!("parsed {:?}", cli.command)
+            };
+            args.to_node_config().map(|c| c.auto_compaction)
+        };
+        assert_eq!(config(&[]), Ok(AutoCompaction::Off));
+        assert_eq!(
+            config(&["--auto-compaction-retention", "1"]),
+            Ok(AutoCompaction::Periodic(std::time::Duration::from_secs(
+                3600
+            )))
+        );
+        assert_eq!(
+            config(&[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1000"
+            ]),
+            Ok(AutoCompaction::Revisions(1000))
+        );
+        assert!(config(&["--auto-compaction-retention", "soon"])
+            .unwrap_err()
+            .contains("--auto-compaction-retention"));
+        assert!(config(&["--auto-compaction-mode", "hourly"]).is_err());
     }
 
     #[test]

@@ -448,6 +448,58 @@ impl Client {
         }
     }
 
+    /// A read of the etcd-model JSON API (`docs/api.md`): `GET path`, e.g.
+    /// `/kv?prefix=a&revision=5`, `/kv/{key}?revision=5` or a long-poll
+    /// `/watch?…`; retried like every read. `any_node` serves it from the
+    /// first node that answers (stale reads, watches) instead of through the
+    /// leader. Returns the JSON answer of a 200; a 404 is
+    /// [`ClientError::NotFound`] for `key`.
+    pub async fn read_json(
+        &self,
+        path: String,
+        any_node: bool,
+        key: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let op = Op {
+            method: Method::GET,
+            path,
+            body: None,
+            kind: Kind::Read,
+            any_node,
+        };
+        let answer = self.execute(&op).await?;
+        match answer.status {
+            StatusCode::OK => parse(&answer),
+            StatusCode::NOT_FOUND if !key.is_empty() => {
+                Err(ClientError::NotFound { key: key.into() })
+            }
+            _ => Err(unexpected(&answer)),
+        }
+    }
+
+    /// A write of the etcd-model JSON API: `DELETE /kv?…`, `POST /txn`,
+    /// `POST /compact`. Not sent again once its outcome is unknown (a
+    /// transaction's second attempt could see its own first one).
+    pub async fn write_json(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let op = Op {
+            method,
+            path,
+            body: body.map(Bytes::from),
+            kind: Kind::UnsafeWrite,
+            any_node: false,
+        };
+        let answer = self.execute(&op).await?;
+        match answer.status {
+            StatusCode::OK => parse(&answer),
+            _ => Err(unexpected(&answer)),
+        }
+    }
+
     /// `GET /cluster/leader` on the nodes in turn, until one knows a leader
     /// (retrying through an election, within the deadline).
     pub async fn leader(&self) -> Result<LeaderInfo, ClientError> {

@@ -133,6 +133,7 @@ fn kv_code(e: &KvError) -> Code {
         | KvError::DuplicateKey
         | KvError::InvalidSortOption
         | KvError::NegativeField { .. } => Code::InvalidArgument,
+        KvError::MalformedCommand(_) => Code::Internal,
     }
 }
 
@@ -164,7 +165,8 @@ fn has_etcd_text(e: &KvError) -> bool {
         KvError::KeyTooLong { .. }
         | KvError::ValueTooLarge { .. }
         | KvError::InvalidSortOption
-        | KvError::NegativeField { .. } => false,
+        | KvError::NegativeField { .. }
+        | KvError::MalformedCommand(_) => false,
     }
 }
 

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::request::{CompactionRequest, DeleteRangeRequest, PutRequest, TxnRequest};
 
 /// The first byte of every encoded [`Command`]. It starts at 2 because the
-/// entries of the single-key [`crate::kv::KvCommand`] begin with its variant
+/// entries of the retired single-key command format begin with its variant
 /// index, 0 or 1: an entry of that older log format is refused as an
 /// unknown format instead of being misread as a command.
 pub const COMMAND_FORMAT: u8 = 2;

@@ -72,6 +72,10 @@ pub enum KvError {
     /// A put names a lease that does not exist (used once leases exist).
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// A log entry's command did not decode (written by an incompatible
+    /// build); it is applied as a no-op on every replica alike.
+    #[error("malformed command: {0}")]
+    MalformedCommand(String),
 }
 
 impl KvError {
@@ -84,6 +88,7 @@ impl KvError {
             KvError::KeyTooLong { .. }
                 | KvError::ValueTooLarge { .. }
                 | KvError::NegativeField { .. }
+                | KvError::MalformedCommand(_)
         )
     }
 

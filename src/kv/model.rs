@@ -45,6 +45,39 @@ pub struct MemMvcc {
     log: BTreeMap<ChangeId, (Vec<u8>, EventKind)>,
 }
 
+/// One record of a [`MemMvcc`]'s serialised form ([`MemMvcc::records`]):
+/// what an in-memory snapshot image carries.
+///
+/// Format: bincode 2 standard of this enum: the variant index as a varint
+/// (0 `Meta`, 1 `Version`), then the fields in order (integers as zigzag
+/// varints, bytes as a varint length and the bytes, the record as an
+/// option of [`KeyValue`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MvccRecord {
+    /// Revision and compact revision.
+    Meta {
+        /// The current revision.
+        revision: i64,
+        /// The compact revision.
+        compact_revision: i64,
+    },
+    /// One stored version of a key (`None` = tombstone).
+    Version {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The change that wrote it.
+        change: ChangeId,
+        /// The record, or `None` for a tombstone.
+        record: Option<KeyValue>,
+    },
+}
+
+/// [`MemMvcc::from_records`] was given records that do not form a store.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not an MVCC store image: {0}")]
+pub struct BadRecords(pub String);
+
 /// [`MemMvcc::commit`] was given an outcome computed at another revision.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("outcome for revision {found} committed to a store at revision {store}")]
@@ -239,6 +272,116 @@ impl MemMvcc {
                 .iter()
                 .map(move |(id, record)| (key.as_slice(), *id, record.as_ref()))
         })
+    }
+
+    /// The whole store as records: the meta first, then every version by
+    /// key and change ([`MemMvcc::from_records`] reads them back).
+    pub fn records(&self) -> impl Iterator<Item = MvccRecord> + '_ {
+        let meta = MvccRecord::Meta {
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+        };
+        std::iter::once(meta).chain(self.versions().map(|(key, change, record)| {
+            MvccRecord::Version {
+                key: key.to_vec(),
+                change,
+                record: record.cloned(),
+            }
+        }))
+    }
+
+    /// Rebuilds a store from [`MemMvcc::records`]: current records from
+    /// each key's latest version, the revision log from every version
+    /// (physical compaction re-examines what it had already kept, and keeps
+    /// it again).
+    pub fn from_records(
+        records: impl IntoIterator<Item = MvccRecord>,
+    ) -> Result<MemMvcc, BadRecords> {
+        let mut store = MemMvcc::new();
+        let mut meta = false;
+        for r in records {
+            match r {
+                MvccRecord::Meta {
+                    revision,
+                    compact_revision,
+                } => {
+                    if meta {
+                        return Err(BadRecords("two meta records".into()));
+                    }
+                    meta = true;
+                    store.revision = revision;
+                    store.compact_revision = compact_revision;
+                }
+                MvccRecord::Version {
+                    key,
+                    change,
+                    record,
+                } => {
+                    if change.0 > store.revision || !meta {
+                        return Err(BadRecords(format!(
+                            "version at revision {} of a store at {}",
+                            change.0, store.revision
+                        )));
+                    }
+                    let kind = if record.is_some() {
+                        EventKind::Put
+                    } else {
+                        EventKind::Delete
+                    };
+                    store.log.insert(change, (key.clone(), kind));
+                    store.history.entry(key).or_default().insert(change, record);
+                }
+            }
+        }
+        if !meta {
+            return Err(BadRecords("no meta record".into()));
+        }
+        for (key, versions) in &store.history {
+            if let Some((_, Some(kv))) = versions.last_key_value() {
+                store.current.insert(key.clone(), kv.clone());
+            }
+        }
+        Ok(store)
+    }
+
+    /// etcd's HashKV over this store: a crc32 of, per key, its versions in
+    /// `compact..=revision` and its latest version below the compact
+    /// revision unless a tombstone (what physical compaction keeps, so the
+    /// hash does not depend on how far it ran). `revision` 0 = current.
+    pub fn hash_kv(&self, revision: i64) -> Result<u32, KvError> {
+        let rev = if revision <= 0 {
+            self.revision
+        } else {
+            revision
+        };
+        if rev > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        if rev < self.compact_revision {
+            return Err(KvError::Compacted {
+                compact_revision: self.compact_revision,
+            });
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        let mut hash = |key: &[u8], id: &ChangeId, record: &Option<KeyValue>| {
+            hasher.update(&(key.len() as u64).to_be_bytes());
+            hasher.update(key);
+            hasher.update(&id.0.to_be_bytes());
+            hasher.update(&id.1.to_be_bytes());
+            let bytes = bincode::serde::encode_to_vec(record, bincode::config::standard())
+                .unwrap_or_default();
+            hasher.update(&bytes);
+        };
+        for (key, versions) in &self.history {
+            let below = versions.range(..(self.compact_revision, 0)).next_back();
+            if let Some((id, record @ Some(_))) = below {
+                hash(key, id, record);
+            }
+            for (id, record) in versions.range((self.compact_revision, 0)..=(rev, i64::MAX)) {
+                hash(key, id, record);
+            }
+        }
+        Ok(hasher.finalize())
     }
 
     /// Number of entries in the revision log (all changes not yet removed

@@ -14,25 +14,102 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::kv::{ApplyResult, KvCommand, KvItem};
+use crate::kv::{
+    Command, CommandResponse, Event, ExecError, KeyRange, KvError, RangeRequest, RangeResponse,
+    Revisioned,
+};
 use crate::raft::{Message, NodeId, PeerStatus, RaftError, Role};
-use crate::storage::StorageError;
+use crate::storage::{StateMachine, StorageError};
 
 use super::membership::Membership;
+use super::observer::{EventHistory, HistoryError};
+use super::watch::{WatchError, WatchHub, WatchRequest, Watcher};
 
-/// Read access to the applied key-value data, usable from any thread while
-/// the Raft loop writes.
+/// Read access to the applied key-value data (etcd's MVCC store), usable
+/// from any thread while the Raft loop writes.
 pub trait KvReader: Send + Sync + 'static {
-    /// One key: value and mod index.
-    fn get(&self, key: &str) -> Result<Option<(String, u64)>, StorageError>;
-    /// Keys with `prefix`, strictly after `after`, sorted, at most `limit`;
-    /// the flag says whether more follow.
-    fn scan(
+    /// A range read at the current or a past revision.
+    fn range(
         &self,
-        prefix: &str,
-        after: Option<&str>,
+        req: &RangeRequest,
+    ) -> Result<Revisioned<RangeResponse>, ExecError<StorageError>>;
+    /// Stored changes from `from_revision` on (see
+    /// [`StateMachine::events`]).
+    fn events(
+        &self,
+        from_revision: i64,
+        range: KeyRange<'_>,
         limit: usize,
-    ) -> Result<(Vec<KvItem>, bool), StorageError>;
+    ) -> Result<Vec<Event>, ExecError<StorageError>>;
+    /// The current revision.
+    fn revision(&self) -> Result<i64, StorageError>;
+    /// The compact revision (0 if never compacted).
+    fn compact_revision(&self) -> Result<i64, StorageError>;
+    /// etcd's HashKV at `revision` (0 = current).
+    fn hash_kv(&self, revision: i64) -> Result<u32, ExecError<StorageError>>;
+}
+
+/// A [`KvReader`] over a store handle that reads while another handle of
+/// the same store applies (the sled store; clones share the data).
+pub struct StoreReader<S>(pub S);
+
+impl<S: StateMachine + Send + Sync + 'static> KvReader for StoreReader<S> {
+    fn range(
+        &self,
+        req: &RangeRequest,
+    ) -> Result<Revisioned<RangeResponse>, ExecError<StorageError>> {
+        self.0.range(req)
+    }
+    fn events(
+        &self,
+        from_revision: i64,
+        range: KeyRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Event>, ExecError<StorageError>> {
+        self.0.events(from_revision, range, limit)
+    }
+    fn revision(&self) -> Result<i64, StorageError> {
+        self.0.revision()
+    }
+    fn compact_revision(&self) -> Result<i64, StorageError> {
+        self.0.compact_revision()
+    }
+    fn hash_kv(&self, revision: i64) -> Result<u32, ExecError<StorageError>> {
+        self.0.hash_kv(revision)
+    }
+}
+
+/// The watch hub's view of the stored history: a [`KvReader`].
+pub struct ReaderHistory(pub Arc<dyn KvReader>);
+
+impl EventHistory for ReaderHistory {
+    fn revision(&self) -> i64 {
+        // A failed read of one meta record: the hub only uses this as a
+        // starting point; the next apply corrects it.
+        self.0.revision().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the revision for the watch hub failed");
+            1
+        })
+    }
+    fn compact_revision(&self) -> i64 {
+        self.0.compact_revision().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the compact revision for the watch hub failed");
+            0
+        })
+    }
+    fn events(
+        &self,
+        from_revision: i64,
+        range: KeyRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Event>, HistoryError> {
+        self.0
+            .events(from_revision, range, limit)
+            .map_err(|e| match e {
+                ExecError::Kv(k) => HistoryError::Kv(k),
+                ExecError::Store(s) => HistoryError::Storage(s),
+            })
+    }
 }
 
 /// What the peer transport knows about the peers, for `/cluster/status`
@@ -205,13 +282,14 @@ pub enum ReadError {
     Unavailable(Unavailable),
 }
 
-/// A write the state machine applied: where, and with what result.
+/// A write the state machine applied: where, and with what answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
     /// Log index of the entry.
     pub index: u64,
-    /// What applying it did.
-    pub result: ApplyResult,
+    /// The command's answer (with the store's revision after it), or why
+    /// the data model refused it (nothing changed then).
+    pub answer: Result<Revisioned<CommandResponse>, KvError>,
 }
 
 /// Where the outcome of a [`Proposal`] goes.
@@ -222,7 +300,7 @@ pub type ReadReply = oneshot::Sender<Result<(), ReadError>>;
 /// A client write on its way into the log.
 #[derive(Debug)]
 pub struct Proposal {
-    /// The encoded [`KvCommand`].
+    /// The encoded [`Command`].
     pub cmd: Vec<u8>,
     /// Where the outcome goes.
     pub reply: WriteReply,
@@ -304,6 +382,7 @@ pub(crate) struct Shared {
     pub control: mpsc::Sender<Control>,
     pub status: watch::Receiver<NodeStatus>,
     pub reader: Arc<dyn KvReader>,
+    pub watch: WatchHub,
     pub peers: Arc<dyn PeerInfo>,
     pub request_timeout: Duration,
     pub leader_wait: Duration,
@@ -462,8 +541,19 @@ impl NodeHandle {
         }
     }
 
+    /// Starts a watch on this node's applied changes (see
+    /// [`WatchHub::watch`]).
+    pub fn watch(&self, req: WatchRequest) -> Result<Watcher, WatchError> {
+        self.shared.watch.watch(req)
+    }
+
+    /// The node's watch hub (for its statistics).
+    pub fn watch_hub(&self) -> &WatchHub {
+        &self.shared.watch
+    }
+
     /// Proposes a write and waits until it is applied (or `deadline`).
-    pub async fn propose(&self, cmd: &KvCommand, deadline: Instant) -> Result<Applied, WriteError> {
+    pub async fn propose(&self, cmd: &Command, deadline: Instant) -> Result<Applied, WriteError> {
         if self.is_stopping() {
             return Err(WriteError::Unavailable(Unavailable::ShuttingDown));
         }
@@ -519,41 +609,66 @@ pub(crate) mod testing {
     //! a map.
 
     use super::*;
-    use crate::kv::{decide, Effect};
-    use std::collections::BTreeMap;
+    use crate::kv::MemMvcc;
     use std::sync::Mutex;
 
     /// The fake's data, shared with its reader.
     #[derive(Default)]
     pub struct MapReader {
-        pub map: Mutex<BTreeMap<String, (String, u64)>>,
+        pub store: Mutex<MemMvcc>,
+    }
+
+    impl MapReader {
+        /// The current value of `key`, as text.
+        pub fn value(&self, key: &str) -> Option<String> {
+            let req = RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            };
+            let r = self.store.lock().unwrap().range(&req).ok()?;
+            let kv = r.body.kvs.into_iter().next()?;
+            Some(String::from_utf8_lossy(&kv.value).into_owned())
+        }
+
+        /// True when no key is stored.
+        pub fn is_empty(&self) -> bool {
+            let req = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                count_only: true,
+                ..Default::default()
+            };
+            let r = self.store.lock().unwrap().range(&req);
+            r.is_ok_and(|r| r.body.count == 0)
+        }
     }
 
     impl KvReader for MapReader {
-        fn get(&self, key: &str) -> Result<Option<(String, u64)>, StorageError> {
-            Ok(self.map.lock().unwrap().get(key).cloned())
-        }
-        fn scan(
+        fn range(
             &self,
-            prefix: &str,
-            after: Option<&str>,
+            req: &RangeRequest,
+        ) -> Result<Revisioned<RangeResponse>, ExecError<StorageError>> {
+            self.store.lock().unwrap().range(req).map_err(ExecError::Kv)
+        }
+        fn events(
+            &self,
+            from_revision: i64,
+            range: KeyRange<'_>,
             limit: usize,
-        ) -> Result<(Vec<KvItem>, bool), StorageError> {
-            let map = self.map.lock().unwrap();
-            let mut items: Vec<KvItem> = map
-                .range(prefix.to_string()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
-                .map(|(k, (v, i))| KvItem {
-                    key: k.clone(),
-                    value: v.clone(),
-                    index: *i,
-                })
-                .take(limit + 1)
-                .collect();
-            let more = items.len() > limit;
-            items.truncate(limit);
-            Ok((items, more))
+        ) -> Result<Vec<Event>, ExecError<StorageError>> {
+            let store = self.store.lock().unwrap();
+            store
+                .events(from_revision, range, limit)
+                .map_err(ExecError::Kv)
+        }
+        fn revision(&self) -> Result<i64, StorageError> {
+            Ok(self.store.lock().unwrap().revision())
+        }
+        fn compact_revision(&self) -> Result<i64, StorageError> {
+            Ok(self.store.lock().unwrap().compact_revision())
+        }
+        fn hash_kv(&self, _revision: i64) -> Result<u32, ExecError<StorageError>> {
+            Ok(0)
         }
     }
 
@@ -613,6 +728,11 @@ pub(crate) mod testing {
         };
         let (status_tx, status_rx) = watch::channel(status);
         let reader = Arc::new(MapReader::default());
+        let history: Arc<dyn KvReader> = reader.clone();
+        let watch = WatchHub::new(
+            Arc::new(ReaderHistory(history)),
+            super::super::watch::WatchLimits::default(),
+        );
         let handle = NodeHandle {
             shared: Arc::new(Shared {
                 membership,
@@ -621,6 +741,7 @@ pub(crate) mod testing {
                 control: ctx,
                 status: status_rx,
                 reader: reader.clone(),
+                watch: watch.clone(),
                 peers,
                 request_timeout: timeout,
                 leader_wait: timeout,
@@ -643,20 +764,13 @@ pub(crate) mod testing {
                             Mode::Stuck => parked.push(p),
                             Mode::Leader => {
                                 index += 1;
-                                let cmd = KvCommand::decode(&p.cmd).unwrap();
-                                let mut map = r.map.lock().unwrap();
-                                let current = map.get(cmd.key()).map(|(_, i)| *i);
-                                let (effect, result) = decide(&cmd, index, current);
-                                match effect {
-                                    Effect::Set { value, index } => {
-                                        map.insert(cmd.key().to_string(), (value, index));
-                                    }
-                                    Effect::Remove => {
-                                        map.remove(cmd.key());
-                                    }
-                                    Effect::None => {}
+                                let cmd = Command::decode(&p.cmd).unwrap();
+                                let applied = r.store.lock().unwrap().apply(&cmd);
+                                if let Some(rev) = applied.new_revision() {
+                                    use super::super::observer::ApplyObserver;
+                                    watch.applied(rev, &applied.events);
                                 }
-                                let _ = p.reply.send(Ok(Applied { index, result }));
+                                let _ = p.reply.send(Ok(Applied { index, answer: applied.answer }));
                             }
                         }
                     }

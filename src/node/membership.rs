@@ -55,6 +55,12 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// The cluster id as a 64-bit number ([`id_of`] of
+    /// [`Membership::cluster_id`]): what etcd-style response headers carry.
+    pub fn cluster_id_u64(&self) -> u64 {
+        id_of(&self.cluster_id)
+    }
+
     /// Resolves the membership from a node's configuration.
     pub fn resolve(config: &NodeConfig) -> Result<Membership, NodeError> {
         let self_name = config.node_id.trim().to_string();

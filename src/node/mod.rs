@@ -38,6 +38,7 @@
 //! builds the transport around its [`Inbox`] and the server around its
 //! [`NodeHandle`], then starts it ([`PreparedNode::start`]).
 
+pub mod compaction;
 mod driver;
 pub mod env;
 pub mod handle;
@@ -60,8 +61,8 @@ pub use driver::LoopFailure;
 pub use env::{Clock, LoopInput, PeerTransport, SystemClock};
 pub use handle::{
     Applied, Control, Inbound, Inbox, IncomingSnapshot, KvReader, LoopStopped, NoPeerInfo,
-    NodeHandle, NodeStatus, PeerInfo, Proposal, ReadError, ReadRequest, ReceiveProgress,
-    Unavailable, Uncertain, WriteError,
+    NodeHandle, NodeStatus, PeerInfo, Proposal, ReadError, ReadRequest, ReaderHistory,
+    ReceiveProgress, StoreReader, Unavailable, Uncertain, WriteError,
 };
 pub use membership::{Member, Membership};
 pub use raft_loop::{LoopSettings, RaftLoop};
@@ -113,6 +114,9 @@ pub struct NodeConfig {
     /// default: the contract says a node never starts serving on damaged
     /// state.
     pub kv_check_in_background: bool,
+    /// The leader's automatic history compaction
+    /// (`--auto-compaction-mode`, `--auto-compaction-retention`).
+    pub auto_compaction: compaction::AutoCompaction,
 }
 
 /// Default `--port`.
@@ -148,6 +152,7 @@ impl NodeConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             cache_mb: DEFAULT_CACHE_MB,
             kv_check_in_background: false,
+            auto_compaction: compaction::AutoCompaction::Off,
         }
     }
 }
@@ -281,6 +286,8 @@ pub struct PreparedNode<S: NodeStore> {
     status_tx: status_watch::Sender<NodeStatus>,
     tick: Duration,
     snapshot_threshold: u64,
+    auto_compaction: compaction::AutoCompaction,
+    watch: watch::WatchHub,
 }
 
 impl<S> PreparedNode<S>
@@ -309,6 +316,10 @@ where
         let (status_tx, status_rx) = status_watch::channel(NodeStatus::default());
         let request_timeout = Duration::from_millis(config.request_timeout_ms);
         let max_election = timing.tick * timing.election_ticks * 2;
+        let watch = watch::WatchHub::new(
+            Arc::new(handle::ReaderHistory(reader.clone())),
+            watch::WatchLimits::default(),
+        );
         let handle = NodeHandle {
             shared: Arc::new(handle::Shared {
                 membership,
@@ -317,6 +328,7 @@ where
                 control: control_tx,
                 status: status_rx,
                 reader,
+                watch: watch.clone(),
                 peers,
                 request_timeout,
                 // Long enough for one election with some retries.
@@ -338,6 +350,8 @@ where
             status_tx,
             tick: timing.tick,
             snapshot_threshold: config.snapshot_threshold,
+            auto_compaction: config.auto_compaction,
+            watch,
         })
     }
 
@@ -359,8 +373,9 @@ where
         let settings = LoopSettings {
             snapshot_threshold: self.snapshot_threshold,
             names: self.handle.names(),
+            auto_compaction: self.auto_compaction,
         };
-        let core = RaftLoop::new(
+        let mut core = RaftLoop::new(
             self.core,
             self.store,
             transport,
@@ -368,6 +383,7 @@ where
             settings,
             Some(self.status_tx),
         );
+        core.set_observer(Arc::new(self.watch));
         let (stop_tx, stop_rx) = status_watch::channel(false);
         let done = driver::spawn(core, self.channels, self.tick, stop_rx)?;
         Ok(RunningNode {
@@ -420,6 +436,8 @@ impl RunningNode {
     pub async fn stop(mut self) -> Result<(), NodeError> {
         self.handle.set_stopping();
         let _ = self.stop_tx.send(true);
+        // Watchers end with a "stopped" cancel instead of hanging.
+        self.handle.watch_hub().stop();
         match self.done.take() {
             Some(done) => loop_result(done.await),
             None => Ok(()),

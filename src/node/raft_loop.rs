@@ -44,6 +44,15 @@
 //! * **Snapshots** never stall it: an image for a follower is a
 //!   [`crate::storage::SnapshotSource`] the loop opens in an instant and
 //!   the transport streams elsewhere; an incoming image arrives staged.
+//! * **Watchers** hear of every applied revision through the loop's
+//!   [`ApplyObserver`] (the node's watch hub), on the loop's thread, right
+//!   after the apply and before the writer is answered; also of installed
+//!   snapshots and of compactions.
+//! * **History compaction**: a leader with an auto-compaction policy
+//!   ([`super::compaction`]) proposes `Compact` commands on its ticks; after
+//!   a compaction is applied (and after start or a snapshot install), the
+//!   loop removes the compacted history in bounded steps, one per round
+//!   ([`PHYSICAL_COMPACTION_BUDGET`]), so no round stalls on it.
 //! * **Failing what can no longer succeed**: reads in an unconfirmed
 //!   ReadIndex round when leadership or the term changes; writes whose log
 //!   a leader's snapshot replaced; everything on shutdown.
@@ -55,12 +64,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::kv::{Command, CompactionRequest};
 use crate::raft::{
     Entry, Message, MessageBody, NodeId, RaftError, RaftNode, ReadState, Ready, Role, SnapshotMeta,
 };
 use crate::storage::{
-    LogStore, NodeStore, SnapshotSource, StagedSnapshot, StateMachine, StorageError,
+    EntryOutcome, LogStore, NodeStore, SnapshotSource, StagedSnapshot, StateMachine, StorageError,
 };
+
+use super::compaction::{AutoCompaction, AutoCompactor};
+use super::observer::{ApplyObserver, NoObserver};
 
 use super::env::{Clock, LoopInput, PeerTransport};
 use super::handle::{
@@ -82,6 +95,8 @@ pub const MAX_READS_PER_ROUND: usize = 65536;
 /// batch when the leader did, so their acks normally arrive well within
 /// this.
 pub const ACK_WAIT: Duration = Duration::from_millis(2);
+/// Most history changes one round removes physically after a compaction.
+pub const PHYSICAL_COMPACTION_BUDGET: usize = 1024;
 /// A snapshot being streamed keeps the log from its index on only while
 /// the applied index is less than this many thresholds past it.
 const IN_FLIGHT_KEEP_THRESHOLDS: u64 = 8;
@@ -93,6 +108,8 @@ pub struct LoopSettings {
     pub snapshot_threshold: u64,
     /// Display names of the members, for logs.
     pub names: HashMap<NodeId, String>,
+    /// The leader's automatic history compaction.
+    pub auto_compaction: AutoCompaction,
 }
 
 struct Waiter {
@@ -135,6 +152,16 @@ pub struct RaftLoop<S: NodeStore, T, C: Clock> {
     last_role: Role,
     last_leader: Option<NodeId>,
     last_term: u64,
+    /// Told of every applied revision (the watch hub).
+    observer: Arc<dyn ApplyObserver>,
+    /// The leader's automatic compaction policy.
+    compactor: AutoCompactor,
+    /// When the loop started, for the compaction policy's clock.
+    started: C::Instant,
+    /// Compacted history may remain to be removed physically.
+    physical_compaction_pending: bool,
+    /// A tick came since the last round (the compaction policy runs then).
+    ticked: bool,
 }
 
 impl<S, T, C> RaftLoop<S, T, C>
@@ -154,7 +181,15 @@ where
         status_tx: Option<watch::Sender<NodeStatus>>,
     ) -> Self {
         let status = node.status();
+        let started = clock.now();
+        let compactor = AutoCompactor::new(settings.auto_compaction);
         let this = RaftLoop {
+            observer: Arc::new(NoObserver),
+            compactor,
+            started,
+            // A crash may have interrupted an earlier physical compaction.
+            physical_compaction_pending: true,
+            ticked: false,
             applied: status.applied_index,
             snapshot_index: status.snapshot_index,
             last_role: status.role,
@@ -189,11 +224,45 @@ where
             .unwrap_or_else(|| format!("{id:016x}"))
     }
 
+    /// Tells `observer` about every applied revision from now on (see
+    /// [`ApplyObserver`]); the loop starts with one that ignores them.
+    pub fn set_observer(&mut self, observer: Arc<dyn ApplyObserver>) {
+        self.observer = observer;
+    }
+
     // ----- inputs -----
 
     /// One tick of logical time.
     pub fn on_tick(&mut self) {
         self.node.tick();
+        self.ticked = true;
+    }
+
+    /// The leader's compaction policy: proposes a `Compact` command when
+    /// it says so. Nobody waits for the answer; a failed proposal (lost
+    /// leadership) is simply not retried by this leader.
+    fn auto_compact(&mut self) -> Result<(), StorageError> {
+        if self.settings.auto_compaction == AutoCompaction::Off {
+            return Ok(());
+        }
+        let leader = self.node.role() == Role::Leader;
+        let (revision, compact) = if leader {
+            (self.store.revision()?, self.store.compact_revision()?)
+        } else {
+            (0, 0)
+        };
+        let now = self.clock.since(self.started);
+        if let Some(revision) = self.compactor.poll(now, leader, revision, compact) {
+            let cmd = Command::Compact(CompactionRequest {
+                revision,
+                physical: false,
+            });
+            match self.node.propose(vec![cmd.encode()]) {
+                Ok(_) => info!(revision, "auto-compaction proposed"),
+                Err(e) => debug!(error = %e, "auto-compaction not proposed"),
+            }
+        }
+        Ok(())
     }
 
     /// A message, a staged snapshot or a transport report.
@@ -328,6 +397,13 @@ where
         // discarded.
         self.staged_snapshots.clear();
         self.maybe_compact()?;
+        if std::mem::take(&mut self.ticked) {
+            self.auto_compact()?;
+        }
+        if self.physical_compaction_pending {
+            let done = self.store.compact_step(PHYSICAL_COMPACTION_BUDGET)?;
+            self.physical_compaction_pending = !done;
+        }
         self.observe_role();
         self.publish(true);
         Ok(())
@@ -462,6 +538,9 @@ where
         );
         self.applied = meta.index;
         self.snapshot_index = meta.index;
+        self.observer
+            .restored(self.store.revision()?, self.store.compact_revision()?);
+        self.physical_compaction_pending = true;
         // Our own entries up to there were either in the snapshot or
         // replaced; we cannot tell which.
         let rest = self.waiters.split_off(&(meta.index + 1));
@@ -527,16 +606,32 @@ where
     }
 
     fn apply(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        let results = StateMachine::apply(&mut self.store, entries)?;
-        for (entry, result) in entries.iter().zip(results) {
+        let outcomes = StateMachine::apply(&mut self.store, entries)?;
+        for (entry, outcome) in entries.iter().zip(outcomes) {
+            let answer = match outcome {
+                EntryOutcome::Noop => None,
+                EntryOutcome::Command(applied) => {
+                    if let Some(revision) = applied.new_revision() {
+                        self.observer.applied(revision, &applied.events);
+                    } else if let Ok(answer) = &applied.answer {
+                        self.observer.caught_up(answer.revision);
+                    }
+                    if let Some(compact) = applied.compact_revision {
+                        self.observer.compacted(compact);
+                        self.physical_compaction_pending = true;
+                    }
+                    Some(applied.answer)
+                }
+            };
             if let Some(w) = self.waiters.remove(&entry.index) {
-                let outcome = if entry.term == w.term {
-                    Ok(Applied {
+                // Same index and term: the waiter's own command, which
+                // always has an answer.
+                let outcome = match answer {
+                    Some(answer) if entry.term == w.term => Ok(Applied {
                         index: entry.index,
-                        result,
-                    })
-                } else {
-                    Err(WriteError::NotApplied)
+                        answer,
+                    }),
+                    _ => Err(WriteError::NotApplied),
                 };
                 let _ = w.reply.send(outcome);
             }

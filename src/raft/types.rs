@@ -28,7 +28,7 @@ pub enum EntryPayload {
     /// serve reads.
     Noop,
     /// An opaque command for the state machine (a bincode-encoded
-    /// [`crate::kv::KvCommand`] in RaftKV). Encoded as one byte string
+    /// [`crate::kv::Command`] in RaftKV). Encoded as one byte string
     /// (`serde_bytes`), not byte by byte: the same bincode layout, several
     /// times cheaper to write and read on every RPC and log record.
     Command(#[serde(with = "serde_bytes")] Vec<u8>),

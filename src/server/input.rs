@@ -141,16 +141,6 @@ impl Query {
             }),
         }
     }
-
-    fn stale(&self) -> Result<bool, ApiError> {
-        match self.get("consistency") {
-            None | Some("linearizable") => Ok(false),
-            Some("stale") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "query parameter `consistency` must be `linearizable` or `stale`, got `{other}`"
-            ))),
-        }
-    }
 }
 
 /// Query values use form encoding: `+` is a space.
@@ -172,58 +162,6 @@ pub struct WriteParams {
 pub fn write_params(query: Option<&str>) -> Result<WriteParams, ApiError> {
     let q = Query::parse(query, &["cas"])?;
     Ok(WriteParams { cas: q.u64("cas")? })
-}
-
-/// Parameters of `GET /kv/{key}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadParams {
-    /// `?consistency=stale`.
-    pub stale: bool,
-}
-
-/// Parses `?consistency=`.
-pub fn read_params(query: Option<&str>) -> Result<ReadParams, ApiError> {
-    let q = Query::parse(query, &["consistency"])?;
-    Ok(ReadParams { stale: q.stale()? })
-}
-
-/// Parameters of `GET /kv`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListParams {
-    /// Only keys starting with this.
-    pub prefix: String,
-    /// Page size (clamped to [`MAX_LIST_LIMIT`]).
-    pub limit: usize,
-    /// Only keys after this one.
-    pub after: Option<String>,
-    /// `?consistency=stale`.
-    pub stale: bool,
-}
-
-/// Parses `?prefix=&limit=&after=&consistency=`.
-pub fn list_params(query: Option<&str>) -> Result<ListParams, ApiError> {
-    let q = Query::parse(query, &["prefix", "limit", "after", "consistency"])?;
-    let limit = match q.u64("limit")? {
-        None => DEFAULT_LIST_LIMIT,
-        Some(0) => {
-            return Err(ApiError::bad_request(
-                "query parameter `limit` must be at least 1",
-            ))
-        }
-        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(MAX_LIST_LIMIT),
-    };
-    let prefix = q.get("prefix").unwrap_or_default().to_string();
-    if prefix.len() > MAX_KEY_BYTES {
-        return Err(ApiError::bad_request(format!(
-            "query parameter `prefix` is longer than a key may be ({MAX_KEY_BYTES} bytes)"
-        )));
-    }
-    Ok(ListParams {
-        prefix,
-        limit,
-        after: q.get("after").map(str::to_string),
-        stale: q.stale()?,
-    })
 }
 
 /// Checks that a request has no query parameters.
@@ -368,10 +306,9 @@ mod tests {
             .unwrap()
             .contains("`%ZZ` at byte 3"));
         // Query parameters follow the same rule.
-        let e = list_params(Some("prefix=a%Z")).unwrap_err();
+        let e = write_params(Some("cas=%")).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(e.body["error"].as_str().unwrap().contains("`prefix`"));
-        assert!(write_params(Some("cas=%")).is_err());
+        assert!(e.body["error"].as_str().unwrap().contains("`cas`"));
         // A multi-byte character after `%` is reported, not split.
         let e = key_from_path("/kv/%é").unwrap_err();
         assert!(e.body["error"].as_str().unwrap().contains("`%é`"));
@@ -406,43 +343,6 @@ mod tests {
                 StatusCode::BAD_REQUEST,
                 "{bad}"
             );
-        }
-    }
-
-    #[test]
-    fn read_params_parse() {
-        assert!(!read_params(None).unwrap().stale);
-        assert!(read_params(Some("consistency=stale")).unwrap().stale);
-        assert!(!read_params(Some("consistency=linearizable")).unwrap().stale);
-        assert!(read_params(Some("consistency=eventual")).is_err());
-        assert!(read_params(Some("consistency=")).is_err());
-        assert!(read_params(Some("cas=1")).is_err());
-    }
-
-    #[test]
-    fn list_params_parse() {
-        let p = list_params(Some("prefix=a%2Fb+c&limit=5&after=a%2Fb+c1")).unwrap();
-        assert_eq!(p.prefix, "a/b c");
-        assert_eq!(p.limit, 5);
-        assert_eq!(p.after.as_deref(), Some("a/b c1"));
-        assert!(!p.stale);
-        let d = list_params(None).unwrap();
-        assert_eq!(
-            (d.prefix.as_str(), d.limit, d.after),
-            ("", DEFAULT_LIST_LIMIT, None)
-        );
-        assert_eq!(
-            list_params(Some("limit=99999999")).unwrap().limit,
-            MAX_LIST_LIMIT
-        );
-        for bad in [
-            "limit=0",
-            "limit=-3",
-            "limit=abc",
-            "consistency=x",
-            "bogus=1",
-        ] {
-            assert!(list_params(Some(bad)).is_err(), "{bad}");
         }
     }
 

@@ -1,9 +1,10 @@
 //! The JSON API of the etcd v3 data model: serde types and pure conversions
 //! between HTTP inputs/outputs and [`crate::kv`]'s requests and responses.
 //!
-//! Nothing here does I/O or touches the node: handlers (wired later) parse
-//! the query or body with these functions, run the [`crate::kv`] request,
-//! and serialize the answer with the `Json*` types. docs/api.md describes
+//! Nothing here does I/O or touches the node: the handlers
+//! ([`super::kv`], [`super::watch`]) parse the query or body with these
+//! functions, run the [`crate::kv`] request, and serialize the answer with
+//! the `Json*` types. docs/api.md describes
 //! every endpoint with examples; this is the summary.
 //!
 //! # Conventions
@@ -39,8 +40,8 @@
 //! | `POST /compact` | [`parse_compact_body`] | [`JsonCompactReply`] |
 //! | `GET /watch?…` | [`WatchQuery::from_query`] | SSE ([`sse_events`], [`sse_progress`], [`sse_canceled`]) or long-poll [`JsonWatchBatch`] |
 
-// The handlers that use these types are wired in later; until then only
-// the tests and the CLI's txn parser call them.
+// The client-side halves (answers back to `kv` types, requests to JSON)
+// are used by tests and the CLI only, not by the server.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -1807,6 +1808,7 @@ pub fn kv_error_code(e: &KvError) -> &'static str {
         KvError::InvalidSortOption => "invalid_sort_option",
         KvError::NegativeField { .. } => "negative_field",
         KvError::LeaseNotFound => "lease_not_found",
+        KvError::MalformedCommand(_) => "malformed_command",
     }
 }
 
@@ -1831,6 +1833,7 @@ pub fn kv_error(e: &KvError) -> ApiError {
         KvError::NegativeField { field, value } => {
             err.with("field", field.as_str()).with("value", *value)
         }
+        KvError::MalformedCommand(why) => err.with("reason", why.as_str()),
         _ => err,
     }
 }
@@ -1865,6 +1868,7 @@ pub fn kv_error_from_body(body: &Value) -> Option<KvError> {
             value: num("value")?,
         },
         "lease_not_found" => KvError::LeaseNotFound,
+        "malformed_command" => KvError::MalformedCommand(body.get("reason")?.as_str()?.to_string()),
         _ => return None,
     })
 }

@@ -4,9 +4,14 @@
 //! | route | handler |
 //! |---|---|
 //! | `PUT/GET/DELETE /kv/{key}` | [`kv`] (key = the rest of the path, `/` allowed) |
-//! | `GET /kv` | [`kv::list`] |
+//! | `GET /kv` (range), `DELETE /kv` (range delete) | [`kv::list`], [`kv::delete_range`] |
+//! | `POST /txn`, `POST /compact` | [`kv::txn`], [`kv::compact`] |
+//! | `GET /watch` (SSE or long poll, served locally) | [`watch::watch`] |
 //! | `GET /cluster/status`, `/cluster/leader`, `/health` | [`cluster`] |
 //! | `POST /raft/*` | the peer transport's routes (`crate::transport::routes`), mounted by the process |
+//!
+//! docs/api.md is the API's reference; [`json`] translates between its
+//! JSON and [`crate::kv`]'s requests and answers.
 //!
 //! No handler uses an extractor that can reject (handlers parse raw path,
 //! query and body themselves), so every error is the JSON of
@@ -19,6 +24,7 @@ pub mod forward;
 pub mod input;
 pub(crate) mod json;
 pub mod kv;
+pub mod watch;
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -27,7 +33,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use futures::FutureExt;
 
@@ -43,7 +49,15 @@ pub struct AppState {
     /// Kept-alive client for forwarding requests to the leader (it keeps
     /// paths byte for byte, see [`crate::http_client`]).
     pub client: crate::http_client::HttpClient,
+    /// How long an SSE watch may stay silent before it sends a progress
+    /// message (`progress_notify`) or a keep-alive comment.
+    pub watch_progress_every: Duration,
 }
+
+/// Default of [`AppState::watch_progress_every`] (etcd sends its progress
+/// notifications every 10 minutes; HTTP clients and proxies time idle
+/// streams out much sooner).
+pub const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 impl AppState {
     /// State for `node`, with its own forwarding client.
@@ -53,7 +67,11 @@ impl AppState {
             pool_idle_timeout: Duration::from_secs(90),
             max_idle_per_host: 256,
         });
-        AppState { node, client }
+        AppState {
+            node,
+            client,
+            watch_progress_every: WATCH_PROGRESS_EVERY,
+        }
     }
 }
 
@@ -69,8 +87,11 @@ pub fn router_with(state: AppState, peer_routes: Router) -> Router {
     Router::new()
         .route(
             "/kv",
-            get(kv::list).put(kv::empty_key).delete(kv::empty_key),
+            get(kv::list).put(kv::empty_key).delete(kv::delete_range),
         )
+        .route("/txn", post(kv::txn))
+        .route("/compact", post(kv::compact))
+        .route("/watch", get(watch::watch))
         .route("/kv/", any(kv::empty_key))
         .route("/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/cluster/status", get(cluster::status))
@@ -102,7 +123,8 @@ async fn method_not_allowed(req: Request) -> Response {
     )
     .into_response();
     let allow = match req.uri().path() {
-        "/kv" => "GET",
+        "/kv" => "GET, DELETE",
+        "/txn" | "/compact" => "POST",
         p if p.starts_with("/kv/") => "GET, PUT, DELETE",
         p if p.starts_with("/raft/") => "POST",
         _ => "GET",

@@ -18,6 +18,8 @@ use crate::raft::{NodeId, Role};
 /// The fake loop's peer traffic is not looked at here.
 type Fake = crate::node::handle::testing::Fake<()>;
 
+mod api;
+
 fn membership(self_name: &str, self_port: u16, peers: &[(&str, u16)]) -> Membership {
     let mut c = NodeConfig::new(self_name);
     c.port = self_port;
@@ -83,7 +85,23 @@ async fn put_get_delete_roundtrip() {
 
     let (s, _, v) = call(&app, "GET", "/kv/a/b/c", Body::empty()).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(v, json!({"key": "a/b/c", "value": "hello", "index": index}));
+    assert_eq!(
+        (
+            &v["key"],
+            &v["value"],
+            &v["index"],
+            &v["mod_revision"],
+            &v["version"]
+        ),
+        (
+            &json!("a/b/c"),
+            &json!("hello"),
+            &json!(index),
+            &json!(index),
+            &json!(1)
+        )
+    );
+    assert_eq!(v["header"]["revision"], json!(index));
 
     let (s, _, v) = call(&app, "GET", "/kv/a/b/c?consistency=stale", Body::empty()).await;
     assert_eq!((s, v["value"].clone()), (StatusCode::OK, json!("hello")));
@@ -422,11 +440,8 @@ async fn followers_forward_writes_and_reads_to_the_leader() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["key"], "fw/key");
     // It landed in the leader's state machine, not the follower's.
-    assert_eq!(
-        leader.reader.map.lock().unwrap().get("fw/key").unwrap().0,
-        "via follower"
-    );
-    assert!(follower.reader.map.lock().unwrap().is_empty());
+    assert_eq!(leader.reader.value("fw/key").unwrap(), "via follower");
+    assert!(follower.reader.is_empty());
 
     // Linearizable reads go to the leader; stale reads stay local.
     let r = client.get(format!("{f}/kv/fw/key")).send().await.unwrap();
@@ -597,7 +612,7 @@ async fn awkward_keys_round_trip_through_the_router() {
         let (s, _, v) = call(&app, "DELETE", path, Body::empty()).await;
         assert_eq!((s, v["key"].as_str()), (StatusCode::OK, Some(key)), "{v}");
     }
-    assert!(f.reader.map.lock().unwrap().is_empty());
+    assert!(f.reader.is_empty());
 }
 
 #[test]
@@ -649,7 +664,7 @@ async fn malformed_percent_escapes_are_400_and_store_nothing() {
     }
     let (s, _, v) = call(&app, "GET", "/kv?prefix=bad%Z", Body::empty()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(f.reader.map.lock().unwrap().is_empty(), "nothing stored");
+    assert!(f.reader.is_empty(), "nothing stored");
 }
 
 #[tokio::test]
@@ -730,7 +745,7 @@ async fn followers_forward_dot_keys_unchanged() {
         assert_eq!(r.headers["x-raftkv-forwarded"], "1");
         let v: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["key"], key, "{path}");
-        assert_eq!(leader.reader.map.lock().unwrap().get(key).unwrap().0, "fw");
+        assert_eq!(leader.reader.value(key).unwrap(), "fw");
     }
-    assert!(follower.reader.map.lock().unwrap().is_empty());
+    assert!(follower.reader.is_empty());
 }

@@ -14,19 +14,22 @@
 //!   committed in an earlier term.
 //! * **State machine safety**: the first application of each index
 //!   anywhere fixes its payload; every other application must match. A
-//!   reference state machine applies that canonical sequence, and reads,
-//!   the results clients are given and final states are compared against
-//!   it.
+//!   reference MVCC store ([`MemMvcc`], the data model's model) applies
+//!   that canonical sequence; every replica's outcome of every entry (its
+//!   answer, the events it persisted, its compaction), the answers clients
+//!   are given, every read (at the current or a past revision) and the
+//!   final states and histories are compared against it.
 //! * **Definite failures stay failed**: a write a client was told was not
 //!   applied ([`crate::node::WriteError::NotApplied`]) never appears in the
 //!   canonical sequence.
 
 use std::collections::{HashMap, HashSet};
 
-use crate::kv::{ApplyResult, KvCommand};
+use crate::kv::{
+    Applied, Command, CommandResponse, KvError, MemMvcc, RangeRequest, RangeResponse, Revisioned,
+};
 use crate::raft::{Entry, EntryPayload, NodeId, RaftNode};
-use crate::storage::mem::MemStateMachine;
-use crate::storage::StateMachine;
+use crate::storage::EntryOutcome;
 
 /// A cheap, deterministic digest of an entry's payload (FNV-1a).
 pub fn digest(payload: &EntryPayload) -> u64 {
@@ -42,9 +45,6 @@ pub fn digest(payload: &EntryPayload) -> u64 {
         }
     }
 }
-
-/// Changes of one key: `(index, value after that index)`, in index order.
-type KeyHistory = Vec<(u64, Option<(String, u64)>)>;
 
 /// What is known about one committed index.
 #[derive(Clone, Copy, Debug, Default)]
@@ -70,12 +70,18 @@ pub struct Checker {
     committed: Vec<CommittedSlot>,
     /// Highest index applied anywhere (the canonical sequence's length).
     applied_len: u64,
-    /// The reference state machine, fed the canonical sequence.
-    reference: MemStateMachine,
-    /// Key → `(index, value after that index)` for every change.
-    key_history: HashMap<String, KeyHistory>,
-    /// The reference's result for every canonical index (position `i - 1`).
-    results: Vec<ApplyResult>,
+    /// The reference store, fed the canonical sequence.
+    reference: MemMvcc,
+    /// The same sequence without its compactions: answers reads at any
+    /// past revision (compaction creates no revision, so both agree on
+    /// every revision number).
+    archive: MemMvcc,
+    /// The reference's revision after each canonical index (position
+    /// `i - 1`).
+    revisions: Vec<i64>,
+    /// The reference's outcome for every canonical index (position
+    /// `i - 1`; `None` for entries that are not commands).
+    results: Vec<Option<Applied>>,
     /// Command digest → canonical index, for commands applied so far.
     applied_commands: HashMap<u64, u64>,
     /// Digests of commands clients were told were definitely not applied.
@@ -209,10 +215,26 @@ impl Checker {
         Ok(())
     }
 
-    /// `node` applied `entries`: checks them against the canonical sequence,
-    /// extending it (and the reference state machine) on first application.
-    pub fn on_apply(&mut self, node: NodeId, entries: &[Entry]) -> Result<(), String> {
-        for e in entries {
+    /// `node` applied `entries` with `outcomes` (entries at or below
+    /// `skipped_upto` were already applied there and skipped): checks them
+    /// against the canonical sequence, extending it (and the reference
+    /// store) on first application, and checks the replica's outcome of
+    /// each entry against the reference's.
+    pub fn on_apply(
+        &mut self,
+        node: NodeId,
+        entries: &[Entry],
+        outcomes: &[EntryOutcome],
+        skipped_upto: u64,
+    ) -> Result<(), String> {
+        if outcomes.len() != entries.len() {
+            return Err(format!(
+                "node {node} applied {} entries but reported {} outcomes",
+                entries.len(),
+                outcomes.len()
+            ));
+        }
+        for (e, outcome) in entries.iter().zip(outcomes) {
             let d = digest(&e.payload);
             let slot = self.slot(e.index);
             if slot.term != 0 && slot.term != e.term {
@@ -230,30 +252,7 @@ impl Checker {
             }
             slot.digest = d;
             if e.index == self.applied_len + 1 {
-                self.applied_len = e.index;
-                let result = self
-                    .reference
-                    .apply(std::slice::from_ref(e))
-                    .map_err(|err| format!("reference state machine: {err}"))?;
-                self.results.extend(result);
-                if matches!(e.payload, EntryPayload::Command(_)) {
-                    if self.not_applied.contains(&d) {
-                        return Err(format!(
-                            "a write a client was told was not applied was applied at {}",
-                            e.index
-                        ));
-                    }
-                    self.applied_commands.insert(d, e.index);
-                }
-                if let EntryPayload::Command(bytes) = &e.payload {
-                    if let Ok(cmd) = KvCommand::decode(bytes) {
-                        let now = self.reference.get(cmd.key()).unwrap_or(None);
-                        self.key_history
-                            .entry(cmd.key().to_string())
-                            .or_default()
-                            .push((e.index, now));
-                    }
-                }
+                self.extend(e, d)?;
             } else if e.index > self.applied_len + 1 {
                 return Err(format!(
                     "node {node} applied index {} before anyone applied {}",
@@ -261,29 +260,119 @@ impl Checker {
                     self.applied_len + 1
                 ));
             }
+            if e.index <= skipped_upto {
+                continue;
+            }
+            let want = &self.results[(e.index - 1) as usize];
+            let same = match (outcome, want) {
+                (EntryOutcome::Noop, None) => true,
+                (EntryOutcome::Command(got), Some(want)) => got == want,
+                _ => false,
+            };
+            if !same {
+                return Err(format!(
+                    "state machine safety: node {node} applied index {} with outcome {outcome:?}, \
+                     the reference store says {want:?}",
+                    e.index
+                ));
+            }
         }
         Ok(())
     }
 
-    /// The value of `key` after applying the canonical sequence up to
-    /// `index` (which must have been applied somewhere).
-    pub fn value_at(&self, key: &str, index: u64) -> Option<(String, u64)> {
-        let hist = self.key_history.get(key)?;
-        let k = hist.partition_point(|(i, _)| *i <= index);
-        if k == 0 {
-            None
-        } else {
-            hist[k - 1].1.clone()
+    /// Appends `e` (digest `d`) to the canonical sequence.
+    fn extend(&mut self, e: &Entry, d: u64) -> Result<(), String> {
+        self.applied_len = e.index;
+        let result = match &e.payload {
+            EntryPayload::Noop => None,
+            EntryPayload::Command(bytes) => {
+                if self.not_applied.contains(&d) {
+                    return Err(format!(
+                        "a write a client was told was not applied was applied at {}",
+                        e.index
+                    ));
+                }
+                self.applied_commands.insert(d, e.index);
+                Some(match Command::decode(bytes) {
+                    Ok(cmd) => {
+                        if !matches!(cmd, Command::Compact(_)) {
+                            self.archive.apply(&cmd);
+                        }
+                        self.reference.apply(&cmd)
+                    }
+                    Err(why) => Applied {
+                        answer: Err(KvError::MalformedCommand(why.to_string())),
+                        events: Vec::new(),
+                        compact_revision: None,
+                    },
+                })
+            }
+        };
+        self.results.push(result);
+        self.revisions.push(self.reference.revision());
+        if self.archive.revision() != self.reference.revision() {
+            return Err(format!(
+                "checker: the archive is at revision {} but the reference at {}",
+                self.archive.revision(),
+                self.reference.revision()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The reference's revision after applying the canonical sequence up
+    /// to `index` (which must have been applied somewhere).
+    pub fn revision_at(&self, index: u64) -> i64 {
+        match index.checked_sub(1) {
+            None => 1,
+            Some(i) => self.revisions[i as usize],
         }
     }
 
+    /// What `req` answers on a replica that has applied the canonical
+    /// sequence up to `index`: the reference's answer (reads at any
+    /// revision ≤ that point; a revision of 0 means that point). Compaction
+    /// is the caller's to check (the archive never compacts).
+    pub fn read_at(
+        &self,
+        req: &RangeRequest,
+        index: u64,
+    ) -> Result<Revisioned<RangeResponse>, KvError> {
+        let current = self.revision_at(index);
+        if req.revision > current {
+            return Err(KvError::FutureRevision);
+        }
+        let mut req = req.clone();
+        if req.revision == 0 {
+            req.revision = current;
+        }
+        self.archive.range(&req).map(|r| Revisioned {
+            revision: current,
+            body: r.body,
+        })
+    }
+
+    /// The newest mod revision of `key` in the canonical sequence so far
+    /// (0 = absent).
+    pub fn mod_revision_now(&self, key: &[u8]) -> i64 {
+        let req = RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        };
+        self.archive
+            .range(&req)
+            .ok()
+            .and_then(|r| r.body.kvs.first().map(|kv| kv.mod_revision))
+            .unwrap_or(0)
+    }
+
     /// A client was told its write (command digest `d`) was applied at
-    /// `index` with `result`: checks both against the canonical sequence.
+    /// `index` with `answer`: checks both against the canonical sequence.
     pub fn check_acknowledged(
         &self,
         d: u64,
         index: u64,
-        result: &ApplyResult,
+        answer: &Result<Revisioned<CommandResponse>, KvError>,
     ) -> Result<(), String> {
         if index > self.applied_len {
             return Err(format!(
@@ -296,11 +385,13 @@ impl Checker {
                 "a write was acknowledged at index {index}, where another command was applied"
             ));
         }
-        let want = &self.results[(index - 1) as usize];
-        if want != result {
+        let want = self.results[(index - 1) as usize]
+            .as_ref()
+            .map(|a| &a.answer);
+        if want != Some(answer) {
             return Err(format!(
-                "the write at index {index} was acknowledged with {result:?}, the reference \
-                 state machine says {want:?}"
+                "the write at index {index} was acknowledged with {answer:?}, the reference \
+                 store says {want:?}"
             ));
         }
         Ok(())
@@ -335,8 +426,8 @@ impl Checker {
         self.applied_len
     }
 
-    /// The reference state machine (the canonical sequence applied).
-    pub fn reference(&self) -> &MemStateMachine {
+    /// The reference store (the canonical sequence applied).
+    pub fn reference(&self) -> &MemMvcc {
         &self.reference
     }
 
@@ -355,23 +446,62 @@ mod tests {
             index,
             term,
             payload: EntryPayload::Command(
-                KvCommand::Put {
-                    key: "k".into(),
-                    value: v.into(),
-                    cas: None,
-                }
+                Command::Put(crate::kv::PutRequest {
+                    key: b"k".to_vec(),
+                    value: v.as_bytes().to_vec(),
+                    ..Default::default()
+                })
                 .encode(),
             ),
+        }
+    }
+
+    fn outcome_of(entries: &[Entry]) -> Vec<EntryOutcome> {
+        let mut model = MemMvcc::new();
+        entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Noop => EntryOutcome::Noop,
+                EntryPayload::Command(b) => {
+                    EntryOutcome::Command(model.apply(&Command::decode(b).unwrap()))
+                }
+            })
+            .collect()
+    }
+
+    fn key_k() -> RangeRequest {
+        RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
         }
     }
 
     #[test]
     fn divergent_application_is_caught() {
         let mut c = Checker::new();
-        c.on_apply(1, &[put(1, 1, "a")]).unwrap();
-        assert!(c.on_apply(2, &[put(1, 1, "b")]).is_err());
-        assert_eq!(c.value_at("k", 1), Some(("a".into(), 1)));
-        assert_eq!(c.value_at("k", 0), None);
+        let a = [put(1, 1, "a")];
+        c.on_apply(1, &a, &outcome_of(&a), 0).unwrap();
+        let b = [put(1, 1, "b")];
+        assert!(c.on_apply(2, &b, &outcome_of(&b), 0).is_err());
+        let now = c.read_at(&key_k(), 1).unwrap();
+        assert_eq!(now.revision, 2);
+        assert_eq!(now.body.kvs[0].value, b"a");
+        assert!(c.read_at(&key_k(), 0).unwrap().body.kvs.is_empty());
+    }
+
+    #[test]
+    fn a_replica_with_a_different_outcome_is_caught() {
+        let mut c = Checker::new();
+        let a = [put(1, 1, "a"), put(2, 1, "b")];
+        c.on_apply(1, &a, &outcome_of(&a), 0).unwrap();
+        // Same commands, but the replica claims the second changed nothing.
+        let mut wrong = outcome_of(&a);
+        if let EntryOutcome::Command(applied) = &mut wrong[1] {
+            applied.events.clear();
+        }
+        assert!(c.on_apply(2, &a, &wrong, 0).is_err());
+        // Skipped entries are not compared.
+        assert!(c.on_apply(3, &a, &wrong, 2).is_ok());
     }
 
     #[test]

@@ -26,13 +26,18 @@ use tokio::sync::oneshot::{self, error::TryRecvError};
 use super::checker::digest;
 use super::cluster::{Event, Sim};
 use super::TICK;
-use crate::kv::KvCommand;
+use crate::kv::{
+    Command, CompactionRequest, Compare, CompareResult, CompareTarget, DeleteRangeRequest, KvError,
+    PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use crate::node::{Applied, Proposal, ReadError, ReadRequest, WriteError};
 use crate::raft::{EntryPayload, Role};
 use crate::storage::StateMachine;
 
 /// Keys the clients fight over (few, so CAS and reads meet writes).
 const KEYS: &[&str] = &["a", "b", "c", "d", "e"];
+/// The end of a range over every key of [`KEYS`].
+const KEYS_END: &str = "f";
 
 /// Ticks before a client gives up on an operation.
 const OP_TIMEOUT_TICKS: u64 = 40;
@@ -62,7 +67,7 @@ enum Op {
         node: usize,
         incarnation: u64,
         op: u64,
-        key: String,
+        req: RangeRequest,
         /// Highest index applied anywhere when the read started.
         min_index: u64,
         reply: oneshot::Receiver<Result<(), ReadError>>,
@@ -176,8 +181,33 @@ impl Sim {
         self.client_idle(c, d);
     }
 
+    /// A read of one key or of every key, now or (sometimes) at a past
+    /// revision, sometimes with a limit.
+    fn random_read(&mut self) -> RangeRequest {
+        let key = KEYS[self.rng.gen_range(0..KEYS.len())];
+        let mut req = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        if self.rng.gen_bool(0.3) {
+            req.key = KEYS[0].as_bytes().to_vec();
+            req.range_end = KEYS_END.as_bytes().to_vec();
+            if self.rng.gen_bool(0.3) {
+                req.limit = self.rng.gen_range(1..=3);
+            }
+        }
+        if self.rng.gen_bool(0.3) {
+            let now = {
+                let checker = self.shared.checker.borrow();
+                checker.revision_at(checker.applied_len())
+            };
+            req.revision = self.rng.gen_range(1..=now);
+        }
+        req
+    }
+
     fn start_read(&mut self, c: usize, node: usize) -> Result<(), String> {
-        let key = KEYS[self.rng.gen_range(0..KEYS.len())].to_string();
+        let req = self.random_read();
         let op = self.next_op;
         self.next_op += 1;
         let (tx, rx) = oneshot::channel();
@@ -199,13 +229,17 @@ impl Sim {
             .max(self.completed_max);
         let id = self.clients[c].id;
         let nid = self.nodes[node].id;
-        self.record(|| format!("client{id} read {key} at n{nid} op {op} (must see ≥ {min_index})"));
+        self.record(|| {
+            let key = String::from_utf8_lossy(&req.key);
+            let rev = req.revision;
+            format!("client{id} read {key} (rev {rev}) at n{nid} op {op} (must see ≥ {min_index})")
+        });
         let cl = &mut self.clients[c];
         cl.op = Op::Read {
             node,
             incarnation: self.nodes[node].incarnation,
             op,
-            key,
+            req,
             min_index,
             reply: rx,
         };
@@ -215,47 +249,126 @@ impl Sim {
         self.run_node(node)
     }
 
-    fn random_command(&mut self, c: usize) -> KvCommand {
-        let key = KEYS[self.rng.gen_range(0..KEYS.len())].to_string();
+    /// A random write: puts (plain, CAS as a txn, create-only, with
+    /// prev_kv), single-key and range deletes, multi-key transactions, and
+    /// compactions (valid or already compacted or in the future). Returns
+    /// the command and whether its bytes are unique in the run (it carries
+    /// a value no other write carries).
+    fn random_command(&mut self, c: usize) -> (Command, bool) {
+        let key = KEYS[self.rng.gen_range(0..KEYS.len())].as_bytes().to_vec();
+        let other = KEYS[self.rng.gen_range(0..KEYS.len())].as_bytes().to_vec();
         let cl = &mut self.clients[c];
         cl.writes += 1;
-        let value = format!("c{}-{}", cl.id, cl.writes);
+        let value = format!("c{}-{}", cl.id, cl.writes).into_bytes();
         let roll: f64 = self.rng.gen();
         // CAS against the newest known state of the key, sometimes a stale
-        // or absent-only one: all three outcomes must replicate alike.
-        let known = {
+        // or absent-only one: every outcome must replicate alike.
+        let (known, now) = {
             let checker = self.shared.checker.borrow();
-            checker
-                .value_at(&key, checker.applied_len())
-                .map_or(0, |(_, i)| i)
+            (
+                checker.mod_revision_now(&key),
+                checker.revision_at(checker.applied_len()),
+            )
         };
-        if roll < 0.6 {
-            KvCommand::Put {
+        let put = |key: Vec<u8>, value: Vec<u8>, prev_kv: bool| {
+            RequestOp::Put(PutRequest {
                 key,
                 value,
-                cas: None,
-            }
-        } else if roll < 0.75 {
-            KvCommand::Put {
-                key,
-                value,
-                cas: Some(known),
-            }
+                prev_kv,
+                ..Default::default()
+            })
+        };
+        let compare = |key: Vec<u8>, target: CompareTarget| Compare {
+            key,
+            range_end: Vec::new(),
+            result: CompareResult::Equal,
+            target,
+        };
+        if roll < 0.4 {
+            let prev_kv = self.rng.gen_bool(0.2);
+            (
+                Command::Put(PutRequest {
+                    key,
+                    value,
+                    prev_kv,
+                    ..Default::default()
+                }),
+                true,
+            )
+        } else if roll < 0.55 {
+            (
+                Command::Txn(TxnRequest {
+                    compare: vec![compare(key.clone(), CompareTarget::ModRevision(known))],
+                    success: vec![put(key.clone(), value, false)],
+                    failure: vec![RequestOp::Range(RangeRequest {
+                        key,
+                        ..Default::default()
+                    })],
+                }),
+                true,
+            )
+        } else if roll < 0.62 {
+            (
+                Command::Txn(TxnRequest {
+                    compare: vec![compare(key.clone(), CompareTarget::CreateRevision(0))],
+                    success: vec![put(key, value, false)],
+                    failure: Vec::new(),
+                }),
+                true,
+            )
+        } else if roll < 0.72 {
+            // Two keys at once: both or neither.
+            (
+                Command::Txn(TxnRequest {
+                    compare: vec![compare(key.clone(), CompareTarget::ModRevision(known))],
+                    success: vec![
+                        put(key.clone(), value.clone(), true),
+                        put(other.clone(), value, false),
+                    ],
+                    failure: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+                        key: other,
+                        range_end: Vec::new(),
+                        prev_kv: true,
+                    })],
+                }),
+                true,
+            )
         } else if roll < 0.85 {
-            KvCommand::Put {
-                key,
-                value,
-                cas: Some(0),
-            }
+            (
+                Command::DeleteRange(DeleteRangeRequest {
+                    key,
+                    range_end: Vec::new(),
+                    prev_kv: self.rng.gen_bool(0.5),
+                }),
+                false,
+            )
+        } else if roll < 0.92 {
+            let (a, b) = if key <= other {
+                (key, other)
+            } else {
+                (other, key)
+            };
+            let mut end = b;
+            end.push(0);
+            (
+                Command::DeleteRange(DeleteRangeRequest {
+                    key: a,
+                    range_end: end,
+                    prev_kv: self.rng.gen_bool(0.5),
+                }),
+                false,
+            )
         } else {
-            KvCommand::Delete {
-                key,
-                cas: if self.rng.gen_bool(0.5) {
-                    None
-                } else {
-                    Some(known)
-                },
-            }
+            // Mostly below the current revision (a real compaction, or one
+            // already done: refused), sometimes above it (refused).
+            let revision = self.rng.gen_range(1..=now + 1);
+            (
+                Command::Compact(CompactionRequest {
+                    revision,
+                    physical: false,
+                }),
+                false,
+            )
         }
     }
 
@@ -268,8 +381,7 @@ impl Sim {
         };
         let mut writes = Vec::with_capacity(count);
         for _ in 0..count {
-            let cmd = self.random_command(c);
-            let unique = matches!(cmd, KvCommand::Put { .. });
+            let (cmd, unique) = self.random_command(c);
             let cmd = cmd.encode();
             let op = self.next_op;
             self.next_op += 1;
@@ -330,7 +442,7 @@ impl Sim {
             node,
             incarnation,
             op: op_id,
-            key,
+            req,
             min_index,
             mut reply,
         } = op
@@ -342,7 +454,7 @@ impl Sim {
                 node,
                 incarnation,
                 op: op_id,
-                key,
+                req,
                 min_index,
                 reply,
             }),
@@ -377,17 +489,30 @@ impl Sim {
                          completed) before the read began"
                     ));
                 }
-                let got = store.get(&key).map_err(|e| e.to_string())?;
-                let want = self.shared.checker.borrow().value_at(&key, applied);
-                if got != want {
+                let got = match store.range(&req) {
+                    Ok(r) => Ok(r),
+                    Err(crate::kv::ExecError::Kv(e)) => Err(e),
+                    Err(crate::kv::ExecError::Store(e)) => return Err(e.to_string()),
+                };
+                let compacted = store.compact_revision().map_err(|e| e.to_string())?;
+                let want = self.shared.checker.borrow().read_at(&req, applied);
+                // The reference never compacts; a replica refuses exactly
+                // the reads below its compact revision.
+                let ok = match (&got, &want) {
+                    (Err(KvError::Compacted { compact_revision }), _) => {
+                        *compact_revision == compacted && req.revision < compacted
+                    }
+                    _ => got == want && (req.revision == 0 || req.revision >= compacted),
+                };
+                if !ok {
                     return Err(format!(
-                        "read of {key:?} at n{nid} (applied {applied}) returned {got:?}, \
-                         reference has {want:?}"
+                        "read {req:?} at n{nid} (applied {applied}, compacted {compacted}) \
+                         returned {got:?}, reference has {want:?}"
                     ));
                 }
                 self.stats().reads_ok += 1;
                 let id = self.clients[c].id;
-                self.record(|| format!("client{id} read ok {key}={got:?} at applied {applied}"));
+                self.record(|| format!("client{id} read ok at applied {applied}: {got:?}"));
                 let d = self.think();
                 self.client_idle(c, d);
                 Ok(Op::Idle)
@@ -419,7 +544,7 @@ impl Sim {
                     self.shared.checker.borrow().check_acknowledged(
                         w.digest,
                         applied.index,
-                        &applied.result,
+                        &applied.answer,
                     )?;
                     self.completed_max = self.completed_max.max(applied.index);
                     self.stats().writes_ok += 1;

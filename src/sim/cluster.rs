@@ -671,6 +671,7 @@ impl Sim {
             LoopSettings {
                 snapshot_threshold: sc.snapshot_threshold,
                 names: Default::default(),
+                auto_compaction: sc.auto_compaction,
             },
             None,
         );
@@ -909,11 +910,11 @@ impl Sim {
                 }
                 if lv.probe.is_none() {
                     if let Some(i) = self.current_leader() {
-                        let cmd = crate::kv::KvCommand::Put {
-                            key: "probe".into(),
-                            value: format!("seed-{}", self.seed),
-                            cas: None,
-                        };
+                        let cmd = crate::kv::Command::Put(crate::kv::PutRequest {
+                            key: b"probe".to_vec(),
+                            value: format!("seed-{}", self.seed).into_bytes(),
+                            ..Default::default()
+                        });
                         let (tx, rx) = oneshot::channel();
                         let node = &mut self.nodes[i];
                         let term = node.rl.as_ref().map_or(0, |rl| rl.node().term());
@@ -941,25 +942,14 @@ impl Sim {
                 }) && self.clients.iter().all(|c| c.is_idle());
                 if converged {
                     let checker = self.shared.checker.borrow();
-                    let reference: Vec<(String, String, u64)> = checker
-                        .reference()
-                        .items()
-                        .map(|(k, v, i)| (k.to_string(), v.to_string(), i))
-                        .collect();
+                    let want = converged_state(checker.reference())?;
                     for n in &self.nodes {
-                        let sm =
-                            n.rl.as_ref()
-                                .expect("converged")
-                                .store()
-                                .inner
-                                .state_machine();
-                        let mine: Vec<(String, String, u64)> = sm
-                            .items()
-                            .map(|(k, v, i)| (k.to_string(), v.to_string(), i))
-                            .collect();
-                        if mine != reference {
+                        let store = n.rl.as_ref().expect("converged").store();
+                        let mine = converged_state(store)?;
+                        if mine != want {
                             return Err(format!(
-                                "replica n{} converged to a different state than the reference",
+                                "replica n{} converged to a different state than the reference: \
+                                 {mine:?} vs {want:?}",
                                 n.id
                             ));
                         }
@@ -1046,5 +1036,69 @@ impl Sim {
             }
         }
         Ok(())
+    }
+}
+
+/// What converged replicas must agree on: revision, compact revision, every
+/// key's record, and the whole history from the compact revision on.
+type ConvergedState = (i64, i64, Vec<crate::kv::KeyValue>, Vec<crate::kv::Event>);
+
+/// Reads [`ConvergedState`] from the reference model or a replica.
+fn converged_state(store: &impl ConvergedView) -> Result<ConvergedState, String> {
+    store
+        .converged()
+        .map_err(|e| format!("reading a converged state: {e}"))
+}
+
+/// A store whose whole state the convergence check can read.
+trait ConvergedView {
+    fn converged(&self) -> Result<ConvergedState, String>;
+}
+
+/// Every key of the run (they are all below `0xFF`).
+fn everything() -> crate::kv::RangeRequest {
+    crate::kv::RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    }
+}
+
+impl ConvergedView for crate::kv::MemMvcc {
+    fn converged(&self) -> Result<ConvergedState, String> {
+        let compact = self.compact_revision();
+        let kvs = self
+            .range(&everything())
+            .map_err(|e| e.to_string())?
+            .body
+            .kvs;
+        let events = self
+            .events(
+                compact.max(1),
+                crate::kv::KeyRange::new(&[0], &[0]),
+                usize::MAX,
+            )
+            .map_err(|e| e.to_string())?;
+        Ok((self.revision(), compact, kvs, events))
+    }
+}
+
+impl<S: crate::storage::StateMachine> ConvergedView for S {
+    fn converged(&self) -> Result<ConvergedState, String> {
+        let compact = self.compact_revision().map_err(|e| e.to_string())?;
+        let kvs = self
+            .range(&everything())
+            .map_err(|e| e.to_string())?
+            .body
+            .kvs;
+        let events = self
+            .events(
+                compact.max(1),
+                crate::kv::KeyRange::new(&[0], &[0]),
+                usize::MAX,
+            )
+            .map_err(|e| e.to_string())?;
+        let revision = self.revision().map_err(|e| e.to_string())?;
+        Ok((revision, compact, kvs, events))
     }
 }

@@ -134,6 +134,9 @@ pub struct Scenario {
     pub liveness_ticks: u64,
     /// Ticks after that write within which every replica must converge.
     pub converge_ticks: u64,
+    /// The leaders' automatic history compaction (the loop's policy, on
+    /// virtual time), besides the clients' own `Compact` commands.
+    pub auto_compaction: crate::node::compaction::AutoCompaction,
 }
 
 impl Scenario {
@@ -170,10 +173,19 @@ impl Scenario {
             liveness_ticks: 300,
             converge_ticks: 300,
             fsync_crash: 0.0,
+            auto_compaction: Default::default(),
         };
         sc.fsync_crash = pick(&mut r, &[0.0, 0.0, 0.003, 0.01]);
         if r.gen_bool(0.35) {
             sc.make_churn(&mut r);
+        }
+        if r.gen_bool(0.5) {
+            // Virtual milliseconds: a retention of a few dozen ticks, so
+            // compactions happen during the run.
+            let ms = r.gen_range(100..=800);
+            sc.auto_compaction = crate::node::compaction::AutoCompaction::Periodic(
+                std::time::Duration::from_millis(ms),
+            );
         }
         sc
     }

@@ -48,7 +48,9 @@
 //!   not require it), so that case is tested for sled alone
 //!   (`tests/storage_snapshot.rs`).
 //! * Both stores write the same framed, checksummed image
-//!   ([`super::image`]); damage is tested here as truncation, an empty
+//!   ([`super::image`]) with their own opaque items (sled: the raw records
+//!   of its MVCC tree; memory: its own records), so an image is restored
+//!   into a store of the kind that made it; damage is tested here as truncation, an empty
 //!   image and an image of another snapshot, and bit flips in streamed
 //!   images by [`node_store`].
 //! * Crashes are not clean restarts: the in-memory state machine models a
@@ -57,13 +59,11 @@
 //!   real processes (`tests/storage_crash.rs`). [`StoreFactory::reopen`]
 //!   is a *clean* restart.
 
-use std::collections::BTreeMap;
-
 pub mod node_store;
 
 use super::mem::{MemLogStore, MemStateMachine};
-use super::{LogStore, RecoveredLog, StateMachine, StorageError};
-use crate::kv::{decide, ApplyResult, Effect, KvCommand, KvItem};
+use super::{EntryOutcome, LogStore, RecoveredLog, StateMachine, StorageError};
+use crate::kv::{self, Command, MemMvcc};
 use crate::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
 
 /// A log store and the state machine that goes with it (for the sled
@@ -147,15 +147,15 @@ macro_rules! storage_conformance_tests {
             compaction_with_another_term_is_refused,
             install_replaces_log_and_state,
             install_inside_the_log_deletes_every_entry,
-            apply_follows_decide,
-            cas_and_delete_results,
+            apply_matches_the_reference_model,
+            compare_and_swap_outcomes,
             noop_and_undecodable_entries_only_advance_the_applied_index,
             apply_skips_entries_at_or_below_the_applied_index,
             apply_refuses_a_gap_and_changes_nothing,
             data_and_applied_index_survive_reopen_together,
-            get_returns_value_and_mod_index,
-            scan_filters_by_prefix_in_key_order,
-            scan_pages_with_after_and_limit,
+            range_reads_the_present_and_the_past,
+            compaction_keeps_reads_exact_and_bounds_history,
+            snapshot_carries_history_and_revision,
             snapshot_describes_the_applied_index,
             snapshot_restore_round_trip,
             restore_replaces_other_data_entirely,
@@ -188,7 +188,7 @@ fn meta(index: u64, term: u64) -> SnapshotMeta {
     SnapshotMeta { index, term }
 }
 
-fn command(index: u64, term: u64, cmd: &KvCommand) -> Entry {
+fn command(index: u64, term: u64, cmd: &Command) -> Entry {
     Entry {
         index,
         term,
@@ -200,27 +200,62 @@ fn put(index: u64, term: u64, key: &str, value: &str) -> Entry {
     put_cas(index, term, key, value, None)
 }
 
-fn put_cas(index: u64, term: u64, key: &str, value: &str, cas: Option<u64>) -> Entry {
+/// A put; with `cas`, only if the key's mod revision is `cas` (0 =
+/// absent), as the single-key API sends it (a transaction).
+fn put_cas(index: u64, term: u64, key: &str, value: &str, cas: Option<i64>) -> Entry {
+    let op = kv::PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    command(index, term, &cas_or_plain(key, cas, kv::RequestOp::Put(op)))
+}
+
+/// A delete of one key, with `cas` as for [`put_cas`].
+fn del(index: u64, term: u64, key: &str, cas: Option<i64>) -> Entry {
+    let op = kv::DeleteRangeRequest {
+        key: key.as_bytes().to_vec(),
+        range_end: Vec::new(),
+        prev_kv: true,
+    };
     command(
         index,
         term,
-        &KvCommand::Put {
-            key: key.into(),
-            value: value.into(),
-            cas,
-        },
+        &cas_or_plain(key, cas, kv::RequestOp::DeleteRange(op)),
     )
 }
 
-fn del(index: u64, term: u64, key: &str, cas: Option<u64>) -> Entry {
-    command(
-        index,
-        term,
-        &KvCommand::Delete {
-            key: key.into(),
-            cas,
-        },
-    )
+fn cas_or_plain(key: &str, cas: Option<i64>, op: kv::RequestOp) -> Command {
+    match (cas, op) {
+        (None, kv::RequestOp::Put(p)) => Command::Put(p),
+        (None, kv::RequestOp::DeleteRange(d)) => Command::DeleteRange(d),
+        (None, other) => Command::Txn(kv::TxnRequest {
+            success: vec![other],
+            ..Default::default()
+        }),
+        (Some(m), op) => Command::Txn(kv::TxnRequest {
+            compare: vec![kv::Compare {
+                key: key.as_bytes().to_vec(),
+                range_end: Vec::new(),
+                result: kv::CompareResult::Equal,
+                target: kv::CompareTarget::ModRevision(m),
+            }],
+            success: vec![op],
+            failure: Vec::new(),
+        }),
+    }
+}
+
+/// The revision each outcome created (`None`: a no-op entry or a command
+/// that changed nothing).
+fn revisions(outcomes: &[EntryOutcome]) -> Vec<Option<i64>> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            EntryOutcome::Noop => None,
+            EntryOutcome::Command(a) => a.new_revision(),
+        })
+        .collect()
 }
 
 fn noop(index: u64, term: u64) -> Entry {
@@ -243,19 +278,42 @@ fn load<L: LogStore>(log: &L) -> RecoveredLog {
     ok(log.load(), "load")
 }
 
-/// Every stored key-value item, in key order.
-fn all_items<M: StateMachine>(sm: &M) -> Vec<KvItem> {
-    let (items, more) = ok(sm.scan("", None, usize::MAX), "scan of everything");
-    assert!(!more, "an unlimited scan says more items follow");
-    items
+/// A key, its value and its mod revision.
+type Item = (String, String, i64);
+
+/// Every key with value and mod revision, in key order (a range over
+/// everything at the current revision).
+fn all_items<M: StateMachine>(sm: &M) -> Vec<Item> {
+    let every = kv::RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
+    let r = sm
+        .range(&every)
+        .unwrap_or_else(|e| panic!("range of everything failed: {e}"));
+    assert!(!r.body.more, "an unlimited range says more keys follow");
+    r.body.kvs.iter().map(item_of).collect()
 }
 
-fn item(key: &str, value: &str, index: u64) -> KvItem {
-    KvItem {
-        key: key.into(),
-        value: value.into(),
-        index,
-    }
+fn item_of(kv: &kv::KeyValue) -> Item {
+    (
+        String::from_utf8_lossy(&kv.key).into_owned(),
+        String::from_utf8_lossy(&kv.value).into_owned(),
+        kv.mod_revision,
+    )
+}
+
+fn item(key: &str, value: &str, mod_revision: i64) -> Item {
+    (key.into(), value.into(), mod_revision)
+}
+
+/// One key's value and mod revision.
+fn value_of<M: StateMachine>(sm: &M, key: &str) -> Option<(String, i64)> {
+    ok(sm.get(key.as_bytes()), "get").map(|kv| {
+        let (_, v, m) = item_of(&kv);
+        (v, m)
+    })
 }
 
 /// Checks what `load` returns.
@@ -305,36 +363,35 @@ fn store_applied_to<F: StoreFactory>(
     s
 }
 
-/// A reference state machine: [`decide`] over a map.
+/// The reference model: [`MemMvcc`] fed the same entries.
 #[derive(Default)]
 struct Model {
-    data: BTreeMap<String, (String, u64)>,
+    data: MemMvcc,
 }
 
 impl Model {
-    fn apply(&mut self, e: &Entry) -> ApplyResult {
+    fn apply(&mut self, e: &Entry) -> EntryOutcome {
         let EntryPayload::Command(bytes) = &e.payload else {
-            return ApplyResult::Noop;
+            return EntryOutcome::Noop;
         };
-        let Ok(cmd) = KvCommand::decode(bytes) else {
-            return ApplyResult::Noop;
-        };
-        let current = self.data.get(cmd.key()).map(|(_, i)| *i);
-        let (effect, result) = decide(&cmd, e.index, current);
-        match effect {
-            Effect::Set { value, index } => {
-                self.data.insert(cmd.key().to_string(), (value, index));
-            }
-            Effect::Remove => {
-                self.data.remove(cmd.key());
-            }
-            Effect::None => {}
-        }
-        result
+        EntryOutcome::Command(match Command::decode(bytes) {
+            Ok(cmd) => self.data.apply(&cmd),
+            Err(why) => kv::Applied {
+                answer: Err(kv::KvError::MalformedCommand(why.to_string())),
+                events: Vec::new(),
+                compact_revision: None,
+            },
+        })
     }
 
-    fn items(&self) -> Vec<KvItem> {
-        self.data.iter().map(|(k, (v, i))| item(k, v, *i)).collect()
+    fn items(&self) -> Vec<Item> {
+        let every = kv::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let r = self.data.range(&every).expect("range of the model");
+        r.body.kvs.iter().map(item_of).collect()
     }
 }
 
@@ -352,8 +409,9 @@ pub fn new_stores_are_empty<F: StoreFactory>(f: &mut F) {
         "of a new store",
     );
     assert_eq!(s.sm.applied_index(), 0, "applied index of a new store");
-    assert_eq!(ok(s.sm.get("k"), "get"), None);
+    assert_eq!(value_of(&s.sm, "k"), None);
     assert!(all_items(&s.sm).is_empty(), "a new store lists keys");
+    assert_eq!(ok(s.sm.revision(), "revision"), 1, "a new store's revision");
     let s = f.reopen(s);
     assert_log(
         &s.log,
@@ -809,7 +867,12 @@ pub fn install_replaces_log_and_state<F: StoreFactory>(f: &mut F) {
     assert_log(&s.log, hs(3, 2, 4), m, &[], "after the install");
     assert_eq!(s.sm.applied_index(), 8, "applied index after the install");
     assert_eq!(all_items(&s.sm), all_items(&leader.sm), "installed data");
-    assert_eq!(ok(s.sm.get("only-follower"), "get"), None);
+    assert_eq!(value_of(&s.sm, "only-follower"), None);
+    assert_eq!(
+        ok(s.sm.revision(), "revision"),
+        ok(leader.sm.revision(), "revision"),
+        "the revision comes with the image"
+    );
 
     let s = f.reopen(s);
     assert_log(&s.log, hs(3, 2, 4), m, &[], "after reopen");
@@ -819,13 +882,14 @@ pub fn install_replaces_log_and_state<F: StoreFactory>(f: &mut F) {
     let mut s = s;
     let next = vec![put(9, 3, "after", "z")];
     ok(s.log.save(None, &next), "save after the install");
+    // The leader's data: 5 puts, a put and a delete after revision 1.
     assert_eq!(
-        ok(s.sm.apply(&next), "apply after the install"),
-        vec![ApplyResult::Written { index: 9 }]
+        revisions(&ok(s.sm.apply(&next), "apply after the install")),
+        vec![Some(9)]
     );
     assert_log(&s.log, hs(3, 2, 4), m, &next, "after a save");
     assert_eq!(
-        ok(s.sm.get("after"), "get"),
+        value_of(&s.sm, "after"),
         Some(("z".to_string(), 9)),
         "applied after the install"
     );
@@ -851,104 +915,200 @@ pub fn install_inside_the_log_deletes_every_entry<F: StoreFactory>(f: &mut F) {
 
 // ---------------------------------------------------- state machine --
 
-/// Results and data follow [`decide`] on a reference model, over a mix of
-/// commands (several touching the same key within one `apply`), applied
-/// in batches of varying size.
-pub fn apply_follows_decide<F: StoreFactory>(f: &mut F) {
+/// Outcomes (answers, events, compactions), data, revisions and history
+/// equal the reference model's ([`MemMvcc`]) over a deterministic mix of
+/// puts, deletes, range deletes, transactions (compares that hold and fail,
+/// reads at past revisions inside them) and compactions, applied in
+/// batches of varying size; and again after a reopen.
+pub fn apply_matches_the_reference_model<F: StoreFactory>(f: &mut F) {
     let mut s = f.new_store();
     let mut model = Model::default();
-    // A deterministic mix of commands over five keys.
-    let mut entries = Vec::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    for index in 1..=120u64 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let key = format!("key{}", x % 5);
-        let cas = match (x >> 8) % 4 {
-            0 => Some(0),
-            1 => Some(index.saturating_sub(1 + (x >> 12) % 6)),
-            _ => None,
-        };
-        entries.push(match (x >> 16) % 6 {
-            0 => noop(index, 1),
-            1 | 2 => del(index, 1, &key, cas),
-            _ => put_cas(index, 1, &key, &format!("v{index}"), cas),
-        });
-    }
-    let mut kinds = BTreeMap::new();
+    let entries = mixed_entries(160, 0x2545_F491_4F6C_DD1D);
     let mut start = 0;
+    let mut refused = 0;
     for size in [1usize, 2, 7, 30, 80].iter().cycle() {
         if start == entries.len() {
             break;
         }
         let end = (start + size).min(entries.len());
         let got = ok(s.sm.apply(&entries[start..end]), "apply");
-        let want: Vec<ApplyResult> = entries[start..end].iter().map(|e| model.apply(e)).collect();
-        assert_eq!(got, want, "results of entries {}..={end}", start + 1);
-        for r in &want {
-            let kind = format!("{r:?}");
-            let kind = kind.split([' ', '{']).next().unwrap_or("").to_string();
-            *kinds.entry(kind).or_insert(0) += 1;
-        }
+        let want: Vec<EntryOutcome> = entries[start..end].iter().map(|e| model.apply(e)).collect();
+        assert_eq!(got, want, "outcomes of entries {}..={end}", start + 1);
+        refused += want
+            .iter()
+            .filter(|o| matches!(o, EntryOutcome::Command(a) if a.answer.is_err()))
+            .count();
         assert_eq!(s.sm.applied_index(), end as u64, "applied index");
         assert_eq!(all_items(&s.sm), model.items(), "data after entry {end}");
+        assert_eq!(
+            ok(s.sm.revision(), "revision"),
+            model.data.revision(),
+            "revision after entry {end}"
+        );
         start = end;
     }
-    // The mix must exercise every kind of result.
-    for kind in ["Noop", "Written", "Deleted", "NotFound", "CasMismatch"] {
-        assert!(kinds.contains_key(kind), "no {kind} result in {kinds:?}");
-    }
-    let s = f.reopen(s);
-    assert_eq!(all_items(&s.sm), model.items(), "data after reopen");
-    for k in 0..6 {
-        let key = format!("key{k}");
-        assert_eq!(
-            ok(s.sm.get(&key), "get"),
-            model.data.get(&key).cloned(),
-            "get({key}) after reopen"
-        );
-    }
+    assert!(refused > 0, "the mix never had a command refused");
+    let mut s = f.reopen(s);
+    assert_same_history(&s.sm, &model.data, "after reopen");
+    // Physical compaction changes no read.
+    while !ok(s.sm.compact_step(7), "compact_step") {}
+    assert_same_history(&s.sm, &model.data, "after physical compaction");
 }
 
-/// The documented outcomes of compare-and-swap and delete, case by case.
-pub fn cas_and_delete_results<F: StoreFactory>(f: &mut F) {
-    use ApplyResult::*;
+/// `n` entries from seed `x`: a mix over five keys of puts, compare-and-
+/// swaps, deletes, range deletes, multi-op transactions (with a range at a
+/// past revision), no-ops and compactions.
+fn mixed_entries(n: u64, mut x: u64) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for index in 1..=n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let key = format!("key{}", x % 5);
+        let other = format!("key{}", (x >> 3) % 5);
+        // Revisions grow by at most one per entry, so `index` bounds them.
+        let rev = ((x >> 20) % index.max(1)) as i64;
+        let cas = match (x >> 8) % 4 {
+            0 => Some(0),
+            1 => Some(rev),
+            _ => None,
+        };
+        entries.push(match (x >> 16) % 10 {
+            0 => noop(index, 1),
+            1 => del(index, 1, &key, cas),
+            2 => command(
+                index,
+                1,
+                &Command::DeleteRange(kv::DeleteRangeRequest {
+                    key: key.clone().into_bytes(),
+                    range_end: b"key4".to_vec(),
+                    prev_kv: true,
+                }),
+            ),
+            3 | 4 => command(
+                index,
+                1,
+                &Command::Txn(kv::TxnRequest {
+                    compare: vec![kv::Compare {
+                        key: key.clone().into_bytes(),
+                        range_end: Vec::new(),
+                        result: kv::CompareResult::Greater,
+                        target: kv::CompareTarget::Version(((x >> 24) % 3) as i64),
+                    }],
+                    success: vec![
+                        kv::RequestOp::Put(kv::PutRequest {
+                            key: key.clone().into_bytes(),
+                            value: format!("t{index}").into_bytes(),
+                            prev_kv: true,
+                            ..Default::default()
+                        }),
+                        kv::RequestOp::Range(kv::RangeRequest {
+                            key: b"key".to_vec(),
+                            range_end: b"kez".to_vec(),
+                            revision: rev,
+                            ..Default::default()
+                        }),
+                        kv::RequestOp::DeleteRange(kv::DeleteRangeRequest {
+                            key: other.clone().into_bytes(),
+                            range_end: Vec::new(),
+                            prev_kv: false,
+                        }),
+                    ],
+                    failure: vec![kv::RequestOp::Put(kv::PutRequest {
+                        key: other.into_bytes(),
+                        value: format!("f{index}").into_bytes(),
+                        ..Default::default()
+                    })],
+                }),
+            ),
+            5 => command(
+                index,
+                1,
+                &Command::Compact(kv::CompactionRequest {
+                    revision: rev,
+                    physical: false,
+                }),
+            ),
+            _ => put_cas(index, 1, &key, &format!("v{index}"), cas),
+        });
+    }
+    entries
+}
+
+/// The store's revision, compact revision, reads at every readable
+/// revision and events from the compact revision equal the model's.
+fn assert_same_history<M: StateMachine>(sm: &M, model: &MemMvcc, when: &str) {
+    let revision = ok(sm.revision(), "revision");
+    let compact = ok(sm.compact_revision(), "compact revision");
+    assert_eq!(revision, model.revision(), "revision {when}");
+    assert_eq!(compact, model.compact_revision(), "compact revision {when}");
+    for rev in compact.max(1)..=revision {
+        let req = kv::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision: rev,
+            ..Default::default()
+        };
+        let got = sm.range(&req).map_err(|e| e.to_string());
+        let want = model.range(&req).map_err(|e| e.to_string());
+        assert_eq!(got, want, "range at revision {rev} {when}");
+    }
+    let everything = kv::KeyRange::new(&[0], &[0]);
+    let got = sm
+        .events(compact.max(1), everything, usize::MAX)
+        .map_err(|e| e.to_string());
+    let want = model
+        .events(compact.max(1), everything, usize::MAX)
+        .map_err(|e| e.to_string());
+    assert_eq!(got, want, "events {when}");
+    assert_eq!(
+        sm.hash_kv(0).is_ok(),
+        true,
+        "hash_kv at the current revision {when}"
+    );
+}
+
+/// Compare-and-swap as the single-key API sends it: a put or delete that
+/// runs only if the key's mod revision is the given one (0 = absent).
+pub fn compare_and_swap_outcomes<F: StoreFactory>(f: &mut F) {
     let mut s = f.new_store();
-    let cases: Vec<(Entry, ApplyResult)> = vec![
-        (put_cas(1, 1, "a", "1", Some(0)), Written { index: 1 }), // absent, cas 0
-        (put_cas(2, 1, "a", "2", Some(0)), CasMismatch { current: 1 }), // present, cas 0
-        (put_cas(3, 1, "a", "3", Some(1)), Written { index: 3 }), // matching cas
-        (put_cas(4, 1, "a", "4", Some(1)), CasMismatch { current: 3 }), // stale cas
-        (put_cas(5, 1, "b", "1", Some(7)), CasMismatch { current: 0 }), // absent, cas ≠ 0
-        (del(6, 1, "b", None), NotFound),                         // absent
-        (del(7, 1, "b", Some(0)), NotFound),                      // absent, cas 0
-        (del(8, 1, "b", Some(4)), CasMismatch { current: 0 }),    // absent, cas ≠ 0
-        (del(9, 1, "a", Some(1)), CasMismatch { current: 3 }),    // stale cas
-        (del(10, 1, "a", Some(3)), Deleted { index: 10 }),        // matching cas
-        (put(11, 1, "a", "5"), Written { index: 11 }),            // plain put
-        (del(12, 1, "a", None), Deleted { index: 12 }),           // plain delete
-        (put_cas(13, 1, "a", "6", Some(0)), Written { index: 13 }), // absent again
+    // (entry, revision it creates or None, value of "a" after it)
+    let cases: Vec<(Entry, Option<i64>)> = vec![
+        (put_cas(1, 1, "a", "1", Some(0)), Some(2)), // absent, cas 0
+        (put_cas(2, 1, "a", "2", Some(0)), None),    // present, cas 0
+        (put_cas(3, 1, "a", "3", Some(2)), Some(3)), // matching cas
+        (put_cas(4, 1, "a", "4", Some(2)), None),    // stale cas
+        (put_cas(5, 1, "b", "1", Some(7)), None),    // absent, cas ≠ 0
+        (del(6, 1, "b", None), None),                // absent: nothing deleted
+        (del(7, 1, "b", Some(0)), None),             // absent, cas 0: nothing to delete
+        (del(8, 1, "a", Some(2)), None),             // stale cas
+        (del(9, 1, "a", Some(3)), Some(4)),          // matching cas
+        (put(10, 1, "a", "5"), Some(5)),             // plain put
+        (del(11, 1, "a", None), Some(6)),            // plain delete
+        (put_cas(12, 1, "a", "6", Some(0)), Some(7)), // absent again
     ];
     let entries: Vec<Entry> = cases.iter().map(|(e, _)| e.clone()).collect();
-    let want: Vec<ApplyResult> = cases.into_iter().map(|(_, r)| r).collect();
+    let want: Vec<Option<i64>> = cases.into_iter().map(|(_, r)| r).collect();
     // One apply per entry, then the same again on a second store in one
     // batch: the outcome must not depend on how entries are batched.
     let mut one_by_one = Vec::new();
     for e in &entries {
         one_by_one.extend(ok(s.sm.apply(std::slice::from_ref(e)), "apply"));
     }
-    assert_eq!(one_by_one, want, "results, one entry per apply");
-    let mut batched = f.new_store();
     assert_eq!(
-        ok(batched.sm.apply(&entries), "apply"),
+        revisions(&one_by_one),
         want,
-        "results, one apply"
+        "revisions, one entry per apply"
     );
+    let mut batched = f.new_store();
+    let all = ok(batched.sm.apply(&entries), "apply");
+    assert_eq!(all, one_by_one, "outcomes, one apply");
     for sm in [&s.sm, &batched.sm] {
-        assert_eq!(ok(sm.get("a"), "get"), Some(("6".to_string(), 13)));
-        assert_eq!(ok(sm.get("b"), "get"), None);
-        assert_eq!(sm.applied_index(), 13);
+        let a = ok(sm.get(b"a"), "get").expect("a exists");
+        assert_eq!((a.value.as_slice(), a.mod_revision), (&b"6"[..], 7));
+        assert_eq!((a.create_revision, a.version), (7, 1), "a new life");
+        assert_eq!(value_of(sm, "b"), None);
+        assert_eq!(sm.applied_index(), 12);
     }
 }
 
@@ -971,17 +1131,17 @@ pub fn noop_and_undecodable_entries_only_advance_the_applied_index<F: StoreFacto
         },
     ];
     let got = ok(s.sm.apply(&entries), "apply");
-    assert_eq!(
-        got,
-        vec![
-            ApplyResult::Written { index: 1 },
-            ApplyResult::Noop,
-            ApplyResult::Noop,
-            ApplyResult::Noop
-        ]
-    );
+    assert_eq!(revisions(&got), vec![Some(2), None, None, None]);
+    for undecodable in &got[2..] {
+        assert!(
+            matches!(undecodable, EntryOutcome::Command(a)
+                if matches!(a.answer, Err(kv::KvError::MalformedCommand(_)))),
+            "an undecodable command is refused as malformed: {undecodable:?}"
+        );
+    }
     assert_eq!(s.sm.applied_index(), 4);
-    assert_eq!(all_items(&s.sm), vec![item("k", "v", 1)]);
+    assert_eq!(ok(s.sm.revision(), "revision"), 2);
+    assert_eq!(all_items(&s.sm), vec![item("k", "v", 2)]);
     assert_eq!(ok(s.sm.snapshot(), "snapshot").0, meta(4, 2));
 }
 
@@ -995,33 +1155,28 @@ pub fn apply_skips_entries_at_or_below_the_applied_index<F: StoreFactory>(f: &mu
         del(3, 1, "k3", None),
         put(4, 1, "k4", "new"),
     ];
-    assert_eq!(
-        ok(s.sm.apply(&again), "apply 2..=4"),
-        vec![
-            ApplyResult::Noop,
-            ApplyResult::Noop,
-            ApplyResult::Written { index: 4 }
-        ]
-    );
+    let got = ok(s.sm.apply(&again), "apply 2..=4");
+    assert_eq!(got[..2], [EntryOutcome::Noop, EntryOutcome::Noop]);
+    assert_eq!(revisions(&got), vec![None, None, Some(5)]);
     assert_eq!(
         ok(s.sm.apply(&puts(1, 4, 9)), "apply 1..=4 again"),
-        vec![ApplyResult::Noop; 4]
+        vec![EntryOutcome::Noop; 4]
     );
     assert_eq!(s.sm.applied_index(), 4);
     assert_eq!(
         all_items(&s.sm),
         vec![
-            item("k1", "v1-t1", 1),
-            item("k2", "v2-t1", 2),
-            item("k3", "v3-t1", 3),
-            item("k4", "new", 4)
+            item("k1", "v1-t1", 2),
+            item("k2", "v2-t1", 3),
+            item("k3", "v3-t1", 4),
+            item("k4", "new", 5)
         ]
     );
     let s = f.reopen(s);
     let mut s = s;
     assert_eq!(
         ok(s.sm.apply(&puts(3, 4, 1)), "re-apply after reopen"),
-        vec![ApplyResult::Noop; 2]
+        vec![EntryOutcome::Noop; 2]
     );
     assert_eq!(s.sm.applied_index(), 4);
 }
@@ -1046,15 +1201,12 @@ pub fn apply_refuses_a_gap_and_changes_nothing<F: StoreFactory>(f: &mut F) {
         2,
         "applied index after refused applies"
     );
-    assert_eq!(
-        ok(s.sm.get("k3"), "get"),
-        None,
-        "a refused apply changed data"
-    );
+    assert_eq!(value_of(&s.sm, "k3"), None, "a refused apply changed data");
     assert_eq!(all_items(&s.sm).len(), 2);
+    assert_eq!(ok(s.sm.revision(), "revision"), 3);
     assert_eq!(
-        ok(s.sm.apply(&with_gap[..1]), "apply 3"),
-        vec![ApplyResult::Written { index: 3 }]
+        revisions(&ok(s.sm.apply(&with_gap[..1]), "apply 3")),
+        vec![Some(4)]
     );
 }
 
@@ -1081,145 +1233,160 @@ pub fn data_and_applied_index_survive_reopen_together<F: StoreFactory>(f: &mut F
     assert_eq!(all_items(&s.sm), model.items(), "data after reopen");
 }
 
-/// `get` returns the value and the index of the last write to the key;
-/// `None` for a missing or deleted key; keys are exact (no prefix match).
-pub fn get_returns_value_and_mod_index<F: StoreFactory>(f: &mut F) {
-    let mut s = f.new_store();
+/// Range reads: one key, a prefix, `[start, end)`, limit with `more` and
+/// `count`, at the current revision and at past ones; a revision above the
+/// current one is refused.
+pub fn range_reads_the_present_and_the_past<F: StoreFactory>(f: &mut F) {
     let entries = vec![
-        put(1, 1, "user/1", "alice"),
-        put(2, 1, "user/10", "bob"),
-        put(3, 1, "user/1", "alice2"),
-        put(4, 1, "ключ ✓", "значение"),
-        put(5, 1, "gone", "x"),
-        del(6, 1, "gone", None),
-        put(7, 1, "empty", ""),
+        put(1, 1, "user/1", "alice"),  // rev 2
+        put(2, 1, "user/10", "bob"),   // rev 3
+        put(3, 1, "user/2", "carol"),  // rev 4
+        put(4, 1, "users", "no"),      // rev 5
+        put(5, 1, "user/1", "alice2"), // rev 6
+        del(6, 1, "user/10", None),    // rev 7
+        put(7, 1, "user/3", "dave"),   // rev 8
     ];
-    ok(s.sm.apply(&entries), "apply");
-    let cases = [
-        ("user/1", Some(("alice2", 3))),
-        ("user/10", Some(("bob", 2))),
-        ("user/", None),
-        ("user/100", None),
-        ("ключ ✓", Some(("значение", 4))),
-        ("gone", None),
-        ("empty", Some(("", 7))),
-        ("", None),
-    ];
-    for (key, want) in cases {
-        let want = want.map(|(v, i)| (v.to_string(), i));
-        assert_eq!(ok(s.sm.get(key), "get"), want, "get({key:?})");
-    }
+    let s = applied_store(f, &entries);
+    let read = |key: &str, end: &[u8], rev: i64, limit: i64| {
+        s.sm.range(&kv::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            range_end: end.to_vec(),
+            revision: rev,
+            limit,
+            ..Default::default()
+        })
+    };
+    let items = |r: Result<kv::Revisioned<kv::RangeResponse>, kv::ExecError<StorageError>>| {
+        let r = r.unwrap_or_else(|e| panic!("range failed: {e}"));
+        (
+            r.body.kvs.iter().map(item_of).collect::<Vec<_>>(),
+            r.body.more,
+            r.body.count,
+            r.revision,
+        )
+    };
+    let prefix = kv::prefix_end(b"user/");
+    assert_eq!(
+        items(read("user/", &prefix, 0, 0)),
+        (
+            vec![
+                item("user/1", "alice2", 6),
+                item("user/2", "carol", 4),
+                item("user/3", "dave", 8)
+            ],
+            false,
+            3,
+            8
+        ),
+        "prefix now"
+    );
+    assert_eq!(
+        items(read("user/", &prefix, 5, 2)),
+        (
+            vec![item("user/1", "alice", 2), item("user/10", "bob", 3)],
+            true,
+            3,
+            8
+        ),
+        "prefix at revision 5, two of three"
+    );
+    assert_eq!(
+        items(read("user/10", b"", 6, 0)).0,
+        vec![item("user/10", "bob", 3)],
+        "a deleted key before its delete"
+    );
+    assert!(items(read("user/10", b"", 7, 0)).0.is_empty());
+    assert_eq!(
+        items(read("user/2", b"users", 0, 0)).0,
+        vec![item("user/2", "carol", 4), item("user/3", "dave", 8)],
+        "[start, end)"
+    );
+    let kv = ok(s.sm.get(b"user/1"), "get").expect("user/1");
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 6, 2));
+    assert_eq!(value_of(&s.sm, "user"), None, "keys are exact");
+    assert!(matches!(
+        read("user/", &prefix, 9, 0),
+        Err(kv::ExecError::Kv(kv::KvError::FutureRevision))
+    ));
 }
 
-/// `scan(prefix, None, limit)` lists exactly the keys starting with
-/// `prefix`, in byte order, and never an internal record.
-pub fn scan_filters_by_prefix_in_key_order<F: StoreFactory>(f: &mut F) {
+/// A compaction refuses reads below its revision and keeps every read at
+/// or above it exact, before and after the physical removal; overwrites
+/// followed by compactions keep the history bounded.
+pub fn compaction_keeps_reads_exact_and_bounds_history<F: StoreFactory>(f: &mut F) {
     let mut s = f.new_store();
-    let keys = [
-        "b",
-        "a/2",
-        "a",
-        "a/10",
-        "a/1",
-        "ab",
-        "a/",
-        "é/1",
-        "é",
-        "z",
-        "\u{10FFFF}",
-    ];
-    let entries: Vec<Entry> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| put(i as u64 + 1, 1, k, &format!("{k}!")))
-        .collect();
-    ok(s.sm.apply(&entries), "apply");
-    let mut sorted: Vec<&str> = keys.to_vec();
-    sorted.sort_unstable();
-    let scan_keys = |prefix: &str| -> Vec<String> {
-        let (items, more) = ok(s.sm.scan(prefix, None, 100), "scan");
-        assert!(!more, "scan({prefix:?}) says more follow");
-        for it in &items {
-            let i = keys.iter().position(|k| *k == it.key).expect("known key") as u64 + 1;
-            assert_eq!((it.value.as_str(), it.index), (&*format!("{}!", it.key), i));
-        }
-        items.into_iter().map(|i| i.key).collect()
+    let mut model = Model::default();
+    let mut index = 0;
+    let mut next = |cmd: Command| {
+        index += 1;
+        command(index, 1, &cmd)
     };
-    for prefix in ["", "a", "a/", "a/1", "é", "b", "c", "zz", "\u{10FFFF}"] {
-        let want: Vec<String> = sorted
-            .iter()
-            .filter(|k| k.starts_with(prefix))
-            .map(|k| k.to_string())
-            .collect();
-        assert_eq!(scan_keys(prefix), want, "scan({prefix:?})");
+    let overwrite = |i: usize| {
+        Command::Put(kv::PutRequest {
+            key: format!("k{}", i % 3).into_bytes(),
+            value: format!("v{i}").into_bytes(),
+            ..Default::default()
+        })
+    };
+    for round in 0..4 {
+        let mut batch: Vec<Entry> = (0..30).map(|i| next(overwrite(round * 30 + i))).collect();
+        let rev = model.data.revision() + 30 - 5;
+        batch.push(next(Command::Compact(kv::CompactionRequest {
+            revision: rev,
+            physical: false,
+        })));
+        let want: Vec<EntryOutcome> = batch.iter().map(|e| model.apply(e)).collect();
+        assert_eq!(ok(s.sm.apply(&batch), "apply"), want, "round {round}");
+        assert_same_history(&s.sm, &model.data, "before the physical removal");
+        while !ok(s.sm.compact_step(10), "compact_step") {}
+        assert_same_history(&s.sm, &model.data, "after the physical removal");
+        let below = kv::RangeRequest {
+            key: b"k0".to_vec(),
+            revision: rev - 1,
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                s.sm.range(&below),
+                Err(kv::ExecError::Kv(kv::KvError::Compacted { compact_revision })) if compact_revision == rev
+            ),
+            "a read below the compact revision is refused"
+        );
     }
+    let s = f.reopen(s);
+    assert_same_history(&s.sm, &model.data, "after reopen");
+    // Bounded: after 120 overwrites of 3 keys, what is left is the last 6
+    // revisions (compacted 5 below the end) and one version below them per
+    // key.
+    let versions = model.data.versions().count();
+    assert!(versions <= 9, "the model keeps {versions} versions");
 }
 
-/// Paging: `after` starts strictly after a key (stored or not, inside or
-/// before the prefix), `limit` caps a page, and `more` is true exactly
-/// when matching keys were left out.
-pub fn scan_pages_with_after_and_limit<F: StoreFactory>(f: &mut F) {
-    let mut s = f.new_store();
-    let mut entries: Vec<Entry> = (0..25u64)
-        .map(|i| put(i + 1, 1, &format!("p/{i:02}"), "v"))
-        .collect();
-    entries.push(put(26, 1, "o", "before"));
-    entries.push(put(27, 1, "q", "after"));
-    ok(s.sm.apply(&entries), "apply");
-    let all: Vec<String> = (0..25).map(|i| format!("p/{i:02}")).collect();
-    let keys = |items: Vec<KvItem>| items.into_iter().map(|i| i.key).collect::<Vec<_>>();
-
-    for limit in [1usize, 3, 5, 24, 25, 26] {
-        let mut got = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let (page, more) = ok(s.sm.scan("p/", after.as_deref(), limit), "scan");
-            assert!(
-                page.len() <= limit,
-                "page of {} over limit {limit}",
-                page.len()
-            );
-            let page = keys(page);
-            got.extend(page.iter().cloned());
-            assert_eq!(
-                more,
-                got.len() < all.len(),
-                "`more` after {} of {} keys (limit {limit})",
-                got.len(),
-                all.len()
-            );
-            if !more {
-                break;
-            }
-            assert_eq!(page.len(), limit, "a page before the last one is short");
-            after = page.last().cloned();
-        }
-        assert_eq!(got, all, "pages of {limit}");
+/// An image carries the revision, the compact revision and the history:
+/// the restored store answers past reads and events exactly as the
+/// source, and continues at the next revision.
+pub fn snapshot_carries_history_and_revision<F: StoreFactory>(f: &mut F) {
+    let entries = mixed_entries(60, 0x9E37_79B9_7F4A_7C15);
+    let source = applied_store(f, &entries);
+    let mut model = Model::default();
+    for e in &entries {
+        model.apply(e);
     }
-
-    let page = |after: Option<&str>, limit: usize| {
-        let (items, more) = ok(s.sm.scan("p/", after, limit), "scan");
-        (keys(items), more)
-    };
-    // `after` need not be a stored key.
+    assert_same_history(&source.sm, &model.data, "on the source");
+    let (m, image) = ok(source.sm.snapshot(), "snapshot");
+    let mut s = f.new_store();
+    ok(s.sm.restore(m, &image), "restore");
+    assert_same_history(&s.sm, &model.data, "after restore");
     assert_eq!(
-        page(Some("p/035"), 2),
-        (vec!["p/04".into(), "p/05".into()], true)
+        s.sm.hash_kv(0).map_err(|e| e.to_string()),
+        source.sm.hash_kv(0).map_err(|e| e.to_string()),
+        "HashKV after restore"
     );
-    // `after` before the prefix: from the prefix's first key.
-    assert_eq!(page(Some("a"), 1), (vec!["p/00".into()], true));
-    assert_eq!(page(Some("p/"), 1), (vec!["p/00".into()], true));
-    // `after` at or past the last matching key: nothing, nothing more.
-    assert_eq!(page(Some("p/24"), 10), (vec![], false));
-    assert_eq!(page(Some("p0"), 10), (vec![], false));
-    // Exactly the remaining keys: no more.
-    assert_eq!(
-        page(Some("p/22"), 2),
-        (vec!["p/23".into(), "p/24".into()], false)
-    );
-    // Limit 0: an empty page, and whether anything matches.
-    assert_eq!(page(None, 0), (vec![], true));
-    assert_eq!(page(Some("p/24"), 0), (vec![], false));
+    let mut s = f.reopen(s);
+    assert_same_history(&s.sm, &model.data, "after reopen");
+    let more = put(m.index + 1, m.term, "after", "x");
+    let want = model.apply(&more);
+    assert_eq!(ok(s.sm.apply(&[more]), "apply after restore"), vec![want]);
 }
 
 /// `snapshot` describes the applied index and the term of the entry at it
@@ -1258,14 +1425,15 @@ pub fn snapshot_restore_round_trip<F: StoreFactory>(f: &mut F) {
     let mut s = f.reopen(s);
     assert_eq!(s.sm.applied_index(), 9, "applied index after reopen");
     assert_eq!(all_items(&s.sm), want, "data after reopen");
+    // Revisions: 6 puts, a delete, 2 puts = revision 10 at the image.
     assert_eq!(
-        ok(
+        revisions(&ok(
             s.sm.apply(&[put(10, 2, "k1", "next")]),
             "apply after restore"
-        ),
-        vec![ApplyResult::Written { index: 10 }]
+        )),
+        vec![Some(11)]
     );
-    assert_eq!(ok(s.sm.get("k1"), "get"), Some(("next".to_string(), 10)));
+    assert_eq!(value_of(&s.sm, "k1"), Some(("next".to_string(), 11)));
 
     // The source is unchanged by having been read.
     assert_eq!(all_items(&source.sm), want);
@@ -1288,7 +1456,7 @@ pub fn restore_replaces_other_data_entirely<F: StoreFactory>(f: &mut F) {
     let mut s = applied_store(f, &entries);
     assert_eq!(s.sm.applied_index(), 6);
     ok(s.sm.restore(m, &image), "restore");
-    let want = vec![item("image-only", "i", 2), item("shared", "from-image", 1)];
+    let want = vec![item("image-only", "i", 3), item("shared", "from-image", 2)];
     assert_eq!(all_items(&s.sm), want, "data after restore");
     assert_eq!(s.sm.applied_index(), 2, "applied index after restore");
     let s = f.reopen(s);
@@ -1353,8 +1521,9 @@ pub fn reopen_recovers_everything<F: StoreFactory>(f: &mut F) {
         "after reopen",
     );
     assert_eq!(s.sm.applied_index(), 9);
-    assert_eq!(ok(s.sm.get("k9"), "get"), Some(("v9-t1".to_string(), 9)));
-    assert_eq!(ok(s.sm.get("k10"), "get"), None);
+    // Entry 1 is a no-op: entry i (a put) created revision i.
+    assert_eq!(value_of(&s.sm, "k9"), Some(("v9-t1".to_string(), 9)));
+    assert_eq!(value_of(&s.sm, "k10"), None);
 
     let mut s = s;
     let more = puts(11, 14, 2);
@@ -1372,7 +1541,7 @@ pub fn reopen_recovers_everything<F: StoreFactory>(f: &mut F) {
     );
     assert_eq!(s.sm.applied_index(), 13);
     assert_eq!(ok(s.sm.snapshot(), "snapshot").0, meta(13, 2));
-    assert_eq!(ok(s.sm.get("k11"), "get"), Some(("v11-t2".to_string(), 11)));
+    assert_eq!(value_of(&s.sm, "k11"), Some(("v11-t2".to_string(), 11)));
 }
 
 #[cfg(test)]

@@ -27,15 +27,15 @@ use serde::Serialize;
 
 use super::identity::{Identity, FORMAT_VERSION};
 use super::image::{decode_image, encode_image, IMAGE_FORMAT};
+use super::mvcc_tree::keys::current_key;
 use super::record::{self, RECORD_VERSION};
-use super::sled_store::kv::{decode_kv_item, encode_kv_record};
 use super::sled_store::watermark::{Watermark, FILE_NAME as WATERMARK_FILE};
 use super::sled_store::{
     log_key, ACTIVE_KV_KEY, APPLIED_KEY, HARD_STATE_KEY, HARD_STATE_TREE, IDENTITY_KEY,
     IDENTITY_TREE, KV_ALT_TREE, KV_TREE, LOG_TREE, SEQ_KEY, SNAPSHOT_META_KEY, SNAPSHOT_TREE,
 };
-use super::{LogStore, SledStore, StateMachine};
-use crate::kv::{ApplyResult, KvCommand, KvItem};
+use super::{EntryOutcome, LogStore, SledStore, StateMachine};
+use crate::kv::{self, Command};
 use crate::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
 
 // ------------------------------------------------------------ helpers --
@@ -127,40 +127,53 @@ fn hard_state() -> HardState {
     }
 }
 
-fn put_user() -> KvCommand {
-    KvCommand::Put {
-        key: "user/1".into(),
-        value: "héllo".into(),
-        cas: None,
-    }
+fn put_user() -> Command {
+    Command::Put(kv::PutRequest {
+        key: b"user/1".to_vec(),
+        value: "héllo".as_bytes().to_vec(),
+        ..Default::default()
+    })
 }
 
-fn put_create_only() -> KvCommand {
-    KvCommand::Put {
-        key: "a".into(),
-        value: String::new(),
-        cas: Some(0),
-    }
+/// A put of `a` only if `a` is absent (the single-key API's `?cas=0`).
+fn put_create_only() -> Command {
+    Command::Txn(kv::TxnRequest {
+        compare: vec![kv::Compare {
+            key: b"a".to_vec(),
+            range_end: Vec::new(),
+            result: kv::CompareResult::Equal,
+            target: kv::CompareTarget::ModRevision(0),
+        }],
+        success: vec![kv::RequestOp::Put(kv::PutRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        })],
+        failure: Vec::new(),
+    })
 }
 
-fn delete_cas() -> KvCommand {
-    KvCommand::Delete {
-        key: "gone".into(),
-        cas: Some(300),
-    }
-}
-
-fn delete_plain() -> KvCommand {
-    KvCommand::Delete {
-        key: "gone".into(),
-        cas: None,
-    }
+/// A delete of `gone` only at mod revision 300: its compare fails.
+fn delete_cas() -> Command {
+    Command::Txn(kv::TxnRequest {
+        compare: vec![kv::Compare {
+            key: b"gone".to_vec(),
+            range_end: Vec::new(),
+            result: kv::CompareResult::Equal,
+            target: kv::CompareTarget::ModRevision(300),
+        }],
+        success: vec![kv::RequestOp::DeleteRange(kv::DeleteRangeRequest {
+            key: b"gone".to_vec(),
+            range_end: Vec::new(),
+            prev_kv: false,
+        })],
+        failure: Vec::new(),
+    })
 }
 
 /// The batch of entries the end-to-end test saves (one log record) and
-/// applies: a no-op, two puts, a delete whose CAS fails.
+/// applies: a no-op, two puts, a delete whose compare fails.
 fn batch() -> Vec<Entry> {
-    let cmd = |index, c: KvCommand| Entry {
+    let cmd = |index, c: Command| Entry {
         index,
         term: 3,
         payload: EntryPayload::Command(c.encode()),
@@ -182,44 +195,17 @@ fn applied() -> SnapshotMeta {
     SnapshotMeta { index: 4, term: 3 }
 }
 
-fn image_items() -> Vec<KvItem> {
-    vec![
-        KvItem {
-            key: "a".into(),
-            value: String::new(),
-            index: 3,
-        },
-        KvItem {
-            key: "user/1".into(),
-            value: "héllo".into(),
-            index: 2,
-        },
-    ]
-}
-
 // ----------------------------------------------------- golden bytes --
 
-// variant 00 Put | key 06 "user/1" | value 06 "héllo" | cas 00 None
-const KV_PUT: &str = "\
-    0006757365722f310668c3a96c6c6f00";
-// Put | key 01 "a" | value 00 "" | cas 01 Some 00
-const KV_PUT_CAS: &str = "\
-    000161000100";
-// variant 01 Delete | key 04 "gone" | cas 01 Some fb2c01 (300)
-const KV_DELETE_CAS: &str = "\
-    0104676f6e6501fb2c01";
-// Delete | key 04 "gone" | cas 00 None
-const KV_DELETE: &str = "\
-    0104676f6e6500";
 // variant 00
 const PAYLOAD_NOOP: &str = "\
     00";
 // variant 01 | 03 bytes 01 02 ff
 const PAYLOAD_COMMAND: &str = "\
     01030102ff";
-// index fb2c01 (300) | term 07 | Command: 01, 16 bytes of KV_PUT
+// index fb2c01 (300) | term 07 | Command: 01, 20 bytes: format 02, Put "user/1" "héllo"
 const ENTRY: &str = "\
-    fb2c010701100006757365722f310668c3a96c6c6f00";
+    fb2c01070114020006757365722f310668c3a96c6c6f00000000";
 // version 01 | crc32 LE | term 03 | vote 02 | commit fb2c01
 const HARD_STATE_RECORD: &str = "\
     0141996c320302fb2c01";
@@ -235,23 +221,37 @@ const ACTIVE_KV_RECORD: &str = "\
 // version | crc32 | fb2c01 (300)
 const SEQ_RECORD: &str = "\
     01f947b7e5fb2c01";
-// version | crc32 | 06 "node-1" | 09 "cluster-a" | format 02
+// version | crc32 | 06 "node-1" | 09 "cluster-a" | format 03
 const IDENTITY_RECORD: &str = "\
-    01dca906be066e6f64652d3109636c75737465722d6102";
-// version | crc32 over key 00..01 | count 04 | entries 1..=4 (index, term, payload)
+    014a9901c9066e6f64652d3109636c75737465722d6103";
+// version | crc32 over key 00..01 | count 04 | entries 1..=4 (index, term,
+// payload: the kv::Command bytes, format byte 02 first)
 const LOG_BATCH_RECORD: &str = "\
-    0142fb2c6f04010300020301100006757365722f310668c3a96c6c6f00030301 \
-    060001610001000403010a0104676f6e6501fb2c01";
-// version | crc32 over "user/1" | mod index 02 | value 06 "héllo"
-const KV_RECORD_USER: &str = "\
-    0159787598020668c3a96c6c6f";
-// version | crc32 over "a" | mod index 03 | value 00 ""
-const KV_RECORD_EMPTY_VALUE: &str = "\
-    01ad4ac0fb0300";
-// frames (u32 LE length + record keyed by frame number): Header{format 1, 4, 3}, Item a, Item user/1, End{2}
+    01358bdd1d0401030002030114020006757365722f310668c3a96c6c6f000000 \
+    0003030113020201016100000200010101610000000000000403011802020104 \
+    676f6e65000002fb5802010204676f6e65000000";
+// the MVCC tree's current record of "user/1" (key 01 "user/1"): version |
+// crc32 | key | create 02 | mod 02 | version 01 | value "héllo" | lease 00
+const KV_CURRENT_USER: &str = "\
+    0143ef854b06757365722f310404020668c3a96c6c6f00";
+// frames: Header{format 02, index 04, term 03}, Item{01 "a", 01 02},
+// Item{02 "b", ""}, End{02}
+const SMALL_IMAGE: &str = "\
+    0900000001d7df032c000204030c00000001304dad2f010201610201020a0000 \
+    0001ca055ac201020262000700000001dbd377740202";
+// frames (u32 LE length + record keyed by frame number): Header{format 2,
+// 4, 3}, the raw records of the MVCC tree in key order, End{n}
 const IMAGE: &str = "\
-    09000000018e61452e000104030a000000016cf528d201016100031500000001 \
-    e20c90440106757365722f310668c3a96c6c6f020700000001dbd377740202";
+    0900000001d7df032c000204031600000001d22ca725010201610c01771e02cb \
+    0161060602000026000000010bc37281010701757365722f31170143ef854b06 \
+    757365722f310404020668c3a96c6c6f002900000001e897556b011402610000 \
+    000000000000000300000000000000000d0185f2be4801016106060200003900 \
+    00000132c0c8dc011902757365722f3100000000000000000002000000000000 \
+    00001801274491050106757365722f310404020668c3a96c6c6f002600000001 \
+    75340bfa011103000000000000000200000000000000000d013e8e2237000675 \
+    7365722f312100000001fe4d514f011103000000000000000300000000000000 \
+    000801a0b947250001611000000001a404bfa50102fe010601d772dad6060700 \
+    000001b5c848080207";
 // length 08 | record under "watermark slot 0" of 300 (slot padded to 64 bytes with zeros)
 const WATERMARK_SLOT_0: &str = "\
     0801eafe54d3fb2c01";
@@ -266,27 +266,8 @@ const WATERMARK_SLOT_1: &str = "\
 #[test]
 fn versions_are_pinned() {
     assert_eq!(RECORD_VERSION, 1, "record framing version");
-    assert_eq!(FORMAT_VERSION, 2, "data dir format version");
-    assert_eq!(IMAGE_FORMAT, 1, "snapshot image format");
-}
-
-#[test]
-fn kv_command_every_variant() {
-    // Exhaustive: a new variant does not compile until it is pinned here.
-    for cmd in [put_user(), put_create_only(), delete_cas(), delete_plain()] {
-        let (what, golden) = match &cmd {
-            KvCommand::Put { cas: None, .. } => ("KvCommand::Put", KV_PUT),
-            KvCommand::Put { cas: Some(_), .. } => ("KvCommand::Put with cas", KV_PUT_CAS),
-            KvCommand::Delete { cas: Some(_), .. } => ("KvCommand::Delete with cas", KV_DELETE_CAS),
-            KvCommand::Delete { cas: None, .. } => ("KvCommand::Delete", KV_DELETE),
-        };
-        assert_golden(what, &cmd.encode(), golden);
-        assert_eq!(
-            KvCommand::decode(&from_hex(golden)).expect("decode"),
-            cmd,
-            "{what}"
-        );
-    }
+    assert_eq!(FORMAT_VERSION, 3, "data dir format version");
+    assert_eq!(IMAGE_FORMAT, 2, "snapshot image format");
 }
 
 #[test]
@@ -375,34 +356,18 @@ fn log_batch_record() {
 }
 
 #[test]
-fn kv_records() {
-    for (what, item, golden) in [
-        ("KV record", &image_items()[1], KV_RECORD_USER),
-        (
-            "KV record with an empty value",
-            &image_items()[0],
-            KV_RECORD_EMPTY_VALUE,
-        ),
-    ] {
-        let mut bytes = Vec::new();
-        encode_kv_record(item.key.as_bytes(), item.index, &item.value, &mut bytes).expect("encode");
-        assert_golden(what, &bytes, golden);
-        let back = decode_kv_item(KV_TREE, item.key.as_bytes(), &from_hex(golden)).expect("decode");
-        assert_eq!(&back, item, "{what}");
-    }
-}
-
-#[test]
 fn snapshot_image() {
-    let owned = image_items();
-    let items: Vec<(&str, &str, u64)> = owned
-        .iter()
-        .map(|i| (i.key.as_str(), i.value.as_str(), i.index))
-        .collect();
+    let items: [(&[u8], &[u8]); 2] = [(b"\x01a", b"\x01\x02"), (b"\x02b", b"")];
     let bytes = encode_image(applied(), items).expect("encode image");
-    assert_golden("snapshot image", &bytes, IMAGE);
-    let (meta, back) = decode_image(&from_hex(IMAGE)).expect("decode image");
-    assert_eq!((meta, back), (applied(), image_items()));
+    assert_golden("snapshot image", &bytes, SMALL_IMAGE);
+    let (meta, back) = decode_image(&from_hex(SMALL_IMAGE)).expect("decode image");
+    assert_eq!(meta, applied());
+    let back: Vec<(Vec<u8>, Vec<u8>)> = back.into_iter().map(|i| (i.key, i.value)).collect();
+    let want: Vec<(Vec<u8>, Vec<u8>)> = items
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+    assert_eq!(back, want);
 }
 
 #[test]
@@ -476,13 +441,20 @@ fn sled_store_writes_the_golden_records() {
     assert_eq!(raw(LOG_TREE, &log_key(1)), from_hex(LOG_BATCH_RECORD));
 
     let results = store.apply(&batch()).expect("apply");
-    assert_eq!(results[3], ApplyResult::CasMismatch { current: 0 });
-    assert_eq!(raw(KV_TREE, b"user/1"), from_hex(KV_RECORD_USER));
-    assert_eq!(raw(KV_TREE, b"a"), from_hex(KV_RECORD_EMPTY_VALUE));
+    assert!(
+        matches!(&results[3], EntryOutcome::Command(a) if a.events.is_empty()),
+        "the failed compare changed nothing: {:?}",
+        results[3]
+    );
+    assert_golden(
+        "the MVCC tree's current record",
+        &raw(KV_TREE, &current_key(b"user/1")),
+        KV_CURRENT_USER,
+    );
     assert_eq!(raw(KV_TREE, APPLIED_KEY), from_hex(APPLIED_RECORD));
     let (meta, image) = store.snapshot().expect("snapshot");
     assert_eq!(meta, applied());
-    assert_eq!(image, from_hex(IMAGE), "the image a sled store streams");
+    assert_golden("the image a sled store streams", &image, IMAGE);
 
     LogStore::compact(&mut store, applied()).expect("compact");
     assert_eq!(
@@ -497,6 +469,9 @@ fn sled_store_writes_the_golden_records() {
         raw(SNAPSHOT_TREE, ACTIVE_KV_KEY),
         from_hex(ACTIVE_KV_RECORD)
     );
-    assert_eq!(raw(KV_ALT_TREE, b"user/1"), from_hex(KV_RECORD_USER));
+    assert_eq!(
+        raw(KV_ALT_TREE, &current_key(b"user/1")),
+        from_hex(KV_CURRENT_USER)
+    );
     assert_eq!(raw(KV_ALT_TREE, APPLIED_KEY), from_hex(APPLIED_RECORD));
 }

@@ -15,7 +15,10 @@ use super::StorageError;
 /// * 1: one `raft_log` record per entry.
 /// * 2: one `raft_log` record per saved batch of entries (keyed by its
 ///   first index). A version-1 dir is refused, not migrated.
-pub const FORMAT_VERSION: u32 = 2;
+/// * 3: the key-value tree is etcd v3's MVCC store (current records,
+///   history, revision; `crate::storage::mvcc_tree`) and log commands are
+///   `crate::kv::Command`s. A version-2 dir is refused, not migrated.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The identity record of a data dir.
 ///
@@ -51,7 +54,9 @@ impl Identity {
         };
         if stored.format_version != self.format_version {
             return Err(mismatch(format!(
-                "has on-disk format version {}, this build reads version {}",
+                "has on-disk format version {}, this build reads version {} \
+                 (start from an empty data dir; to keep the data, read it out with the \
+                 older build first)",
                 stored.format_version, self.format_version
             )));
         }

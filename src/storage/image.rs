@@ -6,13 +6,16 @@
 //!
 //! ```text
 //! frame  = length (u32 LE) ++ record            (record: see super::record)
-//! image  = Header{format, index, term} Item{key, value, index}* End{items}
+//! image  = Header{format, index, term} Item{key, value}* End{items}
 //! ```
 //!
 //! Each frame is a checksummed record (see [`super::record`]) whose checksum key is
 //! the frame's sequence number, so a dropped, repeated or reordered frame is
-//! caught as surely as a flipped bit. Items come in strictly increasing key
-//! order, and `End` carries the item count, so a truncated image never
+//! caught as surely as a flipped bit. An item is an opaque record of the
+//! store that wrote the image (the sled store: a raw record of its MVCC
+//! tree; the in-memory store: its own encoding), so the image carries the
+//! revision, the history and the compaction state with the data. Items come
+//! in strictly increasing key order, and `End` carries the item count, so a truncated image never
 //! passes for a complete one.
 //!
 //! For streaming, [`ImageWriter::take_output`] hands out the bytes encoded so
@@ -24,11 +27,20 @@ use serde::{Deserialize, Serialize};
 
 use super::record::{self, RecordError};
 use super::StorageError;
-use crate::kv::KvItem;
 use crate::raft::SnapshotMeta;
 
-/// Version of the image layout, stored in its header.
-pub const IMAGE_FORMAT: u32 = 1;
+/// Version of the image layout, stored in its header. 2: items are opaque
+/// byte records (1 held single-key `key, value, index` items).
+pub const IMAGE_FORMAT: u32 = 2;
+
+/// One item of an image: an opaque record of the store that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageItem {
+    /// The record's key (items come in strictly increasing key order).
+    pub key: Vec<u8>,
+    /// The record's bytes.
+    pub value: Vec<u8>,
+}
 
 /// Largest frame a decoder accepts: far above the largest item (1 KiB key,
 /// 1 MiB value), low enough that a damaged length field cannot make a
@@ -56,8 +68,8 @@ const TREE: &str = "snapshot image";
 /// record ([`super::record`]) whose key is the frame's sequence number as
 /// 8 big-endian bytes (0 for the header) and whose payload is this enum:
 /// the variant index as a varint (0 `Header`, 1 `Item`, 2 `End`), then the
-/// fields in order — integers as varints, strings as a varint length and
-/// UTF-8 bytes. `Header.format` is [`IMAGE_FORMAT`].
+/// fields in order — integers as varints, byte strings as a varint length
+/// and the bytes. `Header.format` is [`IMAGE_FORMAT`].
 #[derive(Debug, Deserialize)]
 enum Frame {
     Header {
@@ -66,9 +78,10 @@ enum Frame {
         term: u64,
     },
     Item {
-        key: String,
-        value: String,
-        index: u64,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
     },
     End {
         items: u64,
@@ -85,9 +98,10 @@ enum FrameRef<'a> {
         term: u64,
     },
     Item {
-        key: &'a str,
-        value: &'a str,
-        index: u64,
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
+        #[serde(with = "serde_bytes")]
+        value: &'a [u8],
     },
     End {
         items: u64,
@@ -138,9 +152,9 @@ impl ImageWriter {
         Ok(())
     }
 
-    /// Appends one key. Keys must be pushed in strictly increasing order.
-    pub fn push(&mut self, key: &str, value: &str, index: u64) -> Result<(), StorageError> {
-        self.push_frame(&FrameRef::Item { key, value, index })?;
+    /// Appends one item. Keys must be pushed in strictly increasing order.
+    pub fn push(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.push_frame(&FrameRef::Item { key, value })?;
         self.items += 1;
         Ok(())
     }
@@ -175,7 +189,7 @@ pub struct ImageReader<'a> {
     pos: usize,
     seq: u64,
     items: u64,
-    last_key: Option<String>,
+    last_key: Option<Vec<u8>>,
     done: bool,
 }
 
@@ -230,13 +244,13 @@ impl<'a> ImageReader<'a> {
 
     /// The next key, or `None` once the end marker has been read and
     /// verified (item count, nothing after it).
-    pub fn next_item(&mut self) -> Result<Option<KvItem>, StorageError> {
+    pub fn next_item(&mut self) -> Result<Option<ImageItem>, StorageError> {
         if self.done {
             return Ok(None);
         }
         let seq = self.seq;
         match self.next_frame()? {
-            Frame::Item { key, value, index } => {
+            Frame::Item { key, value } => {
                 if let Some(prev) = &self.last_key {
                     if *prev >= key {
                         return Err(frame_err(seq, "keys are not in strictly increasing order"));
@@ -244,7 +258,7 @@ impl<'a> ImageReader<'a> {
                 }
                 self.last_key = Some(key.clone());
                 self.items += 1;
-                Ok(Some(KvItem { key, value, index }))
+                Ok(Some(ImageItem { key, value }))
             }
             Frame::End { items } => {
                 if items != self.items {
@@ -281,7 +295,7 @@ pub struct ImageDecoder {
     seq: u64,
     items: u64,
     meta: Option<SnapshotMeta>,
-    last_key: Option<String>,
+    last_key: Option<Vec<u8>>,
     done: bool,
     bytes: u64,
 }
@@ -317,7 +331,7 @@ impl ImageDecoder {
     pub fn push(
         &mut self,
         piece: &[u8],
-        mut on_item: impl FnMut(KvItem) -> Result<(), StorageError>,
+        mut on_item: impl FnMut(ImageItem) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         self.bytes += piece.len() as u64;
         if self.done {
@@ -385,7 +399,7 @@ impl ImageDecoder {
                 (Frame::Header { .. }, true) => {
                     return Err(frame_err(seq, "second header inside the image"))
                 }
-                (Frame::Item { key, value, index }, true) => {
+                (Frame::Item { key, value }, true) => {
                     if let Some(prev) = &self.last_key {
                         if *prev >= key {
                             return Err(frame_err(
@@ -396,7 +410,7 @@ impl ImageDecoder {
                     }
                     self.last_key = Some(key.clone());
                     self.items += 1;
-                    on_item(KvItem { key, value, index })?;
+                    on_item(ImageItem { key, value })?;
                 }
                 (Frame::End { items }, true) => {
                     if items != self.items {
@@ -468,7 +482,7 @@ pub struct ImageChunks<I> {
     done: bool,
 }
 
-impl<I: Iterator<Item = Result<KvItem, StorageError>>> ImageChunks<I> {
+impl<I: Iterator<Item = Result<ImageItem, StorageError>>> ImageChunks<I> {
     /// The image of `items` (the state at `meta`), in chunks.
     pub fn new(meta: SnapshotMeta, items: I, chunk_bytes: usize) -> Self {
         ImageChunks {
@@ -523,7 +537,7 @@ impl<I: Iterator<Item = Result<KvItem, StorageError>>> ImageChunks<I> {
                 return Ok((self.cut(data, false), false));
             }
             match self.items.next() {
-                Some(Ok(it)) => w.push(&it.key, &it.value, it.index)?,
+                Some(Ok(it)) => w.push(&it.key, &it.value)?,
                 Some(Err(e)) => return Err(e),
                 None => {
                     let tail = self.writer.take().expect("writer exists").finish()?;
@@ -534,7 +548,7 @@ impl<I: Iterator<Item = Result<KvItem, StorageError>>> ImageChunks<I> {
     }
 }
 
-impl<I: Iterator<Item = Result<KvItem, StorageError>>> Iterator for ImageChunks<I> {
+impl<I: Iterator<Item = Result<ImageItem, StorageError>>> Iterator for ImageChunks<I> {
     type Item = Result<ImageChunk, StorageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -557,17 +571,17 @@ impl<I: Iterator<Item = Result<KvItem, StorageError>>> Iterator for ImageChunks<
 /// Builds a whole image from items sorted by key.
 pub fn encode_image<'k>(
     meta: SnapshotMeta,
-    items: impl IntoIterator<Item = (&'k str, &'k str, u64)>,
+    items: impl IntoIterator<Item = (&'k [u8], &'k [u8])>,
 ) -> Result<Vec<u8>, StorageError> {
     let mut w = ImageWriter::new(meta)?;
-    for (k, v, i) in items {
-        w.push(k, v, i)?;
+    for (k, v) in items {
+        w.push(k, v)?;
     }
     w.finish()
 }
 
 /// Decodes and verifies a whole image.
-pub fn decode_image(data: &[u8]) -> Result<(SnapshotMeta, Vec<KvItem>), StorageError> {
+pub fn decode_image(data: &[u8]) -> Result<(SnapshotMeta, Vec<ImageItem>), StorageError> {
     let (mut r, meta) = ImageReader::new(data)?;
     let mut items = Vec::new();
     while let Some(item) = r.next_item()? {
@@ -585,7 +599,11 @@ mod tests {
     }
 
     fn image() -> Vec<u8> {
-        encode_image(meta(), [("a", "1", 5), ("b", "", 7), ("c/d", "xyz", 42)]).unwrap()
+        encode_image(
+            meta(),
+            [(&b"a"[..], &b"1"[..]), (b"b", b""), (b"c/d", b"xyz\xff")],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -594,9 +612,12 @@ mod tests {
         assert_eq!(m, meta());
         let keys: Vec<_> = items
             .iter()
-            .map(|i| (i.key.as_str(), i.value.as_str(), i.index))
+            .map(|i| (i.key.as_slice(), i.value.as_slice()))
             .collect();
-        assert_eq!(keys, vec![("a", "1", 5), ("b", "", 7), ("c/d", "xyz", 42)]);
+        assert_eq!(
+            keys,
+            vec![(&b"a"[..], &b"1"[..]), (b"b", b""), (b"c/d", b"xyz\xff")]
+        );
     }
 
     #[test]
@@ -638,7 +659,7 @@ mod tests {
 
     #[test]
     fn unsorted_keys_are_rejected() {
-        let img = encode_image(meta(), [("b", "1", 1), ("a", "2", 2)]).unwrap();
+        let img = encode_image(meta(), [(&b"b"[..], &b"1"[..]), (b"a", b"2")]).unwrap();
         let err = decode_image(&img).unwrap_err().to_string();
         assert!(err.contains("increasing"), "{err}");
     }
@@ -647,7 +668,7 @@ mod tests {
     fn decode_in_pieces(
         img: &[u8],
         step: usize,
-    ) -> Result<(SnapshotMeta, Vec<KvItem>), StorageError> {
+    ) -> Result<(SnapshotMeta, Vec<ImageItem>), StorageError> {
         let mut d = ImageDecoder::new();
         let mut items = Vec::new();
         for piece in img.chunks(step.max(1)) {
@@ -703,8 +724,8 @@ mod tests {
     fn taken_output_concatenates_to_the_whole_image() {
         let mut w = ImageWriter::new(meta()).unwrap();
         let mut streamed = w.take_output();
-        for (k, v, i) in [("a", "1", 5), ("b", "", 7), ("c/d", "xyz", 42)] {
-            w.push(k, v, i).unwrap();
+        for (k, v) in [(&b"a"[..], &b"1"[..]), (b"b", b""), (b"c/d", b"xyz\xff")] {
+            w.push(k, v).unwrap();
             streamed.extend(w.take_output());
         }
         assert_eq!(w.items(), 3);

@@ -20,17 +20,19 @@
 //!   (the state machine *is* the snapshot), installing a staged image is
 //!   one durable step, images use the same [format](super::image).
 //!
-//! The key-value semantics come from [`crate::kv::decide`], the same
-//! function the sled state machine uses.
+//! The key-value semantics are etcd v3's, from [`crate::kv::MemMvcc`]
+//! (which runs [`crate::kv::execute`], the code every store runs); physical
+//! compaction runs in steps, as on sled.
 
-use std::collections::BTreeMap;
-
-use super::image::{decode_image, encode_image, ImageChunks, ImageDecoder, ImageTrailer};
+use super::image::{
+    decode_image, encode_image, ImageChunks, ImageDecoder, ImageItem, ImageTrailer,
+};
 use super::{
-    LogStore, NodeStore, RecoveredLog, SnapshotSource, SnapshotStore, SnapshotWriter,
+    EntryOutcome, LogStore, NodeStore, RecoveredLog, SnapshotSource, SnapshotStore, SnapshotWriter,
     StagedSnapshot, StateMachine, StorageError,
 };
-use crate::kv::{decide, ApplyResult, Effect, KvCommand, KvItem};
+use crate::kv::model::MvccRecord;
+use crate::kv::{self, Command, ExecError, KeyRange, KvError, MemMvcc};
 use crate::raft::{Entry, EntryPayload, HardState, SnapshotMeta};
 
 /// Durable Raft state held in memory.
@@ -155,15 +157,13 @@ impl LogStore for MemLogStore {
     }
 }
 
-/// Applied key-value state: key → (value, mod index).
-type KvMap = BTreeMap<String, (String, u64)>;
-
-/// One consistent state: data plus the index and term it reflects.
+/// One consistent state: the MVCC store plus the index and term it
+/// reflects.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct SmState {
     applied: u64,
     applied_term: u64,
-    data: KvMap,
+    data: MemMvcc,
 }
 
 /// An in-memory key-value state machine with an explicit durability point.
@@ -171,6 +171,43 @@ struct SmState {
 pub struct MemStateMachine {
     live: SmState,
     durable: SmState,
+}
+
+const IMAGE_TREE: &str = "memory snapshot";
+
+/// The image items of a state: one per [`MvccRecord`], keyed by position
+/// (8 bytes, big-endian), valued by the record's bincode.
+fn image_items(data: &MemMvcc) -> Result<Vec<ImageItem>, StorageError> {
+    data.records()
+        .enumerate()
+        .map(|(i, r)| {
+            let value =
+                bincode::serde::encode_to_vec(&r, bincode::config::standard()).map_err(|e| {
+                    StorageError::Inconsistent(format!("encoding a memory image record: {e}"))
+                })?;
+            Ok(ImageItem {
+                key: (i as u64).to_be_bytes().to_vec(),
+                value,
+            })
+        })
+        .collect()
+}
+
+/// Rebuilds a state from [`image_items`].
+fn from_image_items(items: Vec<ImageItem>) -> Result<MemMvcc, StorageError> {
+    let bad = |key: &[u8], reason: String| StorageError::Corruption {
+        tree: IMAGE_TREE.into(),
+        key: format!("{key:02x?}"),
+        reason,
+    };
+    let mut records = Vec::with_capacity(items.len());
+    for it in items {
+        let (r, _): (MvccRecord, usize) =
+            bincode::serde::decode_from_slice(&it.value, bincode::config::standard())
+                .map_err(|e| bad(&it.key, e.to_string()))?;
+        records.push(r);
+    }
+    MemMvcc::from_records(records).map_err(|e| bad(b"", e.to_string()))
 }
 
 impl MemStateMachine {
@@ -181,12 +218,7 @@ impl MemStateMachine {
 
     /// Makes the current state durable.
     pub fn flush(&mut self) {
-        // Only `apply` changes the live state without making it durable,
-        // and it always moves the applied index: nothing to copy if that
-        // did not move since the last flush.
-        if (self.durable.applied, self.durable.applied_term)
-            != (self.live.applied, self.live.applied_term)
-        {
+        if self.durable != self.live {
             self.durable = self.live.clone();
         }
     }
@@ -201,28 +233,21 @@ impl MemStateMachine {
         self.live.applied_term
     }
 
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.live.data.len()
-    }
-
-    /// True when no key is stored.
-    pub fn is_empty(&self) -> bool {
-        self.live.data.is_empty()
+    /// The MVCC store.
+    pub fn data(&self) -> &MemMvcc {
+        &self.live.data
     }
 
     /// Replaces the whole state by `items` at `meta`, durably (an
     /// installed snapshot).
-    fn install(&mut self, meta: SnapshotMeta, items: Vec<KvItem>) {
+    fn install(&mut self, meta: SnapshotMeta, items: Vec<ImageItem>) -> Result<(), StorageError> {
         self.live = SmState {
             applied: meta.index,
             applied_term: meta.term,
-            data: items
-                .into_iter()
-                .map(|it| (it.key, (it.value, it.index)))
-                .collect(),
+            data: from_image_items(items)?,
         };
         self.durable = self.live.clone();
+        Ok(())
     }
 
     /// The applied index and the term of the entry at it.
@@ -232,15 +257,6 @@ impl MemStateMachine {
             term: self.live.applied_term,
         }
     }
-
-    /// Every key with its value and mod index, sorted (for comparing
-    /// replicas).
-    pub fn items(&self) -> impl Iterator<Item = (&str, &str, u64)> {
-        self.live
-            .data
-            .iter()
-            .map(|(k, (v, i))| (k.as_str(), v.as_str(), *i))
-    }
 }
 
 impl StateMachine for MemStateMachine {
@@ -248,7 +264,7 @@ impl StateMachine for MemStateMachine {
         self.live.applied
     }
 
-    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, StorageError> {
+    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, StorageError> {
         // Check the whole batch before changing anything: a refused apply
         // must leave the data and the applied index as they were (the
         // trait's "one atomic step"; the sled store writes one batch).
@@ -268,30 +284,29 @@ impl StateMachine for MemStateMachine {
         let mut results = Vec::with_capacity(entries.len());
         for e in entries {
             if e.index <= self.live.applied {
-                results.push(ApplyResult::Noop);
+                results.push(EntryOutcome::Noop);
                 continue;
             }
             let result = match &e.payload {
-                EntryPayload::Noop => ApplyResult::Noop,
-                EntryPayload::Command(bytes) => match KvCommand::decode(bytes) {
-                    // An undecodable command changes nothing, on every
-                    // replica alike.
-                    Err(_) => ApplyResult::Noop,
-                    Ok(cmd) => {
-                        let current = self.live.data.get(cmd.key()).map(|(_, i)| *i);
-                        let (effect, result) = decide(&cmd, e.index, current);
-                        match effect {
-                            Effect::Set { value, index } => {
-                                self.live.data.insert(cmd.key().to_string(), (value, index));
-                            }
-                            Effect::Remove => {
-                                self.live.data.remove(cmd.key());
-                            }
-                            Effect::None => {}
+                EntryPayload::Noop => EntryOutcome::Noop,
+                EntryPayload::Command(bytes) => {
+                    EntryOutcome::Command(match Command::decode(bytes) {
+                        // An undecodable command changes nothing, on every
+                        // replica alike.
+                        Err(why) => kv::Applied {
+                            answer: Err(KvError::MalformedCommand(why.to_string())),
+                            events: Vec::new(),
+                            compact_revision: None,
+                        },
+                        Ok(cmd) => {
+                            let outcome = self.live.data.execute(&cmd);
+                            self.live.data.commit(&outcome).map_err(|e| {
+                                StorageError::Inconsistent(format!("memory state machine: {e}"))
+                            })?;
+                            outcome
                         }
-                        result
-                    }
-                },
+                    })
+                }
             };
             self.live.applied = e.index;
             self.live.applied_term = e.term;
@@ -300,41 +315,48 @@ impl StateMachine for MemStateMachine {
         Ok(results)
     }
 
-    fn get(&self, key: &str) -> Result<Option<(String, u64)>, StorageError> {
-        Ok(self.live.data.get(key).cloned())
+    fn range(
+        &self,
+        req: &kv::RangeRequest,
+    ) -> Result<kv::Revisioned<kv::RangeResponse>, ExecError<StorageError>> {
+        self.live.data.range(req).map_err(ExecError::Kv)
     }
 
-    fn scan(
+    fn events(
         &self,
-        prefix: &str,
-        after: Option<&str>,
+        from_revision: i64,
+        range: KeyRange<'_>,
         limit: usize,
-    ) -> Result<(Vec<KvItem>, bool), StorageError> {
-        let mut out = Vec::new();
-        let mut more = false;
-        for (k, (v, i)) in self.live.data.range(prefix.to_string()..) {
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if after.is_some_and(|a| k.as_str() <= a) {
-                continue;
-            }
-            if out.len() == limit {
-                more = true;
-                break;
-            }
-            out.push(KvItem {
-                key: k.clone(),
-                value: v.clone(),
-                index: *i,
-            });
-        }
-        Ok((out, more))
+    ) -> Result<Vec<kv::Event>, ExecError<StorageError>> {
+        self.live
+            .data
+            .events(from_revision, range, limit)
+            .map_err(ExecError::Kv)
+    }
+
+    fn revision(&self) -> Result<i64, StorageError> {
+        Ok(self.live.data.revision())
+    }
+
+    fn compact_revision(&self) -> Result<i64, StorageError> {
+        Ok(self.live.data.compact_revision())
+    }
+
+    fn compact_step(&mut self, budget: usize) -> Result<bool, StorageError> {
+        Ok(self.live.data.compact_physically(budget))
+    }
+
+    fn hash_kv(&self, revision: i64) -> Result<u32, ExecError<StorageError>> {
+        self.live.data.hash_kv(revision).map_err(ExecError::Kv)
     }
 
     fn snapshot(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
         let meta = self.applied();
-        let data = encode_image(meta, self.items())?;
+        let items = image_items(&self.live.data)?;
+        let data = encode_image(
+            meta,
+            items.iter().map(|i| (i.key.as_slice(), i.value.as_slice())),
+        )?;
         Ok((meta, data))
     }
 
@@ -342,14 +364,13 @@ impl StateMachine for MemStateMachine {
         let (got, items) = decode_image(data)?;
         if got != meta {
             return Err(StorageError::Corruption {
-                tree: "memory snapshot".into(),
+                tree: IMAGE_TREE.into(),
                 key: format!("{}", meta.index),
                 reason: format!("image is for {got:?}, expected {meta:?}"),
             });
         }
         // Installing a snapshot is atomic and durable, like the sled one.
-        self.install(meta, items);
-        Ok(())
+        self.install(meta, items)
     }
 }
 
@@ -440,21 +461,40 @@ impl StateMachine for MemStore {
         self.sm.applied_index()
     }
 
-    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, StorageError> {
+    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, StorageError> {
         self.sm.apply(entries)
     }
 
-    fn get(&self, key: &str) -> Result<Option<(String, u64)>, StorageError> {
-        self.sm.get(key)
+    fn range(
+        &self,
+        req: &kv::RangeRequest,
+    ) -> Result<kv::Revisioned<kv::RangeResponse>, ExecError<StorageError>> {
+        self.sm.range(req)
     }
 
-    fn scan(
+    fn events(
         &self,
-        prefix: &str,
-        after: Option<&str>,
+        from_revision: i64,
+        range: KeyRange<'_>,
         limit: usize,
-    ) -> Result<(Vec<KvItem>, bool), StorageError> {
-        self.sm.scan(prefix, after, limit)
+    ) -> Result<Vec<kv::Event>, ExecError<StorageError>> {
+        self.sm.events(from_revision, range, limit)
+    }
+
+    fn revision(&self) -> Result<i64, StorageError> {
+        self.sm.revision()
+    }
+
+    fn compact_revision(&self) -> Result<i64, StorageError> {
+        self.sm.compact_revision()
+    }
+
+    fn compact_step(&mut self, budget: usize) -> Result<bool, StorageError> {
+        self.sm.compact_step(budget)
+    }
+
+    fn hash_kv(&self, revision: i64) -> Result<u32, ExecError<StorageError>> {
+        self.sm.hash_kv(revision)
     }
 
     fn snapshot(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
@@ -468,13 +508,13 @@ impl StateMachine for MemStore {
 
 /// The items of a [`MemSnapshot`], as its image is built.
 pub type MemItems =
-    std::iter::Map<std::vec::IntoIter<KvItem>, fn(KvItem) -> Result<KvItem, StorageError>>;
+    std::iter::Map<std::vec::IntoIter<ImageItem>, fn(ImageItem) -> Result<ImageItem, StorageError>>;
 
 /// A frozen copy of the in-memory state at one applied index.
 #[derive(Clone, Debug)]
 pub struct MemSnapshot {
     meta: SnapshotMeta,
-    items: Vec<KvItem>,
+    items: Vec<ImageItem>,
 }
 
 impl SnapshotSource for MemSnapshot {
@@ -485,7 +525,7 @@ impl SnapshotSource for MemSnapshot {
     }
 
     fn chunks(self, chunk_bytes: usize) -> Self::Chunks {
-        let ok: fn(KvItem) -> Result<KvItem, StorageError> = Ok;
+        let ok: fn(ImageItem) -> Result<ImageItem, StorageError> = Ok;
         ImageChunks::new(self.meta, self.items.into_iter().map(ok), chunk_bytes)
     }
 }
@@ -494,7 +534,7 @@ impl SnapshotSource for MemSnapshot {
 #[derive(Debug, Default)]
 pub struct MemStaging {
     decoder: ImageDecoder,
-    items: Vec<KvItem>,
+    items: Vec<ImageItem>,
     crc: crc32fast::Hasher,
 }
 
@@ -543,7 +583,7 @@ impl SnapshotWriter for MemStaging {
 #[derive(Clone, Debug)]
 pub struct MemStaged {
     meta: SnapshotMeta,
-    items: Vec<KvItem>,
+    items: Vec<ImageItem>,
     bytes: u64,
 }
 
@@ -573,15 +613,7 @@ impl SnapshotStore for MemStore {
     fn begin_snapshot(&self) -> Result<MemSnapshot, StorageError> {
         Ok(MemSnapshot {
             meta: self.sm.applied(),
-            items: self
-                .sm
-                .items()
-                .map(|(k, v, i)| KvItem {
-                    key: k.to_string(),
-                    value: v.to_string(),
-                    index: i,
-                })
-                .collect(),
+            items: image_items(self.sm.data())?,
         })
     }
 
@@ -591,7 +623,7 @@ impl SnapshotStore for MemStore {
 
     fn install_staged(&mut self, staged: MemStaged) -> Result<(), StorageError> {
         // One step: nothing can happen between the two in memory.
-        self.sm.install(staged.meta, staged.items);
+        self.sm.install(staged.meta, staged.items)?;
         self.log.reset_to_snapshot(staged.meta)
     }
 }
@@ -614,11 +646,11 @@ mod tests {
             index,
             term: 1,
             payload: EntryPayload::Command(
-                KvCommand::Put {
-                    key: key.into(),
-                    value: value.into(),
-                    cas: None,
-                }
+                Command::Put(kv::PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                })
                 .encode(),
             ),
         }
@@ -678,31 +710,59 @@ mod tests {
         let (meta, image) = sm.snapshot().unwrap();
         sm.crash();
         assert_eq!(sm.applied_index(), 1);
-        assert_eq!(sm.get("b").unwrap(), None);
+        assert_eq!(sm.get(b"b").unwrap(), None);
         sm.restore(meta, &image).unwrap();
-        assert_eq!(sm.get("b").unwrap(), Some(("2".into(), 2)));
+        let b = sm.get(b"b").unwrap().unwrap();
+        assert_eq!((b.value.as_slice(), b.mod_revision), (&b"2"[..], 3));
+        assert_eq!(sm.revision().unwrap(), 3);
         sm.crash();
         assert_eq!(sm.applied_index(), 2, "a restored snapshot is durable");
         assert!(sm.apply(&[cmd(5, "c", "5")]).is_err(), "a gap is refused");
     }
 
     #[test]
-    fn scan_pages_by_prefix() {
+    fn history_survives_an_image_and_compaction_runs_in_steps() {
         let mut sm = MemStateMachine::new();
-        let entries: Vec<Entry> = ["p1", "p2", "p3", "q1"]
-            .iter()
-            .enumerate()
-            .map(|(k, key)| cmd(k as u64 + 1, key, "v"))
-            .collect();
+        let entries: Vec<Entry> = (1..=6).map(|i| cmd(i, "k", &i.to_string())).collect();
         sm.apply(&entries).unwrap();
-        let (page, more) = sm.scan("p", None, 2).unwrap();
-        assert_eq!(page.len(), 2);
-        assert!(more);
-        let (page, more) = sm.scan("p", Some("p2"), 2).unwrap();
+        let compact = Command::Compact(kv::CompactionRequest {
+            revision: 4,
+            physical: false,
+        });
+        sm.apply(&[Entry {
+            index: 7,
+            term: 1,
+            payload: EntryPayload::Command(compact.encode()),
+        }])
+        .unwrap();
+        let past = |sm: &MemStateMachine, rev| {
+            sm.range(&kv::RangeRequest {
+                key: b"k".to_vec(),
+                revision: rev,
+                ..Default::default()
+            })
+        };
+        let before = sm.hash_kv(0).unwrap();
+        assert!(!sm.compact_step(1).unwrap(), "one step is not enough");
+        while !sm.compact_step(1).unwrap() {}
         assert_eq!(
-            page.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
-            ["p3"]
+            sm.hash_kv(0).unwrap(),
+            before,
+            "hash independent of pruning"
         );
-        assert!(!more);
+        assert_eq!(past(&sm, 5).unwrap().body.kvs[0].value, b"4");
+        assert!(matches!(
+            past(&sm, 3),
+            Err(ExecError::Kv(KvError::Compacted {
+                compact_revision: 4
+            }))
+        ));
+        let (meta, image) = sm.snapshot().unwrap();
+        let mut other = MemStateMachine::new();
+        other.restore(meta, &image).unwrap();
+        assert_eq!(past(&other, 5).unwrap(), past(&sm, 5).unwrap());
+        assert_eq!(other.hash_kv(0).unwrap(), before);
+        let all = |s: &MemStateMachine| s.events(4, KeyRange::new(b"k", b""), 100).unwrap();
+        assert_eq!(all(&other), all(&sm));
     }
 }

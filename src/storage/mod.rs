@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use crate::kv::{ApplyResult, KvItem};
+use crate::kv;
 use crate::raft::{Entry, HardState, SnapshotMeta};
 
 pub mod conformance;
@@ -196,29 +196,87 @@ pub trait LogStore {
     fn reset_to_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), StorageError>;
 }
 
-/// The applied key-value data.
+/// What applying one log entry did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryOutcome {
+    /// Nothing to execute: a no-op or configuration entry, or an entry at
+    /// or below the applied index (skipped).
+    Noop,
+    /// A key-value command ran: its answer and the changes it made (see
+    /// [`kv::Applied`]); a command that does not decode is answered with
+    /// [`kv::KvError::Invalid`]-style refusal and changes nothing.
+    Command(kv::Applied),
+}
+
+/// The applied key-value data: etcd v3's MVCC store (see [`crate::kv`]),
+/// with the applied index.
+///
+/// Every implementation runs [`kv::execute`] over its own
+/// [`kv::MvccView`] and persists the outcome, so stores cannot disagree on
+/// what a command means.
 pub trait StateMachine {
     /// Highest log index applied.
     fn applied_index(&self) -> u64;
 
     /// Applies committed entries in order (entries ≤ the applied index are
-    /// skipped and reported as [`ApplyResult::Noop`]); the data and the new
-    /// applied index change in one atomic step. An entry that does not
-    /// follow the applied index is refused, and then nothing of the batch
-    /// is applied. Returns one result per entry.
-    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, StorageError>;
+    /// skipped and reported as [`EntryOutcome::Noop`]); the data, the
+    /// revision, the history and the new applied index change in one
+    /// atomic step. An entry that does not follow the applied index is
+    /// refused, and then nothing of the batch is applied. Returns one
+    /// outcome per entry.
+    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<EntryOutcome>, StorageError>;
 
-    /// Reads one key: its value and mod index.
-    fn get(&self, key: &str) -> Result<Option<(String, u64)>, StorageError>;
-
-    /// Lists keys starting with `prefix`, strictly after `after` (if given),
-    /// sorted, at most `limit`; the flag says whether more follow.
-    fn scan(
+    /// A range read at the current revision or a past one
+    /// ([`kv::read_range`]'s semantics).
+    fn range(
         &self,
-        prefix: &str,
-        after: Option<&str>,
+        req: &kv::RangeRequest,
+    ) -> Result<kv::Revisioned<kv::RangeResponse>, kv::ExecError<StorageError>>;
+
+    /// The changes of revisions `from_revision..` on keys of `range`, in
+    /// order with `prev_kv` filled, stopping at the end of the revision in
+    /// which the count reached `limit` (see
+    /// [`crate::kv::MemMvcc::events`]).
+    fn events(
+        &self,
+        from_revision: i64,
+        range: kv::KeyRange<'_>,
         limit: usize,
-    ) -> Result<(Vec<KvItem>, bool), StorageError>;
+    ) -> Result<Vec<kv::Event>, kv::ExecError<StorageError>>;
+
+    /// The current revision (1 for an empty store).
+    fn revision(&self) -> Result<i64, StorageError>;
+
+    /// The compact revision (0 if never compacted).
+    fn compact_revision(&self) -> Result<i64, StorageError>;
+
+    /// Physically removes history below the compact revision, at most
+    /// about `budget` changes per call; `true` when nothing is left to
+    /// remove. Reads are exact before, during and after (see
+    /// [`crate::kv::view`]). A store may postpone the work while a snapshot
+    /// is being read (returning `false`).
+    fn compact_step(&mut self, budget: usize) -> Result<bool, StorageError>;
+
+    /// etcd's HashKV: a hash of every version at or below `revision` and
+    /// above the compact revision, equal on replicas with equal history.
+    fn hash_kv(&self, revision: i64) -> Result<u32, kv::ExecError<StorageError>>;
+
+    /// One key's current record (a convenience over [`StateMachine::range`]).
+    fn get(&self, key: &[u8]) -> Result<Option<kv::KeyValue>, StorageError> {
+        let req = kv::RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        };
+        match self.range(&req) {
+            Ok(r) => Ok(r.body.kvs.into_iter().next()),
+            Err(kv::ExecError::Store(e)) => Err(e),
+            Err(kv::ExecError::Kv(e)) => Err(StorageError::Corruption {
+                tree: "kv".into(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: format!("a plain read was refused: {e}"),
+            }),
+        }
+    }
 
     /// Serialises the whole state as of the applied index.
     fn snapshot(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError>;

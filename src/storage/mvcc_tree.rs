@@ -183,8 +183,19 @@ impl MvccTree {
     /// store is unchanged. An outcome for another revision is refused
     /// ([`StorageError::Inconsistent`]).
     pub fn stage(&self, applied: &Applied, batch: &mut sled::Batch) -> Result<(), StorageError> {
+        self.stage_on(applied, self.revision()?, batch)
+    }
+
+    /// [`MvccTree::stage`] for an outcome computed on a store at revision
+    /// `current`, which may be ahead of the tree by outcomes staged
+    /// earlier into the same (not yet committed) batch.
+    pub fn stage_on(
+        &self,
+        applied: &Applied,
+        current: i64,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StorageError> {
         if let Some(rev) = applied.new_revision() {
-            let current = self.revision()?;
             if rev != current.saturating_add(1) {
                 return Err(StorageError::Inconsistent(format!(
                     "tree `{}`: outcome for revision {rev} staged on a store at revision {current}",
@@ -223,6 +234,25 @@ impl MvccTree {
             batch.insert(META_COMPACT, encode(META_COMPACT, &c)?);
         }
         Ok(())
+    }
+
+    /// The tree keys [`MvccTree::stage`] writes or removes for `applied`
+    /// (a snapshot being read records their values before they change).
+    pub fn staged_keys(applied: &Applied) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        if let Some(rev) = applied.new_revision() {
+            for (sub, event) in applied.events.iter().enumerate() {
+                let sub = sub as i64;
+                keys.push(current_key(&event.kv.key));
+                keys.push(history_key(&event.kv.key, rev, sub));
+                keys.push(by_revision_key(rev, sub));
+            }
+            keys.push(META_REVISION.to_vec());
+        }
+        if applied.compact_revision.is_some() {
+            keys.push(META_COMPACT.to_vec());
+        }
+        keys
     }
 
     /// Executes `cmd` on the current state and commits its outcome as one

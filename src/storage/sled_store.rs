@@ -203,6 +203,11 @@ fn describe_key(tree: &str, key: &[u8]) -> String {
     if key == APPLIED_KEY {
         return "applied index (0xFF \"applied\")".into();
     }
+    if KV_TREES.contains(&tree) {
+        if let Some(d) = describe_mvcc_key(key) {
+            return d;
+        }
+    }
     if tree == LOG_TREE && key.len() == 8 {
         let mut b = [0u8; 8];
         b.copy_from_slice(key);
@@ -219,6 +224,31 @@ fn describe_key(tree: &str, key: &[u8]) -> String {
             let hex: String = key.iter().take(40).map(|b| format!("{b:02x}")).collect();
             format!("0x{hex}{}", if key.len() > 40 { "…" } else { "" })
         }
+    }
+}
+
+/// A key of the MVCC tree (`mvcc_tree`'s layout) printed for an error
+/// message: which record it is and of which user key.
+fn describe_mvcc_key(key: &[u8]) -> Option<String> {
+    use crate::storage::mvcc_tree::keys;
+    let user = |k: &[u8]| describe_key("", k);
+    match *key.first()? {
+        keys::CURRENT => Some(format!("current record of {}", user(&key[1..]))),
+        keys::HISTORY => {
+            let h = keys::parse_history_key(key)?;
+            Some(format!(
+                "version of {} at revision {}.{}",
+                user(&h.key),
+                h.rev,
+                h.sub
+            ))
+        }
+        keys::BY_REVISION => {
+            let (rev, sub) = keys::parse_change(&key[1..])?;
+            Some(format!("change at revision {rev}.{sub}"))
+        }
+        keys::META => Some(format!("MVCC meta record 0x{:02x}", key.get(1)?)),
+        _ => None,
     }
 }
 
@@ -1036,18 +1066,17 @@ mod tests {
     }
 
     use super::*;
-    use crate::kv::KvCommand;
 
     fn put(index: u64) -> Entry {
         Entry {
             index,
             term: 1,
             payload: EntryPayload::Command(
-                KvCommand::Put {
-                    key: format!("k{index}"),
-                    value: "v".into(),
-                    cas: None,
-                }
+                crate::kv::Command::Put(crate::kv::PutRequest {
+                    key: format!("k{index}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })
                 .encode(),
             ),
         }
@@ -1086,7 +1115,8 @@ mod tests {
         // Nothing changed, and reads still work.
         assert_eq!(s.last_index(), 1);
         assert_eq!(s.applied_index(), 1);
-        assert_eq!(s.get("k1").unwrap(), Some(("v".into(), 1)));
+        let kv = s.get(b"k1").unwrap().unwrap();
+        assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"v"[..], 2));
         assert_eq!(s.load().unwrap().entries, vec![put(1)]);
     }
 

@@ -191,11 +191,11 @@ fn image_chunks() -> (tempfile::TempDir, Vec<crate::storage::ImageChunk>) {
             index: i,
             term: 2,
             payload: crate::raft::EntryPayload::Command(
-                crate::kv::KvCommand::Put {
-                    key: format!("k{i:03}"),
-                    value: "v".repeat(200),
-                    cas: None,
-                }
+                crate::kv::Command::Put(crate::kv::PutRequest {
+                    key: format!("k{i:03}").into_bytes(),
+                    value: "v".repeat(200).into_bytes(),
+                    ..Default::default()
+                })
                 .encode(),
             ),
         })

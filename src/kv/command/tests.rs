@@ -169,22 +169,19 @@ fn truncated_and_unknown_variants_are_refused() {
 
 #[test]
 fn entries_of_the_single_key_format_are_an_unknown_format() {
-    let old = [
-        crate::kv::KvCommand::Put {
-            key: "k".into(),
-            value: "v".into(),
-            cas: Some(3),
-        },
-        crate::kv::KvCommand::Delete {
-            key: "\u{2}".into(),
-            cas: None,
-        },
+    // Entries written by the single-key model (data-dir format 2): a put of
+    // "user/1" = "héllo" and a delete of "gone", as that format pinned them.
+    let old: [&[u8]; 2] = [
+        &[
+            0x00, 0x06, b'u', b's', b'e', b'r', b'/', b'1', 0x06, b'h', 0xc3, 0xa9, b'l', b'l',
+            b'o', 0x00,
+        ],
+        &[0x01, 0x04, b'g', b'o', b'n', b'e', 0x00],
     ];
-    for cmd in old {
-        let found = cmd.encode()[0];
+    for bytes in old {
         assert_eq!(
-            Command::decode(&cmd.encode()),
-            Err(CommandDecodeError::UnknownFormat { found })
+            Command::decode(bytes),
+            Err(CommandDecodeError::UnknownFormat { found: bytes[0] })
         );
     }
 }

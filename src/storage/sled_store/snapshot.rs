@@ -60,13 +60,13 @@ use std::time::{Duration, Instant};
 use sled::transaction::Transactional;
 use sled::{Batch, IVec, Tree};
 
-use super::kv::{decode_kv_item, encode_kv_record};
+use super::kv::raw_item;
 use super::{
     describe_key, lock, read, read_lock, write, write_lock, Inner, SledStore, ACTIVE_KV_KEY,
     APPLIED_KEY, KV_TREES, LOG_TREE, SEQ_KEY, SNAPSHOT_META_KEY, SNAPSHOT_TREE,
 };
-use crate::kv::KvItem;
 use crate::raft::SnapshotMeta;
+use crate::storage::image::ImageItem;
 use crate::storage::image::{ImageChunks, ImageDecoder, ImageTrailer};
 use crate::storage::{record, StorageError};
 
@@ -256,7 +256,7 @@ pub struct SessionItems {
     /// Last key read from sled.
     last: Option<Vec<u8>>,
     /// Items decided but not yet handed out.
-    ready: std::collections::VecDeque<KvItem>,
+    ready: std::collections::VecDeque<ImageItem>,
     finished: bool,
 }
 
@@ -279,7 +279,7 @@ impl SessionItems {
         let undo = lock(&self.session.shared.undo);
         for (k, pre) in undo.entries.range::<[u8], _>((lower, upto)) {
             if let Some(pre) = pre {
-                self.ready.push_back(decode_kv_item(name, k, pre)?);
+                self.ready.push_back(raw_item(name, k, pre)?);
             }
         }
         Ok(())
@@ -292,9 +292,9 @@ impl SessionItems {
                 self.take_deleted(Bound::Excluded(&k))?;
                 let pre = lock(&self.session.shared.undo).entries.get(&*k).cloned();
                 match pre {
-                    Some(Some(pre)) => self.ready.push_back(decode_kv_item(name, &k, &pre)?),
+                    Some(Some(pre)) => self.ready.push_back(raw_item(name, &k, &pre)?),
                     Some(None) => {}
-                    None => self.ready.push_back(decode_kv_item(name, &k, &v)?),
+                    None => self.ready.push_back(raw_item(name, &k, &v)?),
                 }
                 // After the read: a tree switched and cleared under us shows
                 // up here, before anything read from it is trusted.
@@ -316,7 +316,7 @@ impl SessionItems {
 }
 
 impl Iterator for SessionItems {
-    type Item = Result<KvItem, StorageError>;
+    type Item = Result<ImageItem, StorageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -540,11 +540,13 @@ impl StagingWriter {
         inner.healthy()?;
         self.crc.update(piece);
         let mut batch = Batch::default();
-        let buf = &mut self.buf;
+        let name = self.name;
         self.decoder.push(piece, |item| {
-            encode_kv_record(item.key.as_bytes(), item.index, &item.value, buf)?;
-            inner.durability.note_record(buf.len());
-            batch.insert(item.key.as_bytes(), buf.as_slice());
+            // Records are copied as they are: their checksums cover their
+            // tree keys, so a damaged or misplaced one fails here.
+            raw_item(name, &item.key, &item.value)?;
+            inner.durability.note_record(item.value.len());
+            batch.insert(item.key, item.value);
             Ok(())
         })?;
         let written = self
