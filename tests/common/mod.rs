@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Helpers for the etcd v3 JSON API (ranges at a revision, SSE watches).
+pub mod v3;
+
 /// Path of the binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_raftkv")
