@@ -89,3 +89,51 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
+
+# --- added for benches/watch_load.sh (used by no other script) --------------
+
+# raftkv_ports BASE: sets raft_ports (BASE..BASE+2) and dies when one of them
+# is in use.
+raftkv_ports() {
+    raft_ports=()
+    local i
+    for i in 0 1 2; do
+        raft_ports+=($(($1 + i)))
+        port_busy "$(($1 + i))" && die "port $(($1 + i)) is in use (set RAFTKV_PORT)"
+    done
+    return 0
+}
+
+# start_raftkv_node I DIR [FLAGS...]: starts node I (0..2) of a 3-node
+# cluster on the raft_ports, its data in DIR/raftkv-N and its log in
+# DIR/raftkv-N.log, in the background; the caller takes its PID from $!.
+start_raftkv_node() {
+    local i="$1" dir="$2" n=$(($1 + 1)) peers="" j
+    shift 2
+    for j in 0 1 2; do
+        ((j == i)) && continue
+        peers+="${peers:+,}node-$((j + 1))=127.0.0.1:${raft_ports[j]}"
+    done
+    RUST_LOG=warn "$RAFTKV_BIN" start --node-id "node-$n" --port "${raft_ports[i]}" \
+        --peers "$peers" --data-dir "$dir/raftkv-$n" "$@" \
+        >"$dir/raftkv-$n.log" 2>&1 &
+}
+
+# vm_rss_kib PID: the process's resident memory in KiB (VmRSS), or "-".
+vm_rss_kib() {
+    awk '/^VmRSS:/ {print $2; found = 1} END {if (!found) print "-"}' "/proc/$1/status" 2>/dev/null || echo -
+}
+
+# settle_disk: writes back what earlier loads left dirty in the page cache
+# and waits (at most 5 s) for the kernel's write-back, then 1 s more, so no
+# load pays for the write-back of the one before.
+settle_disk() {
+    sync
+    local tries=0
+    while ((tries < 50)) &&
+        (($(awk '/^(Dirty|Writeback):/ {s += $2} END {print s + 0}' /proc/meminfo) > 4096)); do
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    sleep 1
+}

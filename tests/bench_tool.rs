@@ -712,3 +712,390 @@ async fn etcd_target_speaks_the_v3_json_gateway() {
     assert!(row.starts_with("| cas (linearizable) | 3 |"), "{table}");
     assert!(row.contains("| 2.00× |"), "{table}");
 }
+
+// ---------------------------------------------------------------------------
+// A fake RaftKV JSON API (docs/api.md): puts, the range header, POST /txn
+// with mod-revision compares, and SSE watches fed from the puts. It keeps
+// its own counts, the oracle the bench's report is checked against, and can
+// drop or repeat an event on one watcher to prove the bench notices.
+
+#[derive(Default)]
+struct FakeKvState {
+    revision: i64,
+    /// key -> (value, mod_revision)
+    data: BTreeMap<String, (String, i64)>,
+    txn_succeeded: u64,
+    txn_failed: u64,
+    /// Watch requests seen: (prefix or key, start_revision).
+    watches: Vec<(String, i64)>,
+    rejected: Vec<String>,
+}
+
+struct FakeKvInner {
+    state: Mutex<FakeKvState>,
+    events: tokio::sync::broadcast::Sender<(i64, String)>,
+    /// The first watcher misses this revision and gets the next one twice.
+    fault_at: Option<i64>,
+}
+
+type FakeKv = Arc<FakeKvInner>;
+
+fn fake_header(revision: i64) -> Value {
+    json!({"cluster_id": 1, "member_id": 1, "revision": revision, "raft_term": 2})
+}
+
+fn fake_record(key: &str, value: &str, rev: i64) -> Value {
+    json!({"key": key, "value": value, "index": rev, "create_revision": rev,
+           "mod_revision": rev, "version": 1, "lease": 0})
+}
+
+async fn fake_kv_put(
+    State(fake): State<FakeKv>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "bad JSON").into_response();
+    };
+    let value = v["value"].as_str().unwrap_or_default().to_string();
+    let rev = {
+        let mut s = fake.state.lock().unwrap();
+        s.revision += 1;
+        let rev = s.revision;
+        s.data.insert(key.clone(), (value, rev));
+        // Sent under the lock, so events go out in revision order.
+        let _ = fake.events.send((rev, key.clone()));
+        rev
+    };
+    axum::Json(json!({"status": "committed", "key": key, "index": rev})).into_response()
+}
+
+async fn fake_kv_range(State(fake): State<FakeKv>) -> Response {
+    let rev = fake.state.lock().unwrap().revision;
+    axum::Json(json!({"items": [], "more": false, "count": 0, "header": fake_header(rev)}))
+        .into_response()
+}
+
+async fn fake_kv_txn(State(fake): State<FakeKv>, body: Bytes) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "bad JSON").into_response();
+    };
+    let mut s = fake.state.lock().unwrap();
+    let (Some(compare), Some(success), Some(failure)) = (
+        v["compare"].as_array(),
+        v["success"].as_array(),
+        v["failure"].as_array(),
+    ) else {
+        s.rejected.push(format!("txn shape: {v}"));
+        return (StatusCode::BAD_REQUEST, "shape").into_response();
+    };
+    let mut holds = true;
+    for c in compare {
+        let ok_shape = c["target"] == "mod" && c["result"] == "=" && c["mod_revision"].is_i64();
+        if !ok_shape {
+            s.rejected.push(format!("compare: {c}"));
+            return (StatusCode::BAD_REQUEST, "compare").into_response();
+        }
+        let key = c["key"].as_str().unwrap_or_default();
+        let have = s.data.get(key).map_or(0, |(_, r)| *r);
+        holds &= have == c["mod_revision"].as_i64().unwrap_or(-1);
+    }
+    let mut responses = Vec::new();
+    if holds {
+        s.revision += 1;
+        let rev = s.revision;
+        for op in success {
+            let p = &op["put"];
+            let (Some(k), Some(val)) = (p["key"].as_str(), p["value"].as_str()) else {
+                s.rejected.push(format!("success op: {op}"));
+                return (StatusCode::BAD_REQUEST, "op").into_response();
+            };
+            s.data.insert(k.to_string(), (val.to_string(), rev));
+            responses.push(json!({"put": {}}));
+        }
+        s.txn_succeeded += 1;
+    } else {
+        for op in failure {
+            let Some(k) = op["range"]["key"].as_str() else {
+                s.rejected.push(format!("failure op: {op}"));
+                return (StatusCode::BAD_REQUEST, "op").into_response();
+            };
+            let items: Vec<Value> = s
+                .data
+                .get(k)
+                .map(|(val, r)| fake_record(k, val, *r))
+                .into_iter()
+                .collect();
+            let count = items.len();
+            responses.push(json!({"range": {"items": items, "more": false, "count": count}}));
+        }
+        s.txn_failed += 1;
+    }
+    let rev = s.revision;
+    axum::Json(json!({"succeeded": holds, "responses": responses, "index": rev, "header": fake_header(rev)}))
+        .into_response()
+}
+
+async fn fake_kv_watch(
+    State(fake): State<FakeKv>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    use axum::response::sse::{Event, Sse};
+    let (filter, exact) = match (q.get("prefix"), q.get("key")) {
+        (Some(p), None) => (p.clone(), false),
+        (None, Some(k)) => (k.clone(), true),
+        _ => return (StatusCode::BAD_REQUEST, "one of key, prefix").into_response(),
+    };
+    let start: i64 = q
+        .get("start_revision")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let faulty = {
+        let mut s = fake.state.lock().unwrap();
+        s.watches.push((filter.clone(), start));
+        // The first prefix watcher is the faulty one (when a fault is set).
+        !exact && s.watches.iter().filter(|(f, _)| *f == filter).count() == 1
+    };
+    let fault_at = fake.fault_at.filter(|_| faulty);
+    // Subscribed before the answer's head is sent: no event is missed.
+    let rx = fake.events.subscribe();
+    let stream = futures::stream::unfold(rx, move |mut rx| {
+        let filter = filter.clone();
+        async move {
+            loop {
+                let (rev, key) = rx.recv().await.ok()?;
+                let matches = if exact {
+                    key == filter
+                } else {
+                    key.starts_with(&filter)
+                };
+                if !matches || rev < start || Some(rev) == fault_at {
+                    continue;
+                }
+                let data = json!({"revision": rev, "events": [{"type": "put", "kv": fake_record(&key, "v", rev)}]});
+                let event = || {
+                    Event::default()
+                        .id(rev.to_string())
+                        .event("events")
+                        .data(data.to_string())
+                };
+                let copies = if fault_at.is_some_and(|f| rev == f + 1) {
+                    2
+                } else {
+                    1
+                };
+                let items: Vec<Result<Event, std::convert::Infallible>> =
+                    (0..copies).map(|_| Ok(event())).collect();
+                return Some((futures::stream::iter(items), rx));
+            }
+        }
+    });
+    use futures::StreamExt;
+    Sse::new(stream.flatten()).into_response()
+}
+
+async fn start_fake_kv(fault_at: Option<i64>) -> (FakeKv, String) {
+    let fake: FakeKv = Arc::new(FakeKvInner {
+        state: Mutex::new(FakeKvState::default()),
+        events: tokio::sync::broadcast::channel(100_000).0,
+        fault_at,
+    });
+    let app = Router::new()
+        .route("/kv/{*key}", axum::routing::put(fake_kv_put))
+        .route("/kv", axum::routing::get(fake_kv_range))
+        .route("/txn", post(fake_kv_txn))
+        .route("/watch", axum::routing::get(fake_kv_watch))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (fake, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_workload_counts_both_branches_as_the_server_ran_them() {
+    let (fake, url) = start_fake_kv(None).await;
+    let list = [
+        "--nodes",
+        &url,
+        "--target-nodes",
+        "all",
+        "--workload",
+        "txn",
+        "--ops",
+        "300",
+        "--duration",
+        "60",
+        "--connections",
+        "4",
+        "--keys",
+        "40",
+        "--key-prefix",
+        "t/",
+        "--value-size",
+        "10",
+        "--json",
+    ];
+    let r = bench::execute(args(&list)).await.expect("bench runs");
+    check_consistent(&r);
+    let s = fake.state.lock().unwrap();
+    assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+    assert_eq!(r.ops, 300);
+    assert_eq!(r.errors, 0, "{:?}", r.errors_by_kind);
+    // The server's own counts are the oracle.
+    assert_eq!(r.successes, s.txn_succeeded);
+    assert_eq!(r.conflicts, s.txn_failed);
+    assert_eq!(
+        s.revision as u64, s.txn_succeeded,
+        "one revision per success"
+    );
+    // 40 keys, 4 connections: few collide, and the shared cache of mod
+    // revisions makes the rest succeed.
+    assert!(r.successes > 2 * r.conflicts, "{r:?}");
+    assert!(r.human().contains("took the failure branch"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_receive_every_put_and_the_report_says_so() {
+    let (fake, url) = start_fake_kv(None).await;
+    let list = [
+        "--nodes",
+        &url,
+        "--target-nodes",
+        "all",
+        "--workload",
+        "put",
+        "--ops",
+        "200",
+        "--duration",
+        "60",
+        "--connections",
+        "4",
+        "--keys",
+        "50",
+        "--key-prefix",
+        "w/",
+        "--watchers",
+        "3",
+        "--idle-watchers",
+        "5",
+        "--idle-watch-prefix",
+        "idle/",
+        "--watch-node",
+        &url,
+        "--warmup",
+        "0.2",
+        "--json",
+    ];
+    let pid = std::process::id().to_string();
+    let mut list = list.to_vec();
+    list.extend(["--rss-pids", &pid]);
+    let r = bench::execute(args(&list)).await.expect("bench runs");
+    check_consistent(&r);
+    let w = r.watch.as_ref().expect("a watch report");
+    let s = fake.state.lock().unwrap();
+    let puts = s.revision as u64; // warm-up puts included: every put is one revision
+    assert_eq!((w.active_open, w.idle_open), (3, 5), "{w:?}");
+    assert!(w.drained && w.errors.is_empty(), "{w:?}");
+    let f = &w.fanout;
+    assert_eq!(f.acked_puts, puts, "{f:?}");
+    assert_eq!(f.expected_events, puts * 3);
+    assert_eq!(f.received_events, puts * 3);
+    assert_eq!((f.mismatches(), f.complete_watchers), (0, 3), "{f:?}");
+    assert_eq!(f.latency_from_ack_ms.count, puts * 3);
+    assert!(f.latency_from_send_ms.p50 >= f.latency_from_ack_ms.p50);
+    assert_eq!(w.idle_messages, 0);
+    // What was watched: the prefix from the revision after the start, and
+    // five distinct idle keys.
+    let prefix: Vec<_> = s.watches.iter().filter(|(k, _)| k == "w/").collect();
+    assert_eq!(prefix.len(), 3);
+    assert!(
+        prefix.iter().all(|(_, start)| *start == 1),
+        "{:?}",
+        s.watches
+    );
+    let idle: std::collections::BTreeSet<_> = s
+        .watches
+        .iter()
+        .filter(|(k, _)| k.starts_with("idle/"))
+        .collect();
+    assert_eq!(idle.len(), 5);
+    // RSS of this process was read at the three points.
+    assert!(
+        r.rss[0].before_kib.is_some()
+            && r.rss[0].watching_kib.is_some()
+            && r.rss[0].end_kib.is_some()
+    );
+    let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(back, r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_and_a_repeated_event_are_reported() {
+    // The first watcher misses revision 10 and gets revision 11 twice.
+    let (_fake, url) = start_fake_kv(Some(10)).await;
+    let list = [
+        "--nodes",
+        &url,
+        "--target-nodes",
+        "all",
+        "--workload",
+        "put",
+        "--ops",
+        "50",
+        "--duration",
+        "60",
+        "--connections",
+        "2",
+        "--keys",
+        "10",
+        "--key-prefix",
+        "f/",
+        "--watchers",
+        "2",
+        "--watch-node",
+        &url,
+        "--watch-drain",
+        "5",
+        "--json",
+    ];
+    let r = bench::execute(args(&list)).await.expect("bench runs");
+    let f = &r.watch.as_ref().unwrap().fanout;
+    assert_eq!(f.expected_events, 100);
+    assert_eq!(
+        (f.missing, f.duplicates, f.out_of_order),
+        (1, 1, 1),
+        "{f:?}"
+    );
+    assert_eq!(f.complete_watchers, 1);
+    assert!(r.human().contains("missing 1, duplicated 1"));
+}
+
+#[tokio::test]
+async fn watch_and_txn_options_are_checked() {
+    for bad in [
+        &["--workload", "txn", "--keys", "1"][..],
+        &["--workload", "txn", "--target", "etcd"],
+        &["--workload", "get", "--watchers", "1"],
+        &["--watchers", "1", "--target", "etcd"],
+        &[
+            "--idle-watchers",
+            "1",
+            "--idle-watch-prefix",
+            "bench/x",
+            "--key-prefix",
+            "bench/",
+        ],
+        &["--watchers", "1", "--watch-drain=-1"],
+    ] {
+        let mut list = bad.to_vec();
+        list.extend(["--target-nodes", "all", "--nodes", "http://127.0.0.1:1"]);
+        let err = bench::execute(args(&list)).await.unwrap_err();
+        assert!(
+            err.downcast_ref::<UsageError>().is_some(),
+            "{bad:?} is a usage error, got {err:#}"
+        );
+    }
+}

@@ -62,6 +62,48 @@ pub fn steal_pct(before: CpuTimes, after: CpuTimes) -> Option<f64> {
     (total > 0).then(|| steal as f64 * 100.0 / total as f64)
 }
 
+/// Parses `VmRSS` (kB) out of a `/proc/PID/status` text.
+pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let kib = fields.next()?.parse().ok()?;
+    (fields.next() == Some("kB")).then_some(kib)
+}
+
+/// The resident memory of process `pid` now, in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    parse_vm_rss_kib(&text).ok_or_else(|| format!("{path}: no VmRSS line"))
+}
+
+/// Resident memory of one `--rss-pids` process at the points of a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RssReport {
+    /// The process.
+    pub pid: u32,
+    /// Before the run (before any watcher was opened).
+    pub before_kib: Option<u64>,
+    /// With the watchers open, before the load.
+    pub watching_kib: Option<u64>,
+    /// At the end of the load (watchers still open).
+    pub end_kib: Option<u64>,
+    /// The first error reading it, if any.
+    pub error: Option<String>,
+}
+
+impl RssReport {
+    /// Reads `pid`'s RSS into the slot `at` picks, keeping the first error.
+    pub fn sample(&mut self, at: fn(&mut RssReport) -> &mut Option<u64>) {
+        match rss_kib(self.pid) {
+            Ok(kib) => *at(self) = Some(kib),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+}
+
 /// Stalls seen by the probe.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StallTally {
@@ -162,6 +204,18 @@ impl StallProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_rss_is_read_from_proc_status() {
+        let status = "Name:\traftkv\nVmPeak:\t  999 kB\nVmRSS:\t   123456 kB\nThreads:\t9\n";
+        assert_eq!(parse_vm_rss_kib(status), Some(123_456));
+        assert_eq!(parse_vm_rss_kib("Name: x\n"), None);
+        assert_eq!(parse_vm_rss_kib("VmRSS: lots kB\n"), None);
+        assert_eq!(parse_vm_rss_kib("VmRSS: 12 MB\n"), None, "unit must be kB");
+        // This process has a resident set.
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
+        assert!(rss_kib(u32::MAX).is_err());
+    }
 
     #[test]
     fn proc_stat_gives_steal_and_total() {

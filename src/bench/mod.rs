@@ -29,7 +29,9 @@ pub mod http;
 pub mod machine;
 pub mod report;
 pub mod runner;
+pub mod sse;
 pub mod target;
+pub mod watch;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -52,6 +54,8 @@ pub const DEFAULT_DURATION_SECS: f64 = 10.0;
 pub const DEFAULT_OPS_CAP: u64 = 100_000_000;
 /// Most keys that are pre-populated.
 pub const MAX_POPULATE_KEYS: u64 = 1_000_000;
+/// Most keys of the txn workload (its mod-revision cache is 8 bytes a key).
+pub const MAX_TXN_KEYS: u64 = 10_000_000;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -61,6 +65,9 @@ Examples:
   raftkv bench -w mixed --read-ratio 0.9 --ops 100000
   raftkv bench -w cas --keys 100 -c 8            # read-modify-write with ?cas=
   raftkv bench --pids 1234,1235,1236 --json      # + server CPU-ms per operation
+  raftkv bench -w txn -c 16                      # two-key transactions (POST /txn)
+  raftkv bench -w put --watchers 100 --idle-watchers 1000 --watch-node leader \
+      --rss-pids 1234                            # watch fan-out latency, exactly-once check, RSS
   raftkv bench --target etcd --endpoints http://127.0.0.1:2379,http://127.0.0.1:22379
 
 Keys: every key is --key-prefix (default \"bench/\") followed by a zero-padded
@@ -79,7 +86,21 @@ operations that completed (successes and CAS conflicts); failures are counted
 by kind (http_<status>, timeout, connect, connection_error, not_found,
 invalid_response). With --pids, the CPU time (user + system, from
 /proc/PID/stat) the listed processes used during the measured run is divided
-by the operations counted: CPU-ms per operation summed over those processes.";
+by the operations counted: CPU-ms per operation summed over those processes.
+
+txn: each operation is one POST /txn on two distinct random keys: if both
+still have the mod_revision this bench last saw (0 = absent), put both,
+else read both (the failure branch, counted as a conflict). Its latency is
+that one request.
+
+--watchers W (put workload, RaftKV): W SSE watches (GET /watch) of
+--key-prefix from the current revision + 1 are opened before the load, and
+--idle-watchers M more on single keys under --idle-watch-prefix nobody
+writes. Every put records its revision; every watcher every message. After
+the load (and up to --watch-drain seconds for the watchers to catch up) each
+watcher's events are matched with the acknowledged puts: latency from the
+put's answer to delivery, and from the put being sent to delivery (p50/p99),
+and events expected vs received, missing, duplicated and out of order.";
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -102,6 +123,9 @@ pub enum Workload {
     /// Read-modify-write: read a key's mod index, then write it
     /// conditionally on it (RaftKV `?cas=`, etcd txn on mod_revision).
     Cas,
+    /// Two-key transactions (RaftKV `POST /txn`): compare both keys'
+    /// mod_revision, put both on success, read both on failure.
+    Txn,
 }
 
 /// Where requests go.
@@ -249,6 +273,37 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
 
+    /// Active watchers: SSE watches of --key-prefix held open during a put
+    /// run, measuring delivery latency and exactly-once delivery.
+    #[arg(long, value_name = "W", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub watchers: u32,
+
+    /// Idle watchers: SSE watches of single keys nobody writes (under
+    /// --idle-watch-prefix), held open during the run.
+    #[arg(long, value_name = "M", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub idle_watchers: u32,
+
+    /// Where the watchers go: leader, follower (the first one), all (spread
+    /// over --nodes), or a node's URL.
+    #[arg(long, value_name = "WHERE", default_value = "leader")]
+    pub watch_node: String,
+
+    /// Prefix of the idle watchers' keys (must not overlap --key-prefix).
+    #[arg(long, value_name = "P", default_value = "bench-idle/")]
+    pub idle_watch_prefix: String,
+
+    /// After the load, wait at most this many seconds for the watchers to
+    /// receive the last acknowledged revision.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub watch_drain: f64,
+
+    /// Processes whose resident memory (VmRSS) to report before the run,
+    /// with the watchers open, and at the end of the load.
+    #[arg(long, value_name = "PID,PID,...", value_delimiter = ',')]
+    pub rss_pids: Vec<u32>,
+
     /// Instead of running: print a Markdown table comparing the etcd and
     /// raftkv runs in FILE (one `--json` object per line), paired by
     /// workload and connection count, with raftkv/etcd ratios.
@@ -301,6 +356,10 @@ pub struct Plan {
     pub pace: Option<Duration>,
     /// Run the stall probe.
     pub stall_probe: bool,
+    /// Record every acknowledged put's revision and times (for watchers).
+    pub record_puts: bool,
+    /// Time zero of the recorded put and delivery times.
+    pub epoch: Instant,
 }
 
 /// Runs `raftkv bench`, printing the report (human or JSON) on stdout.
@@ -412,6 +471,34 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         args.workload,
         Workload::Get | Workload::Mixed | Workload::Cas
     );
+    if args.workload == Workload::Txn {
+        if args.target != TargetKind::Raftkv {
+            return Err(usage("--workload txn is for --target raftkv (POST /txn)"));
+        }
+        if !(2..=MAX_TXN_KEYS).contains(&args.keys) {
+            return Err(usage(format!(
+                "--workload txn needs between 2 and {MAX_TXN_KEYS} --keys"
+            )));
+        }
+    }
+    let watching = args.watchers > 0 || args.idle_watchers > 0;
+    if watching {
+        if args.target != TargetKind::Raftkv || args.workload != Workload::Put {
+            return Err(usage(
+                "--watchers and --idle-watchers need --target raftkv and --workload put",
+            ));
+        }
+        if args.idle_watchers > 0
+            && (args.idle_watch_prefix.is_empty()
+                || args.idle_watch_prefix.starts_with(&args.key_prefix)
+                || args.key_prefix.starts_with(&args.idle_watch_prefix))
+        {
+            return Err(usage(
+                "--idle-watch-prefix must be non-empty and not overlap --key-prefix",
+            ));
+        }
+        secs("--watch-drain", args.watch_drain, 3_600.0)?;
+    }
     if reads && !args.no_populate && args.keys > MAX_POPULATE_KEYS {
         return Err(usage(format!(
             "pre-populating is limited to {MAX_POPULATE_KEYS} keys; use fewer --keys or --no-populate"
@@ -425,7 +512,7 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         Some(_) => return Err(usage("--rate must be between 0.001 and 10000000 ops/s")),
     };
     let read_ratio = match args.workload {
-        Workload::Put | Workload::Cas => 0.0,
+        Workload::Put | Workload::Cas | Workload::Txn => 0.0,
         Workload::Get => 1.0,
         Workload::Mixed => args.read_ratio,
     };
@@ -446,6 +533,8 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         seed: args.seed.unwrap_or_else(rand::random),
         pace,
         stall_probe: args.stall_probe,
+        record_puts: args.watchers > 0,
+        epoch: Instant::now(),
     })
 }
 
@@ -481,6 +570,8 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     }
 
     let connect_timeout = Duration::from_secs(2).min(plan.timeout);
+    let mod_cache =
+        (plan.workload == Workload::Txn).then(|| Arc::new(target::ModCache::new(plan.keys.count)));
     let mut sessions = Vec::with_capacity(plan.connections as usize);
     for i in 0..plan.connections as usize {
         // Leader routing: every connection starts on the leader (listed
@@ -489,19 +580,21 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
             TargetNodes::Leader => 0,
             TargetNodes::All => i,
         };
-        sessions.push(
-            Session::new(
-                plan.system,
-                endpoints.clone(),
-                first,
-                plan.keys.clone(),
-                &value,
-                plan.stale,
-                plan.timeout,
-                connect_timeout,
-            )
-            .map_err(|e| anyhow::anyhow!(e))?,
-        );
+        let session = Session::new(
+            plan.system,
+            endpoints.clone(),
+            first,
+            plan.keys.clone(),
+            &value,
+            plan.stale,
+            plan.timeout,
+            connect_timeout,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        sessions.push(match &mod_cache {
+            Some(c) => session.with_mod_cache(c.clone()),
+            None => session,
+        });
     }
     let mut used: Vec<String> = Vec::new();
     for s in &sessions {
@@ -510,7 +603,52 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         }
     }
 
-    let outcome = runner::run(&plan, sessions, &args.pids, progress).await?;
+    let mut rss: Vec<machine::RssReport> = args
+        .rss_pids
+        .iter()
+        .map(|&pid| machine::RssReport {
+            pid,
+            ..Default::default()
+        })
+        .collect();
+    rss.iter_mut().for_each(|r| r.sample(|r| &mut r.before_kib));
+    let watchers = if args.watchers > 0 || args.idle_watchers > 0 {
+        let spec = watch_spec(&args, &plan, &endpoints).await?;
+        if !args.json {
+            eprintln!(
+                "opening {} active and {} idle watcher(s) on {}",
+                spec.active,
+                spec.idle,
+                spec.endpoints.join(",")
+            );
+        }
+        let set = watch::WatchSet::open(spec).await;
+        rss.iter_mut()
+            .for_each(|r| r.sample(|r| &mut r.watching_kib));
+        Some(set)
+    } else {
+        None
+    };
+
+    let outcome = runner::run(&plan, sessions, &args.pids, progress).await;
+    rss.iter_mut().for_each(|r| r.sample(|r| &mut r.end_kib));
+    let watch = match watchers {
+        Some(set) => {
+            let puts = outcome
+                .as_ref()
+                .map(|o| o.stats.puts.as_slice())
+                .unwrap_or(&[]);
+            let last = puts.iter().map(|p| p.revision).max().unwrap_or(0);
+            let started = Instant::now();
+            let drained = set
+                .drain(last, Duration::from_secs_f64(args.watch_drain))
+                .await;
+            let drain_s = started.elapsed().as_secs_f64();
+            Some(set.finish(puts, drained, drain_s).await)
+        }
+        None => None,
+    };
+    let outcome = outcome?;
     let stats = &outcome.stats;
     let ops = stats.ops();
     let completed = stats.successes + stats.conflicts;
@@ -586,7 +724,99 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         key_prefix: args.key_prefix.clone(),
         wrote_keys,
         cleanup,
+        watch,
+        rss,
     })
+}
+
+/// Where the watchers go and from which revision (see [`watch`]).
+async fn watch_spec(
+    args: &BenchArgs,
+    plan: &Plan,
+    endpoints: &[String],
+) -> anyhow::Result<watch::WatchSpec> {
+    let from_env = std::env::var("RAFTKV_NODES").ok();
+    let spec = args
+        .nodes
+        .as_deref()
+        .or(from_env.as_deref().filter(|s| !s.trim().is_empty()))
+        .unwrap_or(crate::client::DEFAULT_NODES);
+    let nodes = crate::client::parse_nodes(spec).map_err(|e| usage(format!("--nodes: {e}")))?;
+    let leader = || async {
+        if args.target_nodes == TargetNodes::Leader {
+            return Ok::<_, anyhow::Error>(endpoints[0].clone());
+        }
+        let client = crate::client::Client::new(crate::client::ClientConfig {
+            total_timeout: Duration::from_secs(15),
+            ..crate::client::ClientConfig::with_nodes(nodes.clone())
+        })
+        .map_err(|e| usage(e.to_string()))?;
+        let info = client.leader().await.context("finding the leader")?;
+        crate::client::normalize_url(&info.leader_url)
+            .map_err(|e| anyhow::anyhow!("the leader's URL: {e}"))
+    };
+    let on =
+        match args.watch_node.as_str() {
+            "all" => nodes.clone(),
+            "leader" => vec![leader().await?],
+            "follower" => {
+                let l = leader().await?;
+                let f = nodes
+                    .iter()
+                    .find(|n| **n != l)
+                    .ok_or_else(|| usage("--watch-node follower: --nodes lists only the leader"))?;
+                vec![f.clone()]
+            }
+            url => vec![crate::client::normalize_url(url)
+                .map_err(|e| usage(format!("--watch-node: {e}")))?],
+        };
+    // Watch from the revision after the current one, so a watcher that
+    // registers while the first puts land still gets them (from history).
+    let start_revision = match current_revision(&on[0], &args.key_prefix, plan.timeout).await {
+        Ok(r) => r + 1,
+        Err(e) => {
+            if !args.json {
+                eprintln!("warning: current revision unknown ({e}); watching from now");
+            }
+            0
+        }
+    };
+    Ok(watch::WatchSpec {
+        endpoints: on,
+        active: args.watchers,
+        idle: args.idle_watchers,
+        prefix: args.key_prefix.clone(),
+        idle_prefix: args.idle_watch_prefix.clone(),
+        start_revision,
+        open_timeout: Duration::from_secs(10).max(plan.timeout),
+        epoch: plan.epoch,
+    })
+}
+
+/// The store's current revision as `endpoint` reports it (the header of a
+/// one-key, keys-only range read under `prefix`).
+async fn current_revision(endpoint: &str, prefix: &str, timeout: Duration) -> anyhow::Result<i64> {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        revision: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        header: Header,
+    }
+    let mut conn = http::Conn::new(endpoint, timeout, Duration::from_secs(2))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let path = format!(
+        "/kv?prefix={}&limit=1&keys_only=true",
+        crate::client::encode_component(prefix)
+    );
+    match conn.request("GET", &path, None).await? {
+        200 => Ok(serde_json::from_slice::<Answer>(conn.body())
+            .context("reading the header of a range answer")?
+            .header
+            .revision),
+        code => bail!("GET /kv answered HTTP {code}"),
+    }
 }
 
 /// `--cleanup`: deletes every key of the key space once, spread over up to

@@ -88,6 +88,8 @@ pub struct Stats {
     pub read_ops: u64,
     /// Write operations attempted.
     pub write_ops: u64,
+    /// With watchers: every acknowledged put's revision and times.
+    pub puts: Vec<super::watch::PutRecord>,
 }
 
 impl Default for Stats {
@@ -101,6 +103,7 @@ impl Default for Stats {
             errors: HashMap::new(),
             read_ops: 0,
             write_ops: 0,
+            puts: Vec::new(),
         }
     }
 }
@@ -145,6 +148,7 @@ impl Stats {
         }
         self.read_ops += other.read_ops;
         self.write_ops += other.write_ops;
+        self.puts.extend_from_slice(&other.puts);
     }
 
     /// Operations counted (every outcome).
@@ -289,6 +293,12 @@ pub struct Report {
     /// `--cleanup`: what deleting the key space after the run did.
     #[serde(default)]
     pub cleanup: Option<CleanupReport>,
+    /// `--watchers`/`--idle-watchers`: fan-out latency and delivery check.
+    #[serde(default)]
+    pub watch: Option<super::watch::WatchReport>,
+    /// `--rss-pids`: resident memory before, with watchers, at the end.
+    #[serde(default)]
+    pub rss: Vec<super::machine::RssReport>,
 }
 
 /// What `--cleanup` did: every key of the run's key space deleted once.
@@ -380,6 +390,87 @@ impl Report {
                     l.p50, l.p90, l.p99, l.p999, l.max
                 );
             }
+        }
+        if self.workload == "txn" {
+            let done = (self.successes + self.conflicts).max(1);
+            let _ = writeln!(
+                s,
+                "  txn          {} succeeded, {} took the failure branch ({:.1}%)",
+                self.successes,
+                self.conflicts,
+                self.conflicts as f64 * 100.0 / done as f64
+            );
+        }
+        if let Some(w) = &self.watch {
+            let f = &w.fanout;
+            let _ = writeln!(
+                s,
+                "  watchers     {}/{} active, {}/{} idle open on {} (in {:.1} s), from revision {}",
+                w.active_open,
+                w.active,
+                w.idle_open,
+                w.idle,
+                w.endpoints.join(","),
+                w.open_s,
+                w.start_revision
+            );
+            let _ = writeln!(
+                s,
+                "  fan-out      {} acked puts x {} watchers: expected {} events, received {}; \
+                 missing {}, duplicated {}, out of order {}, wrong batch {}, unexpected {}; \
+                 {} watcher(s) exactly once{}",
+                f.acked_puts,
+                f.watchers,
+                f.expected_events,
+                f.received_events,
+                f.missing,
+                f.duplicates,
+                f.out_of_order,
+                f.wrong_batch_size,
+                f.unexpected_events,
+                f.complete_watchers,
+                if w.drained { "" } else { " (drain timed out)" }
+            );
+            for (name, l) in [
+                ("from ack", &f.latency_from_ack_ms),
+                ("from send", &f.latency_from_send_ms),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "    {name:<10} p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3} ms",
+                    l.p50, l.p90, l.p99, l.p999, l.max
+                );
+            }
+            if f.delivered_before_ack > 0 {
+                let _ = writeln!(
+                    s,
+                    "               {} deliveries came before the put's answer (0 ms from ack)",
+                    f.delivered_before_ack
+                );
+            }
+            if !w.errors.is_empty() || !w.canceled.is_empty() || w.idle_messages > 0 {
+                let _ = writeln!(
+                    s,
+                    "               watcher errors {:?}, canceled {:?}, idle watchers got {} message(s)",
+                    w.errors, w.canceled, w.idle_messages
+                );
+            }
+        }
+        for r in &self.rss {
+            let mb =
+                |k: Option<u64>| k.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+            let _ = writeln!(
+                s,
+                "  RSS MB       pid {}: before {}, watching {}, end {}{}",
+                r.pid,
+                mb(r.before_kib),
+                mb(r.watching_kib),
+                mb(r.end_kib),
+                r.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
         }
         if !self.errors_by_kind.is_empty() {
             let list: Vec<String> = self

@@ -15,6 +15,7 @@ use super::cpu::{self, Snapshot};
 use super::machine::{self, StallProbe, StallReport};
 use super::report::{ErrorKind, OpKind, Outcome, Stats};
 use super::target::Session;
+use super::watch::PutRecord;
 use super::{Plan, Workload, DEFAULT_OPS_CAP};
 
 /// What [`run`] measured.
@@ -189,6 +190,7 @@ async fn task(mut session: Session, id: u64, plan: Arc<Plan>, shared: Arc<Shared
     let mut rng = SmallRng::seed_from_u64(plan.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     session.warm_up_connection().await;
     shared.barrier.wait().await;
+    let mut warmup_puts = Vec::new();
     if !plan.warmup.is_zero() {
         shared.barrier.wait().await;
         let mut discarded = Stats::default();
@@ -203,9 +205,14 @@ async fn task(mut session: Session, id: u64, plan: Arc<Plan>, shared: Arc<Shared
         )
         .await;
         shared.barrier.wait().await;
+        warmup_puts = discarded.puts;
     }
     shared.barrier.wait().await;
-    let mut stats = Stats::default();
+    // Watchers see the warm-up's puts too: keep them for the matching.
+    let mut stats = Stats {
+        puts: warmup_puts,
+        ..Stats::default()
+    };
     ops_loop(
         &mut session,
         &mut rng,
@@ -263,13 +270,34 @@ async fn ops_loop(
         let key = rng.gen_range(0..plan.keys.count);
         let read = match plan.workload {
             Workload::Get => true,
-            Workload::Put | Workload::Cas => false,
+            Workload::Put | Workload::Cas | Workload::Txn => false,
             Workload::Mixed => rng.gen::<f64>() < plan.read_ratio,
         };
         let started = due.unwrap_or_else(Instant::now);
         let outcome = match (plan.workload, read) {
             (Workload::Cas, _) => session.cas(key).await,
+            (Workload::Txn, _) => {
+                // A second key, different from the first (plan() makes
+                // sure there are at least two).
+                let mut other = rng.gen_range(0..plan.keys.count.saturating_sub(1).max(1));
+                if other >= key {
+                    other += 1;
+                }
+                session.txn(key, other).await
+            }
             (_, true) => session.get(key).await,
+            (_, false) if plan.record_puts => {
+                let sent_us = started.saturating_duration_since(plan.epoch).as_micros() as u64;
+                let (outcome, revision) = session.put_revision(key).await;
+                if let (Outcome::Ok, Some(revision)) = (outcome, revision) {
+                    stats.puts.push(PutRecord {
+                        revision,
+                        sent_us,
+                        acked_us: plan.epoch.elapsed().as_micros() as u64,
+                    });
+                }
+                outcome
+            }
             (_, false) => session.put(key).await,
         };
         let micros = started.elapsed().as_micros() as u64;

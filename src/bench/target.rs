@@ -1,8 +1,9 @@
 //! One bench connection and the requests it sends: the same operations
 //! (put, get, compare-and-swap) spoken to RaftKV's API or to etcd's v3 JSON
-//! gateway.
+//! gateway, and RaftKV's two-key transaction (`POST /txn`).
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +91,118 @@ struct KvIndex {
     index: u64,
 }
 
+/// The `index` of RaftKV's answer to a put: the revision it created.
+#[derive(Deserialize)]
+struct PutIndex {
+    index: i64,
+}
+
+/// The last `mod_revision` the bench saw for each key of the key space
+/// (0: absent or not seen yet), shared by every connection of a txn run.
+/// A transaction compares against it; its answer updates it (the new
+/// revision after a success, the keys' current records after a failure),
+/// so a transaction fails only when another connection wrote one of its
+/// keys in between, or the key space held keys from before the run.
+#[derive(Debug)]
+pub struct ModCache {
+    revisions: Vec<AtomicI64>,
+}
+
+impl ModCache {
+    /// A cache for `count` keys, all unseen.
+    pub fn new(count: u64) -> ModCache {
+        ModCache {
+            revisions: (0..count).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    /// Key `i`'s last seen mod_revision.
+    pub fn get(&self, i: u64) -> i64 {
+        self.revisions
+            .get(i as usize)
+            .map_or(0, |r| r.load(Ordering::Relaxed))
+    }
+
+    /// Records key `i`'s mod_revision, never moving it backwards (a slower
+    /// connection's answer may carry an older one).
+    pub fn saw(&self, i: u64, revision: i64) {
+        if let Some(r) = self.revisions.get(i as usize) {
+            r.fetch_max(revision, Ordering::Relaxed);
+        }
+    }
+
+    /// Records key `i`'s mod_revision read from the store, which may be
+    /// lower than what was cached (the key was deleted and re-created is
+    /// impossible to tell from here, so the store wins).
+    pub fn set(&self, i: u64, revision: i64) {
+        if let Some(r) = self.revisions.get(i as usize) {
+            r.store(revision, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the bench reads of RaftKV's `POST /txn` answer.
+#[derive(Debug, Deserialize)]
+pub struct TxnAnswer {
+    /// Whether the success branch ran.
+    pub succeeded: bool,
+    /// The store revision after the transaction.
+    #[serde(default)]
+    pub index: i64,
+    /// One answer per op of the branch that ran.
+    #[serde(default)]
+    pub responses: Vec<TxnOpAnswer>,
+}
+
+/// One op's answer; only ranges are read (the failure branch's reads).
+#[derive(Debug, Deserialize)]
+pub struct TxnOpAnswer {
+    /// A range's answer.
+    #[serde(default)]
+    pub range: Option<RangeAnswer>,
+}
+
+/// A range answer: only the records' mod revisions are read.
+#[derive(Debug, Deserialize)]
+pub struct RangeAnswer {
+    /// The records.
+    #[serde(default)]
+    pub items: Vec<ModRevision>,
+}
+
+/// A record's mod revision.
+#[derive(Debug, Deserialize)]
+pub struct ModRevision {
+    /// The key's mod revision.
+    pub mod_revision: i64,
+}
+
+impl TxnAnswer {
+    /// The mod revision op `n`'s range found (0: the key is absent, or op
+    /// `n` is not a range).
+    pub fn range_mod_revision(&self, n: usize) -> i64 {
+        self.responses
+            .get(n)
+            .and_then(|r| r.range.as_ref())
+            .and_then(|r| r.items.first())
+            .map_or(0, |kv| kv.mod_revision)
+    }
+}
+
+/// Appends the body of the bench's transfer transaction to `out`: "if `a`
+/// and `b` still have the mod revisions `ra` and `rb` (0 = absent), put
+/// `value` into both; otherwise read both" (docs/api.md, `POST /txn`).
+pub fn transfer_txn_body(out: &mut Vec<u8>, a: &str, ra: i64, b: &str, rb: i64, value: &str) {
+    let cmp = |k: &str, r: i64| serde_json::json!({"key": k, "target": "mod", "result": "=", "mod_revision": r});
+    let body = serde_json::json!({
+        "compare": [cmp(a, ra), cmp(b, rb)],
+        "success": [{"put": {"key": a, "value": value}}, {"put": {"key": b, "value": value}}],
+        "failure": [{"range": {"key": a}}, {"range": {"key": b}}],
+    });
+    // Serializing a JSON value into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &body);
+}
+
 /// One bench connection: a kept-alive HTTP connection to one node (moving
 /// on to the next node if it cannot connect) and reusable buffers, so an
 /// operation allocates nothing.
@@ -110,6 +223,10 @@ pub struct Session {
     key_buf: String,
     path_buf: String,
     body_buf: Vec<u8>,
+    /// The value, as given (for JSON bodies built per request).
+    value: String,
+    /// Shared mod revisions of a txn run.
+    mod_cache: Option<Arc<ModCache>>,
 }
 
 impl Session {
@@ -146,7 +263,74 @@ impl Session {
             key_buf: String::with_capacity(64),
             path_buf: String::with_capacity(64),
             body_buf: Vec::with_capacity(512),
+            value: value.to_string(),
+            mod_cache: None,
         })
+    }
+
+    /// Makes this session's transactions use (and update) `cache`.
+    pub fn with_mod_cache(mut self, cache: Arc<ModCache>) -> Session {
+        self.mod_cache = Some(cache);
+        self
+    }
+
+    /// Writes key `i` and returns, on success, the revision it created
+    /// (RaftKV's `index`; `None` for etcd or an answer without one).
+    pub async fn put_revision(&mut self, i: u64) -> (Outcome, Option<i64>) {
+        let outcome = self.put(i).await;
+        if outcome != Outcome::Ok || self.system != System::RaftKv {
+            return (outcome, None);
+        }
+        // A put that succeeded without a readable index still counts as a
+        // success; it just cannot be matched with its watch events.
+        let revision = serde_json::from_slice::<PutIndex>(self.conn.body())
+            .ok()
+            .map(|p| p.index);
+        (outcome, revision)
+    }
+
+    /// The transfer transaction on keys `a` and `b` (RaftKV `POST /txn`):
+    /// compare both keys' mod revisions with the shared cache, put both on
+    /// success, read both on failure. A failure branch is a
+    /// [`Outcome::Conflict`].
+    pub async fn txn(&mut self, a: u64, b: u64) -> Outcome {
+        if self.system != System::RaftKv {
+            return Outcome::Error(ErrorKind::InvalidResponse);
+        }
+        let Some(cache) = self.mod_cache.clone() else {
+            return Outcome::Error(ErrorKind::InvalidResponse);
+        };
+        let (ka, kb) = (self.keys.key(a), self.keys.key(b));
+        self.body_buf.clear();
+        transfer_txn_body(
+            &mut self.body_buf,
+            &ka,
+            cache.get(a),
+            &kb,
+            cache.get(b),
+            &self.value,
+        );
+        match self
+            .conn
+            .request("POST", "/txn", Some(&self.body_buf))
+            .await
+        {
+            Ok(200) => match serde_json::from_slice::<TxnAnswer>(self.conn.body()) {
+                Ok(t) if t.succeeded => {
+                    cache.saw(a, t.index);
+                    cache.saw(b, t.index);
+                    Outcome::Ok
+                }
+                Ok(t) => {
+                    cache.set(a, t.range_mod_revision(0));
+                    cache.set(b, t.range_mod_revision(1));
+                    Outcome::Conflict
+                }
+                Err(_) => Outcome::Error(ErrorKind::InvalidResponse),
+            },
+            Ok(code) => Outcome::Error(ErrorKind::Status(code)),
+            Err(e) => Outcome::Error(transport(&e)),
+        }
     }
 
     /// Opens the connection ahead of the measured run (failures are left
@@ -364,5 +548,61 @@ mod tests {
         assert!(Keys::new("", 2000, 10).is_err(), "over the key limit");
         assert!(Keys::new("x", 4, 0).is_err());
         assert_eq!(Keys::new("", 1, 1).unwrap().key(0), "0");
+    }
+
+    #[test]
+    fn the_transfer_txn_body_has_the_documented_shape() {
+        let mut out = Vec::new();
+        transfer_txn_body(&mut out, "b/1", 7, "b/\"2", 0, "v");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "compare": [
+                    {"key": "b/1", "target": "mod", "result": "=", "mod_revision": 7},
+                    {"key": "b/\"2", "target": "mod", "result": "=", "mod_revision": 0}],
+                "success": [{"put": {"key": "b/1", "value": "v"}}, {"put": {"key": "b/\"2", "value": "v"}}],
+                "failure": [{"range": {"key": "b/1"}}, {"range": {"key": "b/\"2"}}]
+            })
+        );
+    }
+
+    #[test]
+    fn txn_answers_give_the_branch_and_the_revisions() {
+        // Success (docs/api.md's answer shape).
+        let ok: TxnAnswer = serde_json::from_str(
+            r#"{"succeeded":true,"responses":[{"put":{}},{"put":{"prev_kv":{"key":"a","value":"1","index":3,"create_revision":3,"mod_revision":3,"version":1,"lease":0}}}],
+                "index":11,"header":{"cluster_id":1,"member_id":1,"revision":11,"raft_term":2}}"#,
+        )
+        .unwrap();
+        assert!(ok.succeeded);
+        assert_eq!(ok.index, 11);
+        assert_eq!(ok.range_mod_revision(0), 0, "a put is not a range");
+        // Failure: the first key exists at 9, the second is absent.
+        let failed: TxnAnswer = serde_json::from_str(
+            r#"{"succeeded":false,"responses":[
+                {"range":{"items":[{"key":"a","value":"x","index":9,"create_revision":4,"mod_revision":9,"version":2,"lease":0}],"more":false,"count":1}},
+                {"range":{"items":[],"more":false,"count":0}}],
+                "index":12,"header":{"cluster_id":1,"member_id":1,"revision":12,"raft_term":2}}"#,
+        )
+        .unwrap();
+        assert!(!failed.succeeded);
+        assert_eq!(failed.range_mod_revision(0), 9);
+        assert_eq!(failed.range_mod_revision(1), 0);
+        assert_eq!(failed.range_mod_revision(5), 0);
+        assert!(serde_json::from_str::<TxnAnswer>(r#"{"index":1}"#).is_err());
+    }
+
+    #[test]
+    fn the_mod_cache_moves_forward_on_success_and_to_the_store_on_failure() {
+        let c = ModCache::new(3);
+        assert_eq!(c.get(1), 0);
+        c.saw(1, 10);
+        c.saw(1, 8);
+        assert_eq!(c.get(1), 10, "an older success does not move it back");
+        c.set(1, 4);
+        assert_eq!(c.get(1), 4, "what the store says wins");
+        c.saw(99, 5);
+        assert_eq!(c.get(99), 0, "outside the key space: ignored");
     }
 }
