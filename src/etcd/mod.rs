@@ -46,6 +46,7 @@
 pub mod backend;
 pub mod convert;
 pub mod error;
+pub mod gateway;
 pub mod pb;
 pub mod service;
 pub mod validate;
