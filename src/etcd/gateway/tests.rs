@@ -172,7 +172,12 @@ async fn version_members_status_and_hash() {
     assert_eq!(status["version"], "3.5.0", "{status}");
     assert_eq!(status["leader"], MEMBER_ID.to_string());
     // etcd maps both Hash and HashKV here; the gateway serves HashKV.
-    post(&app, "/v3/kv/put", json!({"key": b64("k"), "value": b64("v")})).await;
+    post(
+        &app,
+        "/v3/kv/put",
+        json!({"key": b64("k"), "value": b64("v")}),
+    )
+    .await;
     let (code, hash) = post(&app, "/v3/maintenance/hash", json!({"revision": "2"})).await;
     assert_eq!(code, StatusCode::OK, "{hash}");
     assert!(hash["hash"].as_u64().is_some_and(|h| h != 0), "{hash}");
