@@ -12,9 +12,10 @@
 //!   field names and leave default values out ([`super::pb`]'s serde impls).
 //! - **Errors** are `{"error": text, "message": text, "code": grpc_code}`
 //!   with the HTTP status grpc-gateway maps the code to.
-//! - **`/v3/watch`** reads watch requests (one or more JSON objects) from
-//!   the body and answers a chunked stream of `{"result": WatchResponse}`
-//!   lines, one per response, until the client goes away.
+//! - **`/v3/watch`** reads watch requests (JSON objects, one after
+//!   another) from the body as they arrive and answers a chunked stream of
+//!   `{"result": WatchResponse}` lines, one per response, until the client
+//!   goes away.
 //! - **`GET /version`** answers etcd's version document.
 //!
 //! Every call goes through [`EtcdService`], so validation, errors and
@@ -28,10 +29,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use super::backend::EtcdBackend;
@@ -233,23 +235,118 @@ fn stream_error(s: &Status) -> serde_json::Value {
     })
 }
 
-/// `POST /v3/watch`: the requests in the body (one or more JSON objects),
-/// the responses as a chunked stream of lines.
-async fn watch<B: EtcdBackend>(State(svc): State<EtcdService<B>>, body: Body) -> Response {
-    let bytes = match read_body(body).await {
-        Ok(b) => b,
-        Err(refusal) => return refusal.into_response(),
+/// Splits the complete watch requests off the front of `buf`, leaving an
+/// incomplete last one for more bytes. A malformed one is an error.
+fn take_requests(buf: &mut BytesMut, out: &mut Vec<rpc::WatchRequest>) -> Result<(), Refusal> {
+    let mut values = serde_json::Deserializer::from_slice(buf).into_iter::<rpc::WatchRequest>();
+    let mut consumed = 0;
+    let result = loop {
+        match values.next() {
+            None => break Ok(()),
+            Some(Ok(req)) => {
+                out.push(req);
+                consumed = values.byte_offset();
+            }
+            Some(Err(e)) if e.is_eof() => break Ok(()),
+            Some(Err(e)) => break Err(Refusal(Code::InvalidArgument, e.to_string())),
+        }
     };
-    let mut requests = Vec::new();
-    for value in serde_json::Deserializer::from_slice(&bytes).into_iter::<rpc::WatchRequest>() {
-        match value {
-            Ok(r) => requests.push(Ok(r)),
-            Err(e) => return error_response(&Status::invalid_argument(e.to_string())),
+    buf.advance(consumed);
+    result
+}
+
+/// Reads body chunks into `buf` until at least one request is complete or
+/// the body ends (then `ended`).
+async fn next_requests<S, E>(
+    body: &mut S,
+    buf: &mut BytesMut,
+    ended: &mut bool,
+) -> Result<Vec<rpc::WatchRequest>, Refusal>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut out = Vec::new();
+    while out.is_empty() && !*ended {
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                if buf.len() + chunk.len() > MAX_GATEWAY_BODY_BYTES {
+                    return Err(Refusal(
+                        Code::ResourceExhausted,
+                        format!("a watch request is larger than the limit of {MAX_GATEWAY_BODY_BYTES} bytes"),
+                    ));
+                }
+                buf.extend_from_slice(&chunk);
+                take_requests(buf, &mut out)?;
+            }
+            Some(Err(e)) => {
+                return Err(Refusal(
+                    Code::InvalidArgument,
+                    format!("could not read the body: {e}"),
+                ))
+            }
+            None => {
+                *ended = true;
+                if !buf.iter().all(u8::is_ascii_whitespace) {
+                    return Err(Refusal(
+                        Code::InvalidArgument,
+                        "the body ends inside a watch request".into(),
+                    ));
+                }
+            }
         }
     }
-    // The request side ends here; the watches go on until the client
-    // drops the response (as etcd's stream after a half-close).
-    let responses = svc.watch_stream(futures::stream::iter(requests));
+    Ok(out)
+}
+
+/// `POST /v3/watch`: watch requests (JSON objects, one after another) read
+/// from the body as they arrive, the responses as a chunked stream of
+/// lines. A malformed first request is a 400; a later one ends the stream
+/// with an `{"error": ...}` line.
+async fn watch<B: EtcdBackend>(State(svc): State<EtcdService<B>>, body: Body) -> Response {
+    let mut body = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    let mut ended = false;
+    let first = match next_requests(&mut body, &mut buf, &mut ended).await {
+        Ok(f) => f,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    // A malformed later request ends the session; its error is the last line.
+    let (error_tx, error_rx) = tokio::sync::oneshot::channel::<Status>();
+    let mut error_tx = Some(error_tx);
+    if !ended {
+        // Later requests (cancel, progress) on the still open body. The
+        // request side ending does not end the watches (as etcd's stream
+        // after a half-close); the client dropping the response does.
+        tokio::spawn(async move {
+            loop {
+                let more = next_requests(&mut body, &mut buf, &mut ended).await;
+                let batch = match more {
+                    Ok(batch) => batch.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(Refusal(code, message)) => {
+                        let status = Status::new(code, message);
+                        if let Some(error_tx) = error_tx.take() {
+                            let _ = error_tx.send(status.clone());
+                        }
+                        vec![Err(status)]
+                    }
+                };
+                let stop = ended || batch.iter().any(Result::is_err);
+                for item in batch {
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                if stop {
+                    return;
+                }
+            }
+        });
+    }
+    let requests = futures::stream::iter(first.into_iter().map(Ok)).chain(ReceiverStream::new(rx));
+    let last_error = futures::stream::once(error_rx).filter_map(|r| async move { r.ok().map(Err) });
+    let responses = svc.watch_stream(requests).chain(last_error);
     let lines = responses.map(|item| Ok::<_, Infallible>(watch_line(item)));
     (
         StatusCode::OK,

@@ -228,3 +228,104 @@ async fn watch_streams_one_result_line_per_response() {
     // PUT is the enum's default: left out.
     assert!(ev.get("type").is_none(), "{ev}");
 }
+
+/// Reads the next line of a gateway stream.
+async fn next_line(
+    body: &mut (impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin),
+    buf: &mut Vec<u8>,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            return serde_json::from_slice(&line).unwrap();
+        }
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("a line in time")
+            .expect("stream open")
+            .unwrap();
+        buf.extend_from_slice(&chunk);
+    }
+}
+
+#[tokio::test]
+async fn watch_reads_later_requests_from_the_open_body() {
+    let backend = MemBackend::new();
+    let app = app(&backend);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let req = Request::post("/v3/watch")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    // The first request arrives in two pieces.
+    let create = json!({"create_request": {"key": b64("k")}}).to_string();
+    let (a, b) = create.split_at(7);
+    tx.send(Ok(a.to_string().into())).await.unwrap();
+    let answer = tokio::spawn(app.clone().oneshot(req));
+    tx.send(Ok(b.to_string().into())).await.unwrap();
+    let resp = answer.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body().into_data_stream();
+    let mut buf = Vec::new();
+    let created = next_line(&mut body, &mut buf).await;
+    assert_eq!(created["result"]["created"], true, "{created}");
+    // The first watch id, 0, is the default: left out.
+    assert!(created["result"].get("watch_id").is_none(), "{created}");
+
+    post(
+        &app,
+        "/v3/kv/put",
+        json!({"key": b64("k"), "value": b64("1")}),
+    )
+    .await;
+    let ev = next_line(&mut body, &mut buf).await;
+    assert_eq!(ev["result"]["events"][0]["kv"]["value"], b64("1"), "{ev}");
+
+    // A cancel on the same body ends that watch.
+    let cancel = json!({"cancel_request": {"watch_id": "0"}}).to_string();
+    tx.send(Ok(cancel.into())).await.unwrap();
+    let canceled = next_line(&mut body, &mut buf).await;
+    assert_eq!(canceled["result"]["canceled"], true, "{canceled}");
+    post(
+        &app,
+        "/v3/kv/put",
+        json!({"key": b64("k"), "value": b64("2")}),
+    )
+    .await;
+    // Nothing more for the canceled watch: a progress request answers next.
+    tx.send(Ok(json!({"progress_request": {}}).to_string().into()))
+        .await
+        .unwrap();
+    let progress = next_line(&mut body, &mut buf).await;
+    assert!(progress["result"].get("events").is_none(), "{progress}");
+    assert_eq!(progress["result"]["header"]["revision"], "3", "{progress}");
+
+    // A malformed request ends the stream with an error line.
+    tx.send(Ok("{\"cancel_request\": 7}".to_string().into()))
+        .await
+        .unwrap();
+    let err = next_line(&mut body, &mut buf).await;
+    assert_eq!(err["error"]["grpc_code"], 3, "{err}");
+    let end = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("the stream ends");
+    assert!(end.is_none(), "{end:?}");
+}
+
+#[tokio::test]
+async fn a_malformed_first_watch_request_is_a_400() {
+    let backend = MemBackend::new();
+    let app = app(&backend);
+    let req = Request::post("/v3/watch")
+        .body(Body::from("{\"create_request\": {\"key\": 5}}"))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let req = Request::post("/v3/watch")
+        .body(Body::from("{\"create_request\": "))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
