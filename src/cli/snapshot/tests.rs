@@ -26,10 +26,10 @@ fn put(k: &str, v: &str) -> Command {
 }
 
 /// A source store: overwrites, a delete, a compaction, and history after
-/// it. Returns the store and its revision.
+/// it.
 fn source(dir: &Path) -> SledStore {
     let mut store = SledStore::open(dir, "node-1", "old-cluster").unwrap();
-    let cmds = vec![
+    let cmds = [
         put("a", "1"),
         put("b", "1"),
         put("a", "2"),
