@@ -444,6 +444,8 @@ pub struct Restored {
     pub cluster_id: String,
     /// The snapshot restored.
     pub snapshot: Inspected,
+    /// How to start the member.
+    pub start_command: String,
 }
 
 impl Restored {
@@ -451,19 +453,40 @@ impl Restored {
         let s = &self.snapshot;
         format!(
             "Restored snapshot (revision {}, {} keys, index {}) into {} as member {} of cluster {}.\n\
-             Start it with: raftkv start --node-id {} --data-dir {} --cluster-id {} \
-             --peers <the other members of --initial-cluster>",
+             Start it with: {}",
             s.mvcc.revision,
             s.mvcc.keys,
             s.file.meta.index,
             self.data_dir.display(),
             self.name,
             self.cluster_id,
-            self.name,
-            self.data_dir.display(),
-            self.cluster_id
+            self.start_command
         )
     }
+}
+
+/// The `raftkv start` command line that runs the restored member: the same
+/// name, address, members and cluster id.
+fn start_command(membership: &Membership, data_dir: &Path) -> String {
+    let addr = membership.self_addr();
+    let port = addr.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+    let mut cmd = format!(
+        "raftkv start --node-id {} --port {port} --data-dir {} --cluster-id {}",
+        membership.self_name,
+        data_dir.display(),
+        membership.cluster_id
+    );
+    if !addr.starts_with("127.0.0.1:") {
+        cmd.push_str(&format!(" --host 0.0.0.0 --advertise {addr}"));
+    }
+    let peers: Vec<String> = membership
+        .peers()
+        .map(|m| format!("{}={}", m.name.as_deref().unwrap_or_default(), m.addr))
+        .collect();
+    if !peers.is_empty() {
+        cmd.push_str(&format!(" --peers {}", peers.join(",")));
+    }
+    cmd
 }
 
 /// The new cluster's membership as `raftkv start` will resolve it on this
@@ -545,6 +568,7 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, SnapshotCmdError> {
     }
     written?;
     Ok(Restored {
+        start_command: start_command(&membership, &args.data_dir),
         data_dir: args.data_dir.clone(),
         name: membership.self_name,
         cluster_id: membership.cluster_id,

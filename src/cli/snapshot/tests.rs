@@ -132,6 +132,20 @@ async fn export_then_restore_reproduces_the_state_machine() {
     })
     .unwrap();
     assert_eq!(restored.cluster_id, expect.cluster_id);
+    let cmd = &restored.start_command;
+    assert!(cmd.contains("--node-id n2 --port 9102 "), "{cmd}");
+    assert!(
+        cmd.contains(&format!("--cluster-id {}", expect.cluster_id)),
+        "{cmd}"
+    );
+    assert!(
+        cmd.contains("n1=127.0.0.1:9101") && cmd.contains("n3=127.0.0.1:9103"),
+        "{cmd}"
+    );
+    assert!(
+        !cmd.contains("n2=") && !cmd.contains("--advertise"),
+        "{cmd}"
+    );
 
     let mut new = SledStore::open(&dir, "n2", &restored.cluster_id).unwrap();
     assert_eq!(new.revision().unwrap(), src.revision().unwrap());
