@@ -137,4 +137,67 @@ mod tests {
         assert_eq!(mvcc.revision, 51);
         assert_eq!(mvcc.keys, 20);
     }
+
+    #[tokio::test]
+    async fn an_export_aborted_part_way_cuts_the_body_short() {
+        let membership = Membership::resolve(&NodeConfig::new("n1")).unwrap();
+        let cluster_id = membership.cluster_id.clone();
+        let fake = fake_node::<()>(membership, Mode::Leader, Duration::from_secs(5));
+        let app = crate::server::router(AppState::new(fake.handle.clone()));
+        let tmp = tempfile::tempdir().unwrap();
+        // About 4 MiB of records: many more pieces than the export reads
+        // ahead of its consumer.
+        let mut store = SledStore::open(tmp.path().join("a"), "n1", &cluster_id).unwrap();
+        let entries: Vec<Entry> = (0..2000u64)
+            .map(|i| Entry {
+                index: i + 1,
+                term: 1,
+                payload: EntryPayload::Command(
+                    Command::Put(PutRequest {
+                        key: format!("k{i:05}").into_bytes(),
+                        value: vec![b'v'; 2000],
+                        ..Default::default()
+                    })
+                    .encode(),
+                ),
+            })
+            .collect();
+        store.apply(&entries).unwrap();
+        let exporter = Arc::new(StoreExporter(store.clone()));
+        assert!(fake.handle.shared.exporter.set(exporter).is_ok());
+        // An image to install over it, as a leader's snapshot would be.
+        let other = SledStore::open(tmp.path().join("b"), "n1", &cluster_id).unwrap();
+        let (_, image) = other.snapshot().unwrap();
+
+        let resp = get(&app, "/snapshot").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body().into_data_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert!(first.starts_with(crate::storage::snapshot_file::FILE_MAGIC));
+        let mut writer = store.stage_snapshot().unwrap();
+        writer.write(&image).unwrap();
+        let staged = writer
+            .finish(&crate::storage::ImageTrailer {
+                total_len: image.len() as u64,
+                crc32: crc32fast::hash(&image),
+            })
+            .unwrap();
+        store.install_staged(staged).unwrap();
+        let mut received = first.to_vec();
+        let mut failed = false;
+        while let Some(piece) = body.next().await {
+            match piece {
+                Ok(p) => received.extend_from_slice(&p),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "the body ended as if complete");
+        assert!(
+            decode_file(&received).is_err(),
+            "a cut body must not verify"
+        );
+    }
 }
