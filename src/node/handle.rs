@@ -709,7 +709,8 @@ impl SnapshotExport {
         &self.cluster_id
     }
 
-    /// The next piece of the file; `None` after the last (the SHA-256).
+    /// The next piece of the file; `None` after the last (the padding
+    /// and the SHA-256).
     /// An `Err` ends the stream: what came before is not a complete file.
     pub async fn next_chunk(&mut self) -> Option<Result<bytes::Bytes, ExportError>> {
         self.rx.recv().await
@@ -751,8 +752,7 @@ fn produce_export(
             return;
         }
     }
-    let hash = encoder.finish();
-    let _ = tx.blocking_send(Ok(bytes::Bytes::copy_from_slice(&hash)));
+    let _ = tx.blocking_send(Ok(encoder.finish().into()));
 }
 
 impl NodeHandle {

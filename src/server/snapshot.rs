@@ -126,6 +126,7 @@ mod tests {
         let body = axum::body::to_bytes(resp.into_body(), 64 << 20)
             .await
             .unwrap();
+        assert_eq!(body.len() % 512, 32, "etcdctl's length rule");
         let (summary, items) = decode_file(&body).unwrap();
         assert_eq!(summary.cluster_id, cluster_id);
         assert_eq!(summary.meta, store.applied());

@@ -5,7 +5,7 @@
 //! Format:
 //!
 //! ```text
-//! file    = magic ++ version ++ cluster ++ image ++ sha256
+//! file    = magic ++ version ++ cluster ++ image ++ padding ++ sha256
 //! magic   = the 8 bytes "RKVSNAP\n"
 //! version = u32 little-endian, FILE_VERSION (1)
 //! cluster = u16 little-endian length, then that many UTF-8 bytes: the id
@@ -15,11 +15,17 @@
 //!           every frame checksummed), the items being the records of the
 //!           node's MVCC tree (`super::mvcc_tree`), so the file carries the
 //!           revision, the compact revision and the history
+//! padding = 0 to 511 zero bytes, so that everything before the hash is a
+//!           multiple of 512 bytes long
 //! sha256  = 32 bytes: SHA-256 of every byte before it
 //! ```
 //!
 //! Like etcd's snapshot file, it ends with a SHA-256 of its content, so a
-//! copy can be checked without understanding it; the image's own frame
+//! copy can be checked without understanding it. The padding is etcd's
+//! rule too: `etcdctl snapshot save` refuses a download whose length is not
+//! 32 more than a multiple of 512 ("sha256 checksum not found"), since an
+//! etcd database is whole pages; with it, etcdctl saves RaftKV's stream as
+//! it is. The image's own frame
 //! checksums, key order and end marker catch damage a second way, and say
 //! where. The file is written and read in one pass with bounded memory
 //! ([`SnapshotFileEncoder`], [`SnapshotFileDecoder`]), so neither a node
@@ -27,7 +33,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::image::{ImageDecoder, ImageItem};
+use super::image::{ImageDecoder, ImageItem, MAX_FRAME_BYTES};
 use super::mvcc_tree::keys::{describe, CURRENT, META_COMPACT, META_REVISION};
 use super::{record, StorageError};
 use crate::raft::SnapshotMeta;
@@ -40,6 +46,8 @@ pub const FILE_VERSION: u32 = 1;
 pub const MAX_CLUSTER_ID_BYTES: usize = 1024;
 /// Length of the SHA-256 at the end of the file.
 pub const HASH_BYTES: usize = 32;
+/// What the length of everything before the hash is a multiple of.
+pub const ALIGN_BYTES: u64 = 512;
 
 /// Length of the fixed part of the header (magic, version, id length).
 const FIXED_HEADER: usize = 8 + 4 + 2;
@@ -74,6 +82,9 @@ pub enum SnapshotFileError {
     /// A frame of the image is damaged (checksum, order, end marker).
     #[error("snapshot file is damaged: {0}")]
     Image(#[source] StorageError),
+    /// The bytes between the image and the hash are not the padding.
+    #[error("snapshot file is damaged: {0}")]
+    BadPadding(String),
     /// The SHA-256 at the end does not match the content.
     #[error("snapshot file is damaged: its SHA-256 is {computed}, the file records {stored}")]
     HashMismatch {
@@ -113,10 +124,12 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Writes a file around an image streamed in pieces: [`Self::new`] gives
 /// the header, [`Self::image`] passes each image piece through the hash,
-/// [`Self::finish`] gives the trailing hash.
+/// [`Self::finish`] gives the padding and the trailing hash.
 #[derive(Clone, Debug)]
 pub struct SnapshotFileEncoder {
     hasher: Sha256,
+    /// Bytes of header and image so far.
+    written: u64,
 }
 
 impl SnapshotFileEncoder {
@@ -135,19 +148,31 @@ impl SnapshotFileEncoder {
         header.extend_from_slice(id);
         let mut hasher = Sha256::new();
         hasher.update(&header);
-        Ok((SnapshotFileEncoder { hasher }, header))
+        let written = header.len() as u64;
+        Ok((SnapshotFileEncoder { hasher, written }, header))
     }
 
     /// Adds the next piece of the image to the hash (the caller writes the
     /// piece itself, unchanged).
     pub fn image(&mut self, piece: &[u8]) {
         self.hasher.update(piece);
+        self.written += piece.len() as u64;
     }
 
-    /// The 32 bytes that close the file.
-    pub fn finish(self) -> [u8; HASH_BYTES] {
-        self.hasher.finalize().into()
+    /// The bytes that close the file: the padding, then the SHA-256.
+    pub fn finish(mut self) -> Vec<u8> {
+        let pad = padding_for(self.written);
+        let mut out = vec![0u8; pad];
+        self.hasher.update(&out);
+        out.extend_from_slice(&self.hasher.finalize());
+        out
     }
+}
+
+/// Zero bytes that bring `len` to a multiple of [`ALIGN_BYTES`].
+fn padding_for(len: u64) -> usize {
+    // Below 512, so the cast cannot truncate.
+    ((ALIGN_BYTES - len % ALIGN_BYTES) % ALIGN_BYTES) as usize
 }
 
 /// Encodes a whole file around a whole image.
@@ -155,13 +180,14 @@ pub fn encode_file(cluster_id: &str, image: &[u8]) -> Result<Vec<u8>, SnapshotFi
     let (mut enc, mut out) = SnapshotFileEncoder::new(cluster_id)?;
     enc.image(image);
     out.extend_from_slice(image);
-    out.extend_from_slice(&enc.finish());
+    out.extend(enc.finish());
     Ok(out)
 }
 
 /// Verifies a file fed in pieces of any size: the header, every frame of
-/// the image as it completes, and at [`Self::finish`] the end marker and
-/// the SHA-256. Memory use is bounded by one image frame.
+/// the image as it completes, the padding, and at [`Self::finish`] the end
+/// marker, the alignment and the SHA-256. Memory use is bounded by one
+/// image frame.
 #[derive(Debug)]
 pub struct SnapshotFileDecoder {
     /// Header bytes, until the header is complete.
@@ -171,7 +197,11 @@ pub struct SnapshotFileDecoder {
     /// The last bytes seen: the hash, if the file ends here.
     tail: Vec<u8>,
     image: ImageDecoder,
+    /// An image frame not yet complete (frames go to `image` whole, so
+    /// the end of the image is found exactly where the padding starts).
+    frame: Vec<u8>,
     image_bytes: u64,
+    padding: u64,
     file_bytes: u64,
 }
 
@@ -183,7 +213,9 @@ impl Default for SnapshotFileDecoder {
             hasher: Sha256::new(),
             tail: Vec::with_capacity(2 * HASH_BYTES),
             image: ImageDecoder::new(),
+            frame: Vec::new(),
             image_bytes: 0,
+            padding: 0,
             file_bytes: 0,
         }
     }
@@ -261,12 +293,11 @@ impl SnapshotFileDecoder {
 
     /// Feeds the next piece of the file. `on_item` gets every image record
     /// whose frame completes in it, verified. Returns the image bytes this
-    /// piece released (held back: the last 32 bytes seen, which are the
-    /// hash if the file ends there).
+    /// piece completed (whole frames; not the header, padding or hash).
     pub fn push(
         &mut self,
         piece: &[u8],
-        on_item: impl FnMut(ImageItem) -> Result<(), StorageError>,
+        mut on_item: impl FnMut(ImageItem) -> Result<(), StorageError>,
     ) -> Result<Vec<u8>, SnapshotFileError> {
         self.file_bytes += piece.len() as u64;
         let rest = if self.cluster_id.is_none() {
@@ -277,6 +308,8 @@ impl SnapshotFileDecoder {
         if rest.is_empty() {
             return Ok(Vec::new());
         }
+        // The last 32 bytes seen are held back: they are the hash if the
+        // file ends here.
         self.tail.extend_from_slice(rest);
         if self.tail.len() <= HASH_BYTES {
             return Ok(Vec::new());
@@ -284,15 +317,73 @@ impl SnapshotFileDecoder {
         let keep_from = self.tail.len() - HASH_BYTES;
         let released: Vec<u8> = self.tail.drain(..keep_from).collect();
         self.hasher.update(&released);
-        self.image_bytes += released.len() as u64;
-        self.image
-            .push(&released, on_item)
-            .map_err(SnapshotFileError::Image)?;
-        Ok(released)
+        let mut image = Vec::with_capacity(released.len());
+        self.body(&released, &mut on_item, &mut image)?;
+        Ok(image)
     }
 
-    /// Checks that the whole file was fed: a complete image, then a
-    /// SHA-256 that matches everything before it.
+    /// Splits body bytes into whole image frames (decoded, and appended to
+    /// `out`) and, after the end marker, padding.
+    fn body(
+        &mut self,
+        mut rest: &[u8],
+        on_item: &mut impl FnMut(ImageItem) -> Result<(), StorageError>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SnapshotFileError> {
+        let frame_len = |f: &[u8]| u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize;
+        while !rest.is_empty() {
+            if self.image.is_complete() {
+                if let Some(at) = rest.iter().position(|b| *b != 0) {
+                    return Err(SnapshotFileError::BadPadding(format!(
+                        "byte {} after the image is not zero padding",
+                        self.padding + at as u64
+                    )));
+                }
+                self.padding += rest.len() as u64;
+                if self.padding >= ALIGN_BYTES {
+                    return Err(SnapshotFileError::BadPadding(format!(
+                        "{} bytes follow the image, more than the padding's {}",
+                        self.padding,
+                        ALIGN_BYTES - 1
+                    )));
+                }
+                return Ok(());
+            }
+            let want = if self.frame.len() < 4 {
+                4
+            } else {
+                4 + frame_len(&self.frame)
+            };
+            let take = (want - self.frame.len()).min(rest.len());
+            self.frame.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.frame.len() < 4 {
+                continue;
+            }
+            let len = frame_len(&self.frame);
+            if len > MAX_FRAME_BYTES {
+                return Err(SnapshotFileError::Image(StorageError::Corruption {
+                    tree: "snapshot image".into(),
+                    key: format!("byte {}", self.image_bytes),
+                    reason: format!(
+                        "frame length {len} exceeds the limit of {MAX_FRAME_BYTES} bytes"
+                    ),
+                }));
+            }
+            if self.frame.len() == 4 + len {
+                self.image
+                    .push(&self.frame, &mut *on_item)
+                    .map_err(SnapshotFileError::Image)?;
+                self.image_bytes += self.frame.len() as u64;
+                out.extend_from_slice(&self.frame);
+                self.frame.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the whole file was fed: a complete image, the padding,
+    /// then a SHA-256 that matches everything before it.
     pub fn finish(&self) -> Result<FileSummary, SnapshotFileError> {
         let truncated = |reason: &str| SnapshotFileError::Truncated {
             bytes: self.file_bytes,
@@ -306,6 +397,13 @@ impl SnapshotFileDecoder {
         }
         if self.tail.len() != HASH_BYTES {
             return Err(truncated("the SHA-256 at the end is incomplete"));
+        }
+        let before_hash = self.head.len() as u64 + self.image_bytes + self.padding;
+        if before_hash % ALIGN_BYTES != 0 {
+            return Err(truncated(
+                "the padding after the image is incomplete (the length is not 32 more than a \
+                 multiple of 512)",
+            ));
         }
         let (meta, items) = self.image.finish().map_err(SnapshotFileError::Image)?;
         let computed: [u8; HASH_BYTES] = self.hasher.clone().finalize().into();
@@ -429,6 +527,8 @@ mod tests {
         assert_eq!(items[2].key, b"\x03c");
         assert_eq!(s.image_bytes, image().len() as u64);
         assert_eq!(s.file_bytes, f.len() as u64);
+        // etcdctl's test for a file that ends with a SHA-256.
+        assert_eq!(f.len() % 512, 32);
         assert_eq!(s.sha256[..], f[f.len() - 32..]);
         let expect: [u8; 32] = Sha256::digest(&f[..f.len() - 32]).into();
         assert_eq!(s.sha256, expect, "the trailer is the SHA-256 of the rest");
@@ -445,7 +545,7 @@ mod tests {
             enc.image(piece);
             out.extend_from_slice(piece);
         }
-        out.extend_from_slice(&enc.finish());
+        out.extend(enc.finish());
         assert_eq!(out, file());
     }
 
@@ -472,21 +572,26 @@ mod tests {
     fn every_byte_flip_is_a_typed_error() {
         let f = file();
         let img_start = FIXED_HEADER + "raftkv-0123".len();
+        let img_end = img_start + image().len();
+        let hash_start = f.len() - 32;
+        assert!(hash_start > img_end, "the test file has padding");
         for i in 0..f.len() {
             let mut bad = f.clone();
             bad[i] ^= 0x20;
             let err = decode_in_pieces(&bad, 7).expect_err(&format!("flip at {i} accepted"));
+            let in_image = (img_start..img_end).contains(&i);
             match (i, &err) {
                 (0..=7, SnapshotFileError::NotASnapshot)
                 | (8..=11, SnapshotFileError::UnsupportedVersion { .. }) => {}
                 // A length change shifts everything: any typed error.
                 (12..=13, _) => {}
-                (i, SnapshotFileError::HashMismatch { .. }) if i >= f.len() - 32 => {}
                 // A flipped id byte passes the frame checks; the hash catches it.
-                (i, SnapshotFileError::HashMismatch { .. }) if i < img_start => {}
-                (i, SnapshotFileError::Image(_)) if i >= img_start && i < f.len() - 32 => {}
+                (i, SnapshotFileError::HashMismatch { .. }) if i < img_start || i >= hash_start => {
+                }
+                (_, SnapshotFileError::Image(_)) if in_image => {}
                 // A frame length made larger waits for bytes that never come.
-                (i, SnapshotFileError::Truncated { .. }) if i >= img_start && i < f.len() - 32 => {}
+                (_, SnapshotFileError::Truncated { .. }) if in_image => {}
+                (i, SnapshotFileError::BadPadding(_)) if (img_end..hash_start).contains(&i) => {}
                 _ => panic!("flip at {i}: unexpected {err:?}"),
             }
         }
