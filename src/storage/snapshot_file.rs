@@ -399,7 +399,7 @@ impl SnapshotFileDecoder {
             return Err(truncated("the SHA-256 at the end is incomplete"));
         }
         let before_hash = self.head.len() as u64 + self.image_bytes + self.padding;
-        if before_hash % ALIGN_BYTES != 0 {
+        if !before_hash.is_multiple_of(ALIGN_BYTES) {
             return Err(truncated(
                 "the padding after the image is incomplete (the length is not 32 more than a \
                  multiple of 512)",
