@@ -445,7 +445,7 @@ fn snapshot_responses(
         done: false,
     };
     Box::pin(futures::stream::unfold(state, move |mut st| {
-        let header = header.clone();
+        let header = header;
         async move {
             loop {
                 if st.done {
@@ -457,7 +457,7 @@ fn snapshot_responses(
                         None => continue,
                         Some(blob) => {
                             let msg = rpc::SnapshotResponse {
-                                header: header.clone(),
+                                header,
                                 remaining_bytes: st.held.as_ref().map_or(0, |b| b.len() as u64),
                                 blob: blob.to_vec(),
                             };
