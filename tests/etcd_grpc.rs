@@ -530,3 +530,55 @@ async fn gateway_json_on_the_client_port() {
     assert_eq!(st["version"], "3.5.0", "{st}");
     assert_ne!(st["leader"], Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_watch_ends_with_server_stopped_and_does_not_hold_up_shutdown() {
+    let mut c = Cluster::start(3, &Opts::default());
+    c.wait_for_leader(WAIT).await;
+    let mut w = WatchClient::new(channel(&c.url(0)).await);
+    let (req_tx, req_rx) = tokio::sync::mpsc::channel(4);
+    req_tx
+        .send(rpc::WatchRequest {
+            request_union: Some(rpc::watch_request::RequestUnion::CreateRequest(
+                rpc::WatchCreateRequest {
+                    key: b"x".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .unwrap();
+    let mut watch = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+        .await
+        .expect("watch stream")
+        .into_inner();
+    let created = tokio::time::timeout(WAIT, watch.message())
+        .await
+        .expect("created in time")
+        .expect("stream ok")
+        .expect("a response");
+    assert!(created.created);
+    // The daemon waits up to the request timeout (5 s) plus 2 s for
+    // streams still open after the node stopped; the watch must not need
+    // that grace.
+    let started = std::time::Instant::now();
+    let status = c.nodes[0].terminate(Duration::from_secs(20));
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let err = end.expect_err("the stream ends with an error status");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "etcdserver: server stopped");
+    drop(req_tx);
+}

@@ -329,6 +329,11 @@ impl EtcdBackend for NodeBackend {
         .map_err(|e| EtcdError::Internal(format!("hashing failed: {e}")))?
     }
 
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let node = self.node.clone();
+        async move { node.stopped().await }
+    }
+
     async fn move_leader(&self, target: u64) -> Result<(), EtcdError> {
         let node = &self.node;
         if node.status().role != Role::Leader {
