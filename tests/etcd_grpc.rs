@@ -387,11 +387,25 @@ async fn members_status_hash_kv_and_move_leader() {
         .await
         .expect_err("unknown member");
     assert_eq!(err.message(), "etcdserver: bad leader transferee");
+    // Writes keep flowing during the move (a leader handing over refuses
+    // proposals; the member retries on the new leader).
+    let third = (leader + 2) % 3;
+    let mut kt = kv(&c, third).await;
+    let writer = tokio::spawn(async move {
+        let mut revisions = Vec::new();
+        for i in 0..40 {
+            let r = kt.put(put("during", &i.to_string())).await?;
+            revisions.push(header(&r.get_ref().header).revision);
+        }
+        Ok::<_, tonic::Status>(revisions)
+    });
     ml.move_leader(rpc::MoveLeaderRequest {
         target_id: ids[target],
     })
     .await
     .expect("move leader");
+    let revisions = writer.await.unwrap().expect("every write during the move");
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
     let new_leader = c.wait_for_leader(WAIT).await;
     assert_eq!(new_leader, target);
     let st = mf
