@@ -387,11 +387,25 @@ async fn members_status_hash_kv_and_move_leader() {
         .await
         .expect_err("unknown member");
     assert_eq!(err.message(), "etcdserver: bad leader transferee");
+    // Writes keep flowing during the move (a leader handing over refuses
+    // proposals; the member retries on the new leader).
+    let third = (leader + 2) % 3;
+    let mut kt = kv(&c, third).await;
+    let writer = tokio::spawn(async move {
+        let mut revisions = Vec::new();
+        for i in 0..40 {
+            let r = kt.put(put("during", &i.to_string())).await?;
+            revisions.push(header(&r.get_ref().header).revision);
+        }
+        Ok::<_, tonic::Status>(revisions)
+    });
     ml.move_leader(rpc::MoveLeaderRequest {
         target_id: ids[target],
     })
     .await
     .expect("move leader");
+    let revisions = writer.await.unwrap().expect("every write during the move");
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
     let new_leader = c.wait_for_leader(WAIT).await;
     assert_eq!(new_leader, target);
     let st = mf
@@ -529,6 +543,58 @@ async fn gateway_json_on_the_client_port() {
     let st: Value = r.json().await.unwrap();
     assert_eq!(st["version"], "3.5.0", "{st}");
     assert_ne!(st["leader"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_watch_ends_with_server_stopped_and_does_not_hold_up_shutdown() {
+    let mut c = Cluster::start(3, &Opts::default());
+    c.wait_for_leader(WAIT).await;
+    let mut w = WatchClient::new(channel(&c.url(0)).await);
+    let (req_tx, req_rx) = tokio::sync::mpsc::channel(4);
+    req_tx
+        .send(rpc::WatchRequest {
+            request_union: Some(rpc::watch_request::RequestUnion::CreateRequest(
+                rpc::WatchCreateRequest {
+                    key: b"x".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .unwrap();
+    let mut watch = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+        .await
+        .expect("watch stream")
+        .into_inner();
+    let created = tokio::time::timeout(WAIT, watch.message())
+        .await
+        .expect("created in time")
+        .expect("stream ok")
+        .expect("a response");
+    assert!(created.created);
+    // The daemon waits up to the request timeout (5 s) plus 2 s for
+    // streams still open after the node stopped; the watch must not need
+    // that grace.
+    let started = std::time::Instant::now();
+    let status = c.nodes[0].terminate(Duration::from_secs(20));
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let err = end.expect_err("the stream ends with an error status");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "etcdserver: server stopped");
+    drop(req_tx);
 }
 
 /// Maintenance.Snapshot streams a whole, verifiable snapshot file from a

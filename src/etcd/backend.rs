@@ -76,6 +76,13 @@ pub trait EtcdBackend: Send + Sync + 'static {
     /// equal on every replica that has applied it: a corruption check.
     fn hash_kv(&self, revision: i64) -> impl Future<Output = Result<HashKvInfo, EtcdError>> + Send;
 
+    /// Resolves when this member stops serving: open watch streams then
+    /// end with etcd's "server stopped" instead of holding up shutdown.
+    /// The default never resolves.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+
     /// Transfers leadership to member `target` (this member must lead;
     /// etcd answers [`EtcdError::NotLeader`] otherwise and
     /// [`EtcdError::BadLeaderTransferee`] for an unknown target).

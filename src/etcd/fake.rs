@@ -39,14 +39,29 @@ struct State {
 }
 
 /// The fake node.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemBackend {
     state: Arc<Mutex<State>>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for MemBackend {
+    fn default() -> Self {
+        MemBackend {
+            state: Arc::default(),
+            stop: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
 }
 
 impl MemBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The member stops ([`EtcdBackend::stopped`] resolves).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
     }
 
     /// Applies a command directly (as another client would).
@@ -254,6 +269,13 @@ impl EtcdBackend for MemBackend {
             compact_revision: store.compact_revision(),
             revision: store.revision(),
         })
+    }
+
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
     }
 
     async fn move_leader(&self, target: u64) -> Result<(), EtcdError> {

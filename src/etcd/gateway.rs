@@ -321,7 +321,12 @@ async fn watch<B: EtcdBackend>(State(svc): State<EtcdService<B>>, body: Body) ->
         // after a half-close); the client dropping the response does.
         tokio::spawn(async move {
             loop {
-                let more = next_requests(&mut body, &mut buf, &mut ended).await;
+                let more = tokio::select! {
+                    more = next_requests(&mut body, &mut buf, &mut ended) => more,
+                    // The session ended (the node stops, the client left):
+                    // stop reading, so the response can end too.
+                    () = tx.closed() => return,
+                };
                 let batch = match more {
                     Ok(batch) => batch.into_iter().map(Ok).collect::<Vec<_>>(),
                     Err(Refusal(code, message)) => {

@@ -146,8 +146,16 @@ impl<B: EtcdBackend> WatchSession<B> {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut requests_open = true;
+        let stopped = self.backend.stopped();
+        tokio::pin!(stopped);
         loop {
             let step = tokio::select! {
+                () = &mut stopped => {
+                    // The member stops: end the stream (etcd's "server
+                    // stopped") rather than keep the connection open.
+                    let _ = self.out.send(Err(EtcdError::Stopped.into())).await;
+                    return;
+                }
                 req = requests.next(), if requests_open => match req {
                     Some(Ok(req)) => self.on_request(req).await,
                     // The client closed its side: the watches go on.

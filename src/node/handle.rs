@@ -499,6 +499,14 @@ impl NodeHandle {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Resolves once the Raft loop has stopped (shutdown or a fatal error):
+    /// long-lived streams (etcd watches) end then instead of holding up
+    /// the server's shutdown.
+    pub async fn stopped(&self) {
+        let mut status = self.shared.status.clone();
+        let _ = status.wait_for(|s| !s.running).await;
+    }
+
     /// Marks the node as stopping: new requests and peer RPCs are refused.
     pub fn set_stopping(&self) {
         self.shared.stopping.store(true, Ordering::Relaxed);

@@ -329,3 +329,35 @@ async fn a_malformed_first_watch_request_is_a_400() {
     let resp = app.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_stopping_member_ends_the_watch_stream_with_an_error_line() {
+    let backend = MemBackend::new();
+    let app = app(&backend);
+    // The request body stays open: the stream must end anyway.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tx.send(Ok(json!({"create_request": {"key": b64("k")}})
+        .to_string()
+        .into()))
+        .await
+        .unwrap();
+    let req = Request::post("/v3/watch")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let mut body = resp.into_body().into_data_stream();
+    let mut buf = Vec::new();
+    let created = next_line(&mut body, &mut buf).await;
+    assert_eq!(created["result"]["created"], true, "{created}");
+    backend.stop();
+    let err = next_line(&mut body, &mut buf).await;
+    assert_eq!(err["error"]["grpc_code"], 14, "{err}");
+    assert_eq!(err["error"]["message"], "etcdserver: server stopped");
+    let end = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("the stream ends");
+    assert!(end.is_none(), "{end:?}");
+    drop(tx);
+}

@@ -4,8 +4,10 @@
 //!   [`NodeHandle::propose`], from a follower through the leader's
 //!   `POST /internal/etcd` ([`super::leader`]). Like the JSON API, a node
 //!   with no leader in sight waits [`NodeHandle::leader_wait`] for an
-//!   election, and a leader change during the call is retried until the
-//!   request timeout, as long as nothing can have been applied.
+//!   election, and a leader change during the call (a stale leader, a
+//!   leadership transfer refusing proposals, a leader shutting down) is
+//!   retried until the request timeout, as long as nothing can have been
+//!   applied.
 //! - **Linearizable ranges** go the same way (the leader confirms with a
 //!   ReadIndex round and reads); **serializable** ones read the local store.
 //! - **Watches** are the local hub's (`NodeHandle::watch`): the hub hears
@@ -35,7 +37,7 @@ use crate::node::watch::{CancelReason, WatchError, WatchItem, WatchRequest, Watc
 use crate::node::NodeHandle;
 use crate::raft::{NodeId, Role};
 
-use super::leader::{self, LeaderAnswer, LeaderOp};
+use super::leader::{self, Failure, LeaderAnswer, LeaderOp};
 
 /// Pause before retrying when the leader is being replaced.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
@@ -129,6 +131,13 @@ impl NodeBackend {
                     if !matches!(last, EtcdError::NoLeader) {
                         last = EtcdError::LeaderChanged;
                     }
+                }
+                // Nothing was proposed or read: the leader is handing over
+                // (a transfer refuses proposals) or, elsewhere, stopping.
+                // Retry on the next leader, as a client would.
+                LeaderAnswer::Failed(Failure::LeaderChanged) => last = EtcdError::LeaderChanged,
+                LeaderAnswer::Failed(Failure::Stopped) if leader != me => {
+                    last = EtcdError::NoLeader;
                 }
                 LeaderAnswer::Failed(f) => return Err(f.into()),
                 done @ (LeaderAnswer::Applied(_) | LeaderAnswer::Range(_)) => return Ok(done),
@@ -327,6 +336,11 @@ impl EtcdBackend for NodeBackend {
         })
         .await
         .map_err(|e| EtcdError::Internal(format!("hashing failed: {e}")))?
+    }
+
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let node = self.node.clone();
+        async move { node.stopped().await }
     }
 
     async fn move_leader(&self, target: u64) -> Result<(), EtcdError> {

@@ -23,3 +23,6 @@ pub fn routes(app: &AppState) -> Router {
         .merge(service.router())
         .merge(crate::etcd::gateway::router(service))
 }
+
+#[cfg(test)]
+mod tests;
