@@ -313,7 +313,13 @@ impl<B: EtcdBackend> maintenance_server::Maintenance for EtcdService<B> {
         Ok(Response::new(rpc::HashKvResponse {
             header: Some(self.header(h.revision)),
             hash: h.hash,
-            compact_revision: h.compact_revision,
+            // etcd's store starts with no compaction as -1, and HashKV
+            // shows it so (`etcdctl endpoint hashkv -w json`).
+            compact_revision: if h.compact_revision == 0 {
+                -1
+            } else {
+                h.compact_revision
+            },
         }))
     }
 
