@@ -535,16 +535,21 @@ fn compaction_then_old_revisions() {
             Duration::from_secs(15),
         );
         t.step("watch c --rev base+1 (compacted)", w.text());
-        let h = hashkv_equal(s, &[]);
-        t.step("endpoint hashkv --cluster after compaction", h);
+        let h = hashkv_equal(s, false, &[]);
+        t.step("endpoint hashkv after compaction", h);
     });
 }
 
-/// Polls `endpoint hashkv --cluster -w json` (bounded) until every member
-/// reports the same hash; returns a normalized summary.
-fn hashkv_equal(s: &Sys, extra: &[&str]) -> String {
+/// Polls `endpoint hashkv [--cluster] -w json` (bounded) until every
+/// member reports the same hash; returns a normalized summary. Without
+/// `--cluster` etcdctl asks the endpoints it was given; with it, the client
+/// URLs that `member list` reports.
+fn hashkv_equal(s: &Sys, cluster: bool, extra: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut args = vec!["endpoint", "hashkv", "--cluster", "-w", "json"];
+    let mut args = vec!["endpoint", "hashkv", "-w", "json"];
+    if cluster {
+        args.push("--cluster");
+    }
     args.extend_from_slice(extra);
     loop {
         let out = s.ctl.run(&args);
@@ -573,7 +578,7 @@ fn hashkv_equal(s: &Sys, extra: &[&str]) -> String {
                 entries.len(),
                 equal,
                 compacts,
-                out.errors()
+                failures(&out)
             );
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -646,9 +651,26 @@ fn member_list() {
     });
 }
 
-/// `endpoint status --cluster -w json` as (endpoint, member id, leader id).
-fn statuses(ctl: &Ctl) -> (Out, Vec<(String, u64, u64)>) {
-    let out = ctl.run(&["endpoint", "status", "--cluster", "-w", "json"]);
+/// What etcdctl said went wrong: its `Error:` lines and the per-endpoint
+/// "Failed to get ..." lines of the multi-endpoint commands.
+fn failures(out: &Out) -> String {
+    let mut lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("Error:") || l.starts_with("Failed to "))
+        .collect();
+    lines.sort();
+    lines.dedup();
+    lines.join(" | ")
+}
+
+/// `endpoint status [--cluster] -w json` as (endpoint, member id, leader id).
+fn statuses(ctl: &Ctl, cluster: bool) -> (Out, Vec<(String, u64, u64)>) {
+    let mut args = vec!["endpoint", "status", "-w", "json"];
+    if cluster {
+        args.push("--cluster");
+    }
+    let out = ctl.run(&args);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
     let list = v
         .as_array()
@@ -694,62 +716,75 @@ fn endpoint_status_health_hashkv() {
                 format!("exit={:?}\n{}", out.code, lines.join("\n")),
             );
         }
-        let (out, list) = statuses(&s.ctl);
-        let leaders: Vec<u64> = list.iter().map(|e| e.2).collect();
-        let one_leader = list.iter().filter(|e| e.1 == e.2).count();
-        let v: Value = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-        let versions: Vec<String> = v
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|e| {
-                e["Status"]["version"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
-        let summary = format!(
-            "exit={:?} entries={} same_leader={} leader_is_a_member={} versions_nonempty={} db_size_positive={}",
-            out.code,
-            list.len(),
-            leaders.windows(2).all(|w| w[0] == w[1]),
-            one_leader == 1,
-            versions.iter().all(|v| !v.is_empty()),
-            v.as_array()
-                .is_some_and(|a| a.iter().all(|e| e["Status"]["dbSize"].as_i64().unwrap_or(0) > 0)),
-        );
-        t.check(
-            list.len() == 3 && one_leader == 1,
-            format!("endpoint status: {summary}"),
-        );
-        t.step("endpoint status --cluster -w json", summary);
-        say(&format!(
-            "{}: endpoint status versions {versions:?}",
-            s.name
-        ));
-        let out = s.ctl.run(&["endpoint", "status", "--cluster"]);
-        let rows: Vec<Vec<&str>> = out
-            .stdout
-            .lines()
-            .map(|l| l.split(", ").collect())
-            .collect();
-        t.step(
-            "endpoint status --cluster (table)",
-            format!(
-                "exit={:?} rows={} columns={:?} leaders={}",
+        for cluster in [false, true] {
+            let flag = if cluster { " --cluster" } else { "" };
+            let (out, list) = statuses(&s.ctl, cluster);
+            let leaders: Vec<u64> = list.iter().map(|e| e.2).collect();
+            let one_leader = list.iter().filter(|e| e.1 == e.2).count();
+            let v: Value = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
+            let entries = v.as_array().cloned().unwrap_or_default();
+            let versions: Vec<String> = entries
+                .iter()
+                .map(|e| {
+                    e["Status"]["version"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect();
+            let summary = format!(
+                "exit={:?} entries={} same_leader={} leader_is_a_member={} versions_nonempty={} db_size_positive={} {}",
                 out.code,
-                rows.len(),
-                rows.iter().map(Vec::len).collect::<Vec<_>>(),
-                rows.iter().filter(|r| r.get(4) == Some(&"true")).count()
-            ),
-        );
-        let h = hashkv_equal(s, &[]);
-        t.check(h.contains("hashes_equal=true"), format!("hashkv: {h}"));
-        t.step("endpoint hashkv --cluster", h);
-        let h = hashkv_equal(s, &["--rev", &s.rev(2)]);
-        t.step("endpoint hashkv --cluster --rev base+2", h);
+                list.len(),
+                leaders.windows(2).all(|w| w[0] == w[1]),
+                one_leader == 1,
+                versions.iter().all(|v| !v.is_empty()),
+                entries
+                    .iter()
+                    .all(|e| e["Status"]["dbSize"].as_i64().unwrap_or(0) > 0),
+                failures(&out),
+            );
+            t.check(
+                list.len() == 3 && one_leader == 1,
+                format!("endpoint status{flag}: {summary}"),
+            );
+            t.step(format!("endpoint status{flag} -w json"), summary);
+            if !cluster {
+                say(&format!(
+                    "{}: endpoint status versions {versions:?}",
+                    s.name
+                ));
+            }
+            let mut args = vec!["endpoint", "status"];
+            if cluster {
+                args.push("--cluster");
+            }
+            let out = s.ctl.run(&args);
+            let rows: Vec<Vec<&str>> = out
+                .stdout
+                .lines()
+                .map(|l| l.split(", ").collect())
+                .collect();
+            t.step(
+                format!("endpoint status{flag} (table)"),
+                format!(
+                    "exit={:?} rows={} columns={:?} leaders={} {}",
+                    out.code,
+                    rows.len(),
+                    rows.iter().map(Vec::len).collect::<Vec<_>>(),
+                    rows.iter().filter(|r| r.get(4) == Some(&"true")).count(),
+                    failures(&out),
+                ),
+            );
+            let h = hashkv_equal(s, cluster, &[]);
+            t.check(
+                h.contains("hashes_equal=true"),
+                format!("hashkv{flag}: {h}"),
+            );
+            t.step(format!("endpoint hashkv{flag}"), h);
+            let h = hashkv_equal(s, cluster, &["--rev", &s.rev(2)]);
+            t.step(format!("endpoint hashkv{flag} --rev base+2"), h);
+        }
     });
 }
 
@@ -808,7 +843,7 @@ fn snapshot_save() {
 #[test]
 fn move_leader() {
     compat("move_leader", |s, t| {
-        let (_, list) = statuses(&s.ctl);
+        let (_, list) = statuses(&s.ctl, false);
         let Some(leader) = list.iter().find(|e| e.1 == e.2).cloned() else {
             t.check(false, format!("no leader in endpoint status: {list:?}"));
             return;
@@ -845,7 +880,7 @@ fn move_leader() {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         let moved = loop {
-            let (_, now) = statuses(&s.ctl);
+            let (_, now) = statuses(&s.ctl, false);
             if now.len() == 3 && now.iter().all(|e| e.2 == target.1) {
                 break true;
             }
