@@ -222,7 +222,7 @@ fn compat(test: &str, scenario: fn(&Sys, &mut Tx)) {
     // list stays the truth about what still differs.
     let fixed: Vec<&str> = KNOWN
         .iter()
-        .filter(|k| k.test == test && !seen_known.contains(&k.step))
+        .filter(|k| k.test == test && k.always && !seen_known.contains(&k.step))
         .map(|k| k.step)
         .collect();
     for t in &tolerated {
@@ -257,6 +257,9 @@ struct Known {
     /// Prefix of the step label (or of the failed check's message).
     step: &'static str,
     why: &'static str,
+    /// Shows on every run (false: depends on the machine's load, so its
+    /// absence is not taken as a fix).
+    always: bool,
 }
 
 /// Why `--cluster` fails: etcdctl 3.4 dials each member's client URL as
@@ -274,22 +277,35 @@ const KNOWN: &[Known] = &[
         test: "endpoint_status_health_hashkv",
         step: "endpoint status --cluster",
         why: CLUSTER_AUTHORITY,
+        always: true,
     },
     Known {
         test: "endpoint_status_health_hashkv",
         step: "endpoint hashkv --cluster",
         why: CLUSTER_AUTHORITY,
+        always: true,
     },
     Known {
         test: "endpoint_status_health_hashkv",
         step: "endpoint hashkv",
         why: "HashKV's compact_revision before any compaction: etcd -1, RaftKV 0 (omitted in JSON)",
+        always: true,
     },
     Known {
         test: "snapshot_save",
         step: "snapshot",
         why:
             "Maintenance.Snapshot is not implemented by RaftKV (Unimplemented), so there is no file",
+        always: true,
+    },
+    Known {
+        test: "check_perf_small_load",
+        step: "check perf",
+        why: "after its 60 s load check perf deletes its prefix (about 9000 keys) in one request; \
+              a debug-build RaftKV takes longer than its 5 s --request-timeout-ms to apply that \
+              delete, answers `etcdserver: request timed out`, and applies it later; etcd takes \
+              milliseconds",
+        always: false,
     },
 ];
 
@@ -1005,12 +1021,20 @@ fn check_perf_small_load() {
             .ctl
             .run_limit(&["check", "perf", "--load=s"], "", Duration::from_secs(180));
         let secs = started.elapsed().as_secs_f64();
+        // etcdctl 3.4 prints "PASS: Throughput is N writes/s", "PASS: Slowest
+        // request took Ns" (or "Slowest request took too long: Ns", without
+        // a prefix), "PASS: Stddev is Ns" and a last "PASS" or "FAIL".
         let lines: Vec<String> = out
             .stdout
             .lines()
-            .chain(out.stderr.lines())
             .map(|l| l.rsplit('\r').next().unwrap_or(l).trim().to_string())
-            .filter(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
+            .filter(|l| {
+                l.starts_with("PASS")
+                    || l.starts_with("FAIL")
+                    || l.contains("Throughput is")
+                    || l.contains("Slowest request")
+                    || l.contains("Stddev is")
+            })
             .collect();
         say(&format!(
             "{}: check perf --load=s finished in {secs:.0} s, exit {:?}: {}",
@@ -1020,32 +1044,27 @@ fn check_perf_small_load() {
         ));
         // Verdicts and numbers depend on the machine's load; what must agree
         // is that it completes and reports the same checks.
-        let shape: Vec<String> = lines
-            .iter()
-            .map(|l| {
-                let body = l.split_once(": ").map(|x| x.1).unwrap_or("<verdict>");
-                body.split(' ')
-                    .map(|w| {
-                        if w.chars().next().is_some_and(|c| c.is_ascii_digit()) {
-                            "N"
-                        } else {
-                            w
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
+        let has = |what: &str| lines.iter().any(|l| l.contains(what));
+        let verdict = lines.iter().any(|l| l == "PASS" || l == "FAIL");
+        let shape = format!(
+            "throughput={} slowest={} stddev={} verdict={verdict}",
+            has("Throughput is"),
+            has("Slowest request"),
+            has("Stddev is"),
+        );
         t.check(
-            out.code.is_some() && shape.len() >= 4,
-            format!("check perf completes with its checks: {out:?}"),
+            out.code.is_some() && !shape.contains("false"),
+            format!(
+                "check perf completes with its checks: {shape}: {}",
+                failures(&out)
+            ),
         );
         t.step(
             "check perf --load=s",
             format!(
-                "completed={} checks:\n{}",
+                "completed={} {shape} {}",
                 out.code.is_some(),
-                shape.join("\n")
+                failures(&out)
             ),
         );
     });
