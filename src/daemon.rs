@@ -23,7 +23,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::node::{
-    KvReader, Membership, NodeConfig, NodeError, PreparedNode, RunningNode, StoreReader, Timing,
+    KvReader, Membership, NodeConfig, NodeError, PreparedNode, RunningNode, StoreExporter,
+    StoreReader, Timing,
 };
 use crate::storage::sled_store::{KvCheck, KvCheckStatus, StoreOptions};
 use crate::storage::{SledStore, StorageError};
@@ -120,6 +121,7 @@ async fn serve(
     let peers = PeerState::new(&membership);
     let reader: Arc<dyn KvReader> = Arc::new(StoreReader(store.clone()));
     let staging = store.clone();
+    let exporter = Arc::new(StoreExporter(store.clone()));
     let prepared = PreparedNode::prepare(
         &config,
         membership.clone(),
@@ -135,6 +137,7 @@ async fn serve(
         },
         other => other,
     })?;
+    prepared.set_snapshot_exporter(exporter);
     let handle = prepared.handle();
 
     let bind_addr = listener

@@ -12,6 +12,7 @@ pub mod client_cmds;
 pub mod local_cluster;
 pub mod output;
 pub mod signals;
+pub mod snapshot;
 pub mod start;
 pub mod txn_text;
 pub mod v3_cmds;
@@ -43,6 +44,7 @@ Getting started:
   raftkv compact 8                     # compacted revision 8
   raftkv status                        # a table of every node
   raftkv leader                        # node-1 http://127.0.0.1:8001
+  raftkv snapshot save backup.snap     # a verified backup of one node's state
 
 Client commands talk to --nodes (env RAFTKV_NODES, default
 http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003), find the
@@ -105,6 +107,8 @@ pub enum Command {
     Health(client_cmds::HealthArgs),
     /// Measure throughput and latency of RaftKV (or etcd, --target etcd).
     Bench(crate::bench::BenchArgs),
+    /// Save a node's state to a file, inspect a file, or restore a new cluster from one.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Parses the process arguments, runs the command and returns the exit code.
@@ -135,6 +139,7 @@ pub async fn main() -> ExitCode {
         Command::Leader(a) => client_cmds::leader(a, global).await,
         Command::Health(a) => client_cmds::health(a).await,
         Command::Bench(a) => crate::bench::run_cli(a, global).await,
+        Command::Snapshot(a) => snapshot::run(a).await,
     }
 }
 

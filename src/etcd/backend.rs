@@ -80,7 +80,26 @@ pub trait EtcdBackend: Send + Sync + 'static {
     /// etcd answers [`EtcdError::NotLeader`] otherwise and
     /// [`EtcdError::BadLeaderTransferee`] for an unknown target).
     fn move_leader(&self, target: u64) -> impl Future<Output = Result<(), EtcdError>> + Send;
+
+    /// A consistent snapshot of this member's store, as the bytes of a
+    /// snapshot file in pieces (what `etcdctl snapshot save` writes to
+    /// disk, unchanged). A piece that fails ends the stream; the service
+    /// then ends the call with the error, so a client never mistakes a
+    /// cut-short download for a whole file. The default answers
+    /// `Unimplemented`, for backends without snapshots.
+    fn snapshot(&self) -> impl Future<Output = Result<SnapshotBytes, EtcdError>> + Send {
+        async {
+            Err(EtcdError::unimplemented(
+                "Snapshot",
+                super::error::issue::ETCD_API,
+            ))
+        }
+    }
 }
+
+/// The pieces of a snapshot file, as [`EtcdBackend::snapshot`] yields them.
+pub type SnapshotBytes =
+    std::pin::Pin<Box<dyn Stream<Item = Result<bytes::Bytes, EtcdError>> + Send + 'static>>;
 
 /// What one watch wants. The key range follows etcd's conventions
 /// ([`crate::kv::KeyRange`]); an empty `key` has already been replaced by

@@ -320,7 +320,9 @@ impl<B: EtcdBackend> maintenance_server::Maintenance for EtcdService<B> {
     type SnapshotStream = BoxStream<rpc::SnapshotResponse>;
 
     async fn snapshot(&self, _: Request<rpc::SnapshotRequest>) -> Answer<Self::SnapshotStream> {
-        Err(EtcdError::unimplemented("Snapshot", issue::ETCD_API).into())
+        let pieces = self.backend.snapshot().await?;
+        let header = self.current_header();
+        Ok(Response::new(snapshot_responses(pieces, header)))
     }
 
     async fn move_leader(
@@ -420,4 +422,64 @@ auth_unimplemented! {
     role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse: "RoleDelete";
     role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse: "RoleGrantPermission";
     role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse: "RoleRevokePermission";
+}
+
+/// Maintenance.Snapshot's messages: each piece of the file with a header.
+/// A piece is held back until the next one (or the end) is known, so that
+/// `remaining_bytes` is 0 only on the last message, as etcd's clients
+/// expect (the total is not known ahead: non-final messages say 1 more
+/// byte at least).
+fn snapshot_responses(
+    pieces: super::backend::SnapshotBytes,
+    header: Option<rpc::ResponseHeader>,
+) -> BoxStream<rpc::SnapshotResponse> {
+    use futures::StreamExt;
+    struct State {
+        pieces: super::backend::SnapshotBytes,
+        held: Option<bytes::Bytes>,
+        done: bool,
+    }
+    let state = State {
+        pieces,
+        held: None,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, move |mut st| {
+        let header = header;
+        async move {
+            loop {
+                if st.done {
+                    return None;
+                }
+                match st.pieces.next().await {
+                    Some(Ok(piece)) if piece.is_empty() => continue,
+                    Some(Ok(piece)) => match st.held.replace(piece) {
+                        None => continue,
+                        Some(blob) => {
+                            let msg = rpc::SnapshotResponse {
+                                header,
+                                remaining_bytes: st.held.as_ref().map_or(0, |b| b.len() as u64),
+                                blob: blob.to_vec(),
+                            };
+                            return Some((Ok(msg), st));
+                        }
+                    },
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((Err(Status::from(e)), st));
+                    }
+                    None => {
+                        st.done = true;
+                        let blob = st.held.take()?;
+                        let msg = rpc::SnapshotResponse {
+                            header,
+                            remaining_bytes: 0,
+                            blob: blob.to_vec(),
+                        };
+                        return Some((Ok(msg), st));
+                    }
+                }
+            }
+        }
+    }))
 }

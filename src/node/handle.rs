@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -18,8 +18,9 @@ use crate::kv::{
     Command, CommandResponse, Event, ExecError, KeyRange, KvError, RangeRequest, RangeResponse,
     Revisioned,
 };
-use crate::raft::{Message, NodeId, PeerStatus, RaftError, Role};
-use crate::storage::{StateMachine, StorageError};
+use crate::raft::{Message, NodeId, PeerStatus, RaftError, Role, SnapshotMeta};
+use crate::storage::snapshot_file::{SnapshotFileEncoder, SnapshotFileError};
+use crate::storage::{SnapshotSource, SnapshotStore, StateMachine, StorageError};
 
 use super::membership::Membership;
 use super::observer::{EventHistory, HistoryError};
@@ -390,6 +391,9 @@ pub(crate) struct Shared {
     pub request_timeout: Duration,
     pub leader_wait: Duration,
     pub stopping: AtomicBool,
+    /// Where [`NodeHandle::export_snapshot`] reads from (set once, by
+    /// whoever composes the node; unset: exports are refused).
+    pub exporter: OnceLock<Arc<dyn SnapshotExporter>>,
 }
 
 /// The server's view of a running node. Cheap to clone.
@@ -625,6 +629,202 @@ impl NodeHandle {
     }
 }
 
+// ------------------------------------------------------------- export --
+
+/// Target size of one piece of an exported snapshot file: whole image
+/// frames, so a piece holding a maximal value is a little over 1 MiB — still
+/// under gRPC's default 4 MiB message limit.
+pub const EXPORT_CHUNK_BYTES: usize = 256 << 10;
+
+/// The pieces of one exported image, read on a blocking thread.
+pub type ExportChunks = Box<dyn Iterator<Item = Result<Vec<u8>, StorageError>> + Send>;
+
+/// A consistent view of the state machine, opened for an export.
+pub struct ExportSource {
+    /// The applied index (and its term) the view shows.
+    pub meta: SnapshotMeta,
+    /// The view's [image](crate::storage::image), in pieces.
+    pub chunks: ExportChunks,
+}
+
+/// Opens consistent views of a node's state machine for
+/// [`NodeHandle::export_snapshot`], from any thread while the Raft loop
+/// applies (the node's own store belongs to the loop; this reads through
+/// another handle of the same data).
+pub trait SnapshotExporter: Send + Sync + 'static {
+    /// Opens a view at the current applied index. Cheap; reading the
+    /// chunks may block.
+    fn begin(&self) -> Result<ExportSource, StorageError>;
+}
+
+/// A [`SnapshotExporter`] over a store handle whose
+/// [`SnapshotStore::begin_snapshot`] sees what another handle of the same
+/// store applies (the sled store: clones share the data, and a session
+/// reads while `apply` goes on).
+pub struct StoreExporter<S>(pub S);
+
+impl<S> SnapshotExporter for StoreExporter<S>
+where
+    S: SnapshotStore + Send + Sync + 'static,
+{
+    fn begin(&self) -> Result<ExportSource, StorageError> {
+        let source = self.0.begin_snapshot()?;
+        let meta = source.meta();
+        let chunks = source.chunks(EXPORT_CHUNK_BYTES).map(|c| c.map(|c| c.data));
+        Ok(ExportSource {
+            meta,
+            chunks: Box::new(chunks),
+        })
+    }
+}
+
+/// Why a snapshot export failed (at its start or part way: a stream that
+/// ends with an error is not a complete file).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ExportError {
+    /// This node was composed without a [`SnapshotExporter`].
+    #[error("this node cannot export snapshots")]
+    NotSupported,
+    /// The node is stopping.
+    #[error(transparent)]
+    Unavailable(Unavailable),
+    /// Reading the state failed, or the view was aborted (a leader's
+    /// snapshot was installed meanwhile, or too many keys changed under a
+    /// slow reader): try again.
+    #[error("reading the snapshot failed: {0}")]
+    Storage(StorageError),
+    /// The file header could not be written.
+    #[error(transparent)]
+    File(SnapshotFileError),
+    /// The reading thread panicked.
+    #[error("internal error: the snapshot reader panicked")]
+    Panicked,
+}
+
+/// A snapshot file being produced: its bytes, in pieces, as a
+/// [`futures::Stream`] (or with [`SnapshotExport::next_chunk`]). The image
+/// is read on a blocking thread, at most two pieces ahead of the consumer;
+/// dropping the export ends the read (and the store view, which holds back
+/// physical compaction while it is open).
+pub struct SnapshotExport {
+    meta: SnapshotMeta,
+    cluster_id: String,
+    rx: mpsc::Receiver<Result<bytes::Bytes, ExportError>>,
+}
+
+impl std::fmt::Debug for SnapshotExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotExport")
+            .field("meta", &self.meta)
+            .field("cluster_id", &self.cluster_id)
+            .finish()
+    }
+}
+
+impl SnapshotExport {
+    /// The applied index (and its term) of the exported state.
+    pub fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    /// The cluster id written into the file's header.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// The next piece of the file; `None` after the last (the padding
+    /// and the SHA-256).
+    /// An `Err` ends the stream: what came before is not a complete file.
+    pub async fn next_chunk(&mut self) -> Option<Result<bytes::Bytes, ExportError>> {
+        self.rx.recv().await
+    }
+}
+
+impl futures::Stream for SnapshotExport {
+    type Item = Result<bytes::Bytes, ExportError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Runs on a blocking thread: writes the file's header, image pieces and
+/// hash into `tx` until done, an error, or the consumer went away.
+fn produce_export(
+    source: ExportSource,
+    mut encoder: SnapshotFileEncoder,
+    header: Vec<u8>,
+    tx: mpsc::Sender<Result<bytes::Bytes, ExportError>>,
+) {
+    if tx.blocking_send(Ok(header.into())).is_err() {
+        return;
+    }
+    for chunk in source.chunks {
+        let piece = match chunk {
+            Ok(data) => data,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(ExportError::Storage(e)));
+                return;
+            }
+        };
+        encoder.image(&piece);
+        if tx.blocking_send(Ok(piece.into())).is_err() {
+            return;
+        }
+    }
+    let _ = tx.blocking_send(Ok(encoder.finish().into()));
+}
+
+impl NodeHandle {
+    /// Exports a consistent snapshot of this node's state machine (as of
+    /// its applied index when called) as a RaftKV snapshot file
+    /// ([`crate::storage::snapshot_file`]): what `GET /snapshot`, `raftkv
+    /// snapshot save` and etcd's `Maintenance.Snapshot` hand out.
+    ///
+    /// Call it from async code on a tokio runtime (it is an `async fn` for
+    /// that reason): the view is opened and read on tokio's blocking pool,
+    /// never on the Raft loop's thread, and the loop keeps applying while
+    /// it is read. The returned [`SnapshotExport`] yields the file's bytes
+    /// in pieces of about [`EXPORT_CHUNK_BYTES`]; concatenated, they are
+    /// the file, byte for byte.
+    pub async fn export_snapshot(&self) -> Result<SnapshotExport, ExportError> {
+        if self.is_stopping() {
+            return Err(ExportError::Unavailable(Unavailable::ShuttingDown));
+        }
+        let exporter = self
+            .shared
+            .exporter
+            .get()
+            .cloned()
+            .ok_or(ExportError::NotSupported)?;
+        let cluster_id = self.shared.membership.cluster_id.clone();
+        let (encoder, header) = SnapshotFileEncoder::new(&cluster_id).map_err(ExportError::File)?;
+        let (tx, rx) = mpsc::channel(2);
+        let (meta_tx, meta_rx) = oneshot::channel();
+        // One blocking task opens the view and reads it, so the view lives
+        // (and is dropped) on the thread that reads it.
+        tokio::task::spawn_blocking(move || match exporter.begin() {
+            Ok(source) => {
+                if meta_tx.send(Ok(source.meta)).is_ok() {
+                    produce_export(source, encoder, header, tx);
+                }
+            }
+            Err(e) => {
+                let _ = meta_tx.send(Err(ExportError::Storage(e)));
+            }
+        });
+        let meta = meta_rx.await.map_err(|_| ExportError::Panicked)??;
+        Ok(SnapshotExport {
+            meta,
+            cluster_id,
+            rx,
+        })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! A stand-in for the Raft loop, so the server and the transport can be
@@ -769,6 +969,7 @@ pub(crate) mod testing {
                 request_timeout: timeout,
                 leader_wait: timeout,
                 stopping: AtomicBool::new(false),
+                exporter: OnceLock::new(),
             }),
         };
         let inbound = Arc::new(Mutex::new(Vec::new()));

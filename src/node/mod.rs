@@ -60,9 +60,10 @@ use crate::storage::{NodeStore, StorageError};
 pub use driver::LoopFailure;
 pub use env::{Clock, LoopInput, PeerTransport, SystemClock};
 pub use handle::{
-    Applied, Control, Inbound, Inbox, IncomingSnapshot, KvReader, LoopStopped, NoPeerInfo,
-    NodeHandle, NodeStatus, PeerInfo, Proposal, ReadError, ReadRequest, ReaderHistory,
-    ReceiveProgress, StoreReader, Unavailable, Uncertain, WriteError,
+    Applied, Control, ExportError, ExportSource, Inbound, Inbox, IncomingSnapshot, KvReader,
+    LoopStopped, NoPeerInfo, NodeHandle, NodeStatus, PeerInfo, Proposal, ReadError, ReadRequest,
+    ReaderHistory, ReceiveProgress, SnapshotExport, SnapshotExporter, StoreExporter, StoreReader,
+    Unavailable, Uncertain, WriteError,
 };
 pub use membership::{Member, Membership};
 pub use raft_loop::{LoopSettings, RaftLoop};
@@ -334,6 +335,7 @@ where
                 // Long enough for one election with some retries.
                 leader_wait: request_timeout.min(max_election * 2),
                 stopping: AtomicBool::new(false),
+                exporter: std::sync::OnceLock::new(),
             }),
         };
         Ok(PreparedNode {
@@ -363,6 +365,13 @@ where
     /// Where the transport delivers what it receives.
     pub fn inbox(&self) -> Inbox<S::Staged> {
         self.inbox.clone()
+    }
+
+    /// Lets [`NodeHandle::export_snapshot`] read consistent views through
+    /// `exporter` (a handle of the same store as the loop's, e.g.
+    /// [`StoreExporter`] over a sled clone). Only the first call counts.
+    pub fn set_snapshot_exporter(&self, exporter: Arc<dyn SnapshotExporter>) {
+        let _ = self.handle.shared.exporter.set(exporter);
     }
 
     /// Starts the Raft loop on a thread of its own, with `transport`.

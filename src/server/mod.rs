@@ -27,6 +27,7 @@ pub mod forward;
 pub mod input;
 pub(crate) mod json;
 pub mod kv;
+pub mod snapshot;
 pub mod watch;
 
 use std::panic::AssertUnwindSafe;
@@ -112,6 +113,7 @@ pub fn router_with(state: AppState, peer_routes: Router) -> Router {
         .route("/cluster/status", get(cluster::status))
         .route("/cluster/leader", get(cluster::leader))
         .route("/health", get(cluster::health))
+        .route("/snapshot", get(snapshot::snapshot))
         .with_state(state)
         .merge(peer_routes)
         .merge(etcd_routes)

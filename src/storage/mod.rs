@@ -38,6 +38,7 @@ pub mod mem;
 pub mod mvcc_tree;
 pub mod record;
 pub mod sled_store;
+pub mod snapshot_file;
 
 pub use image::{ImageChunk, ImageChunks, ImageTrailer};
 pub use sled_store::{SledStore, SnapshotSession, StagedImage, StagingWriter};

@@ -349,6 +349,24 @@ impl EtcdBackend for NodeBackend {
             Err(EtcdError::LeaderTransferTimeout)
         }
     }
+
+    async fn snapshot(&self) -> Result<crate::etcd::backend::SnapshotBytes, EtcdError> {
+        use futures::StreamExt;
+        let export = self.node.export_snapshot().await.map_err(export_error)?;
+        Ok(Box::pin(export.map(|piece| piece.map_err(export_error))))
+    }
+}
+
+/// etcd's answer for a snapshot that cannot be produced.
+fn export_error(e: crate::node::ExportError) -> EtcdError {
+    use crate::node::ExportError;
+    match e {
+        ExportError::NotSupported => {
+            EtcdError::unimplemented("Snapshot on this node", crate::etcd::error::issue::ETCD_API)
+        }
+        ExportError::Unavailable(_) => EtcdError::Stopped,
+        other => EtcdError::Internal(other.to_string()),
+    }
 }
 
 fn store(e: impl std::fmt::Display) -> EtcdError {
