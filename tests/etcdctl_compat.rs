@@ -262,35 +262,7 @@ struct Known {
     always: bool,
 }
 
-/// Why `--cluster` fails: etcdctl 3.4 dials each member's client URL as
-/// `passthrough:///http://host:port`, so gRPC sends the whole URL as the
-/// HTTP/2 `:authority`. etcd's Go server accepts that; the h2 crate under
-/// RaftKV's server rejects it as malformed and resets the stream
-/// (PROTOCOL_ERROR). `curl --http2-prior-knowledge -H 'Host:
-/// http://127.0.0.1:P' http://127.0.0.1:P/health` shows the same reset.
-const CLUSTER_AUTHORITY: &str =
-    "RaftKV's HTTP/2 server (h2) resets streams whose :authority is a URL \
-     (etcdctl 3.4 sends `http://host:port` when dialing members' client URLs)";
-
 const KNOWN: &[Known] = &[
-    Known {
-        test: "endpoint_status_health_hashkv",
-        step: "endpoint status --cluster",
-        why: CLUSTER_AUTHORITY,
-        always: true,
-    },
-    Known {
-        test: "endpoint_status_health_hashkv",
-        step: "endpoint hashkv --cluster",
-        why: CLUSTER_AUTHORITY,
-        always: true,
-    },
-    Known {
-        test: "endpoint_status_health_hashkv",
-        step: "endpoint hashkv",
-        why: "HashKV's compact_revision before any compaction: etcd -1, RaftKV 0 (omitted in JSON)",
-        always: true,
-    },
     Known {
         test: "snapshot_save",
         step: "snapshot status",
