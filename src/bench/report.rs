@@ -870,6 +870,71 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_has_a_table_per_protocol_and_a_fanout_table() {
+        let mut grpc_etcd = report("etcd", "put", 16, 1000.0, 0.4);
+        grpc_etcd.protocol = "grpc".into();
+        let mut grpc_raft = report("raftkv", "put", 16, 4000.0, 0.1);
+        grpc_raft.protocol = "grpc".into();
+        // An old report (no protocol field) is JSON.
+        let json_etcd = report("etcd", "put", 16, 800.0, 0.5);
+        let mut json_raft = report("raftkv", "put", 16, 3200.0, 0.1);
+        json_raft.protocol = "json".into();
+        let watched = |target: &str, ops: f64, p50: f64, complete: u64| {
+            let mut r = report(target, "put", 16, ops, 0.1);
+            r.protocol = "grpc".into();
+            r.watch = Some(super::super::watch::WatchReport {
+                active: 10,
+                streams: 2,
+                fanout: super::super::watch::Fanout {
+                    watchers: 10,
+                    complete_watchers: complete,
+                    latency_from_send_ms: Latency {
+                        p50,
+                        p99: p50 * 4.0,
+                        ..Latency::default()
+                    },
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+            r
+        };
+        let all = [
+            grpc_etcd.clone(),
+            json_etcd.clone(),
+            grpc_raft,
+            json_raft,
+            watched("etcd", 500.0, 4.0, 10),
+            watched("raftkv", 1500.0, 1.0, 9),
+        ];
+        let s = summary(&all);
+        let grpc_at = s.find("### gRPC").expect("a gRPC table");
+        let json_at = s.find("### JSON").expect("a JSON table");
+        let fan_at = s.find("### Watch fan-out").expect("a fan-out table");
+        assert!(grpc_at < json_at && json_at < fan_at, "{s}");
+        assert!(
+            s[grpc_at..json_at].contains("| put | 16 | 1000 | 4000 | 4.00× |"),
+            "{s}"
+        );
+        assert!(
+            s[json_at..fan_at].contains("| put | 16 | 800 | 3200 | 4.00× |"),
+            "{s}"
+        );
+        let fan = &s[fan_at..];
+        assert!(
+            fan.contains("| grpc | 16 | 10 active on 2 stream(s) | 500 | 1500 | 3.00× | 4.00 | 1.00 | 0.25× | 16.00 | 4.00 | 0.25× | 10/10 (0 missing, 0 dup) | 9/10 (0 missing, 0 dup) |"),
+            "{s}"
+        );
+        // The watch runs stay out of the load tables.
+        assert_eq!(s.matches("| put | 16 |").count(), 2, "{s}");
+        // One protocol and no watch run: just the table, as before.
+        assert_eq!(
+            summary(&[grpc_etcd.clone()]),
+            comparison_table(&[grpc_etcd])
+        );
+    }
+
+    #[test]
     fn paced_runs_pair_only_with_runs_at_the_same_rate() {
         let mut paced_etcd = report("etcd", "put", 16, 1000.0, 0.4);
         paced_etcd.offered_rate_ops_s = Some(1000.0);
