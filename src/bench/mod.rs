@@ -96,7 +96,8 @@ invalid_response). With --pids, the CPU time (user + system, from
 /proc/PID/stat) the listed processes used during the measured run is divided
 by the operations counted: CPU-ms per operation summed over those processes.
 
-txn: each operation is one POST /txn on two distinct random keys: if both
+txn: each operation is one transaction (RaftKV POST /txn, etcd's gateway
+POST /v3/kv/txn, gRPC KV.Txn) on two distinct random keys: if both
 still have the mod_revision this bench last saw (0 = absent), put both,
 else read both (the failure branch, counted as a conflict). Its latency is
 that one request.
@@ -139,8 +140,9 @@ pub enum Workload {
     /// Read-modify-write: read a key's mod index, then write it
     /// conditionally on it (RaftKV `?cas=`, etcd txn on mod_revision).
     Cas,
-    /// Two-key transactions (RaftKV `POST /txn`): compare both keys'
-    /// mod_revision, put both on success, read both on failure.
+    /// Two-key transactions (RaftKV `POST /txn`, etcd `KV.Txn` or its
+    /// gateway's `/v3/kv/txn`): compare both keys' mod_revision, put both
+    /// on success, read both on failure.
     Txn,
 }
 
@@ -541,17 +543,10 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
             "--grpc-conns and --watch-streams need --protocol grpc",
         ));
     }
-    if args.workload == Workload::Txn {
-        if args.target != TargetKind::Raftkv && !grpc {
-            return Err(usage(
-                "--workload txn over JSON is for --target raftkv (POST /txn); use --protocol grpc for etcd",
-            ));
-        }
-        if !(2..=MAX_TXN_KEYS).contains(&args.keys) {
-            return Err(usage(format!(
-                "--workload txn needs between 2 and {MAX_TXN_KEYS} --keys"
-            )));
-        }
+    if args.workload == Workload::Txn && !(2..=MAX_TXN_KEYS).contains(&args.keys) {
+        return Err(usage(format!(
+            "--workload txn needs between 2 and {MAX_TXN_KEYS} --keys"
+        )));
     }
     let watching = args.watchers > 0 || args.idle_watchers > 0;
     if watching {

@@ -304,19 +304,20 @@ impl Session {
         (outcome, revision)
     }
 
-    /// The transfer transaction on keys `a` and `b` (RaftKV `POST /txn`):
+    /// The transfer transaction on keys `a` and `b` (RaftKV `POST /txn`,
+    /// etcd's gateway `POST /v3/kv/txn`, or gRPC `KV.Txn`):
     /// compare both keys' mod revisions with the shared cache, put both on
     /// success, read both on failure. A failure branch is a
     /// [`Outcome::Conflict`].
     pub async fn txn(&mut self, a: u64, b: u64) -> Outcome {
-        if self.system != System::RaftKv && self.grpc.is_none() {
-            return Outcome::Error(ErrorKind::InvalidResponse);
-        }
         let Some(cache) = self.mod_cache.clone() else {
             return Outcome::Error(ErrorKind::InvalidResponse);
         };
         if let Some(g) = &mut self.grpc {
             return g.txn(a, b, &cache).await;
+        }
+        if self.system == System::Etcd {
+            return self.etcd_txn(a, b, &cache).await;
         }
         let (ka, kb) = (self.keys.key(a), self.keys.key(b));
         self.body_buf.clear();
@@ -342,6 +343,42 @@ impl Session {
                 Ok(t) => {
                     cache.set(a, t.range_mod_revision(0));
                     cache.set(b, t.range_mod_revision(1));
+                    Outcome::Conflict
+                }
+                Err(_) => Outcome::Error(ErrorKind::InvalidResponse),
+            },
+            Ok(code) => Outcome::Error(ErrorKind::Status(code)),
+            Err(e) => Outcome::Error(transport(&e)),
+        }
+    }
+
+    /// The transfer transaction through etcd's JSON gateway
+    /// (`POST /v3/kv/txn`, the same compares and branches).
+    async fn etcd_txn(&mut self, a: u64, b: u64, cache: &ModCache) -> Outcome {
+        let (ka, kb) = (self.keys.key(a), self.keys.key(b));
+        self.body_buf.clear();
+        etcd::transfer_txn_body(
+            &mut self.body_buf,
+            ka.as_bytes(),
+            cache.get(a),
+            kb.as_bytes(),
+            cache.get(b),
+            &self.value_b64,
+        );
+        match self
+            .conn
+            .request("POST", etcd::TXN_PATH, Some(&self.body_buf))
+            .await
+        {
+            Ok(200) => match etcd::parse_transfer_txn(self.conn.body()) {
+                Ok(t) if t.succeeded => {
+                    cache.saw(a, t.revision);
+                    cache.saw(b, t.revision);
+                    Outcome::Ok
+                }
+                Ok(t) => {
+                    cache.set(a, t.mod_revisions.first().copied().unwrap_or(0));
+                    cache.set(b, t.mod_revisions.get(1).copied().unwrap_or(0));
                     Outcome::Conflict
                 }
                 Err(_) => Outcome::Error(ErrorKind::InvalidResponse),
