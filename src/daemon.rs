@@ -184,7 +184,7 @@ async fn serve(
 
     let (trigger_tx, mut trigger_rx) = watch::channel(false);
     let app = crate::server::router_with(
-        crate::server::AppState::new(handle.clone()),
+        crate::server::AppState::new(handle.clone()).with_data_dir(&config.data_dir),
         crate::transport::routes(receiver),
     );
     // TCP_NODELAY on every accepted connection (axum leaves Nagle on): a

@@ -9,7 +9,7 @@
 //! kv         commands and their meaning     raft
 //! storage    sled and in-memory stores      raft, kv
 //! node       the Raft loop, NodeHandle      raft, kv, storage
-//! server     client API routes (axum)       raft, kv, node, http_client (forwarding)
+//! server     client API routes (axum)       raft, kv, node, http_client (forwarding), etcd (served on the client port)
 //! etcd       etcd v3 gRPC API               raft, kv, node (error mapping)
 //! transport  peer transport over HTTP       raft, kv, storage, node, server (HTTP helpers)
 //! daemon     one node process               raft, kv, storage, node, server, transport
@@ -34,7 +34,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("storage", &["raft", "kv"]),
     ("node", &["raft", "kv", "storage"]),
     ("http_client", &[]),
-    ("server", &["raft", "kv", "node", "http_client"]),
+    ("server", &["raft", "kv", "node", "http_client", "etcd"]),
     ("etcd", &["raft", "kv", "node"]),
     ("transport", &["raft", "kv", "storage", "node", "server"]),
     (

@@ -1,11 +1,12 @@
 //! [`EtcdBackend`]: what the etcd API needs from the node.
 //!
-//! The gRPC services ([`super::EtcdService`]) and, later, the JSON gateway
-//! translate etcd's messages and errors; everything with state lives behind
-//! this trait: proposing commands through Raft, reads (linearizable or
-//! serializable), watches, membership and status. The node implements it
-//! once it runs on the [`crate::kv`] data model; the tests implement it over
-//! an in-memory [`crate::kv::MemMvcc`].
+//! The gRPC services ([`super::EtcdService`]) and the JSON gateway
+//! ([`super::gateway`]) translate etcd's messages and errors; everything
+//! with state lives behind this trait: proposing commands through Raft,
+//! reads (linearizable or serializable), watches, membership and status.
+//! The server implements it over the running node
+//! (`crate::server::etcd::NodeBackend`); the tests implement it over an
+//! in-memory [`crate::kv::MemMvcc`].
 //!
 //! Errors are [`EtcdError`]s, so the node decides which of etcd's errors a
 //! failure is (`From<WriteError>` and `From<ReadError>` give the usual

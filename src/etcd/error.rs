@@ -68,6 +68,10 @@ pub enum EtcdError {
     /// etcd: MoveLeader to a member that cannot lead (unknown, itself).
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    /// etcd: MoveLeader was accepted but the target did not take over
+    /// before the deadline.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// etcd: a lease named by the request does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
@@ -96,6 +100,7 @@ impl EtcdError {
             | EtcdError::LeaderChanged
             | EtcdError::Stopped
             | EtcdError::Timeout
+            | EtcdError::LeaderTransferTimeout
             | EtcdError::Unavailable(_) => Code::Unavailable,
             EtcdError::NotLeader | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
             EtcdError::TooManyRequests => Code::ResourceExhausted,

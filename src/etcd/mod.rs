@@ -12,9 +12,10 @@
 //! | [`error`] | [`EtcdError`]: every failure with etcd's gRPC code and exact text |
 //! | [`backend`] | [`EtcdBackend`]: what the node must provide (propose, read, watch, members, status) |
 //! | [`service`] | [`EtcdService`]: the six gRPC services over a backend, as a tonic/axum router |
+//! | [`gateway`] | etcd's JSON gateway (`/v3/*`, `/version`) over the same services |
 //!
-//! Not wired into the node or the server yet: that comes with the node's
-//! switch to the [`crate::kv`] data model.
+//! The server (`crate::server::etcd`) implements the backend over the
+//! running node and mounts both routers on the client port.
 //!
 //! # The schema
 //!
@@ -46,6 +47,7 @@
 pub mod backend;
 pub mod convert;
 pub mod error;
+pub mod gateway;
 pub mod pb;
 pub mod service;
 pub mod validate;
@@ -64,7 +66,7 @@ pub use error::EtcdError;
 pub use service::{EtcdConfig, EtcdService};
 pub use watch::INVALID_WATCH_ID;
 
-/// The etcd version RaftKV reports (Maintenance.Status, and later the
-/// gateway's `/version`): the schema is 3.5's, and clients that check the
+/// The etcd version RaftKV reports (Maintenance.Status and the gateway's
+/// `/version`): the schema is 3.5's, and clients that check the
 /// server's version accept it.
 pub const ETCD_VERSION: &str = "3.5.0";

@@ -104,6 +104,20 @@ impl<B: EtcdBackend> EtcdService<B> {
         self.routes().into_axum_router()
     }
 
+    /// Serves one Watch stream over `requests` (the JSON gateway's
+    /// `/v3/watch`, which reads its requests from an HTTP body): the same
+    /// session as the gRPC stream's.
+    pub fn watch_stream<S>(&self, requests: S) -> BoxStream<rpc::WatchResponse>
+    where
+        S: Stream<Item = Result<rpc::WatchRequest, Status>> + Send + Unpin + 'static,
+    {
+        Box::pin(WatchSession::spawn(
+            self.backend.clone(),
+            self.config.clone(),
+            requests,
+        ))
+    }
+
     fn header(&self, revision: i64) -> rpc::ResponseHeader {
         self.backend.header_info().header(revision)
     }

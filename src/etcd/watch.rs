@@ -25,8 +25,7 @@
 //!   during the last one asks its feed for progress and gets an empty
 //!   response at that revision.
 //!
-//! Not yet: fragmenting large responses (`fragment`), which comes with the
-//! node switch-over. The client closing its side of the stream does not end
+//! Not yet: fragmenting large responses (`fragment`). The client closing its side of the stream does not end
 //! the watches (as etcd); the client dropping the stream does.
 
 use std::collections::{HashMap, HashSet};

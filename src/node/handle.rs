@@ -347,6 +347,9 @@ pub enum Inbound<I> {
 pub enum Control {
     /// Shutdown: hand leadership to the most up-to-date peer.
     TransferLeadership,
+    /// A client's request (etcd's MoveLeader): hand leadership to this
+    /// member.
+    TransferTo(NodeId),
 }
 
 /// The Raft loop stopped: nothing can be delivered any more.
@@ -470,6 +473,26 @@ impl NodeHandle {
             .await
             .is_ok_and(|r| r.is_ok());
         handed_over
+    }
+
+    /// Asks the Raft loop to hand leadership to `target` (etcd's
+    /// MoveLeader) and waits (at most `within`) until this node sees
+    /// `target` lead. Returns whether it did; the core refuses quietly
+    /// (logged) when this node does not lead or `target` is not a peer.
+    pub async fn transfer_leadership_to(&self, target: NodeId, within: Duration) -> bool {
+        if self
+            .shared
+            .control
+            .send(Control::TransferTo(target))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut status = self.shared.status.clone();
+        tokio::time::timeout(within, status.wait_for(|s| s.leader == Some(target)))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Marks the node as stopping: new requests and peer RPCs are refused.

@@ -312,6 +312,10 @@ where
                 }
                 Err(e) => debug!(error = %e, "no leadership to hand over"),
             },
+            Control::TransferTo(target) => match self.node.transfer_leadership(Some(target)) {
+                Ok(to) => info!(to = %self.name(to), "handing leadership over on request"),
+                Err(e) => info!(error = %e, "leadership transfer refused"),
+            },
         }
     }
 

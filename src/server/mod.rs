@@ -9,6 +9,8 @@
 //! | `GET /watch` (SSE or long poll, served locally) | [`watch::watch`] |
 //! | `GET /cluster/status`, `/cluster/leader`, `/health` | [`cluster`] |
 //! | `POST /raft/*` | the peer transport's routes (`crate::transport::routes`), mounted by the process |
+//! | gRPC `/etcdserverpb.*/*` (HTTP/2), `POST /v3/*`, `GET /version` | etcd v3's API and JSON gateway over the node ([`etcd`]) |
+//! | `POST /internal/etcd` | the leader's side of the etcd API's forwarding ([`etcd::leader`]) |
 //!
 //! docs/api.md is the API's reference; [`json`] translates between its
 //! JSON and [`crate::kv`]'s requests and answers.
@@ -20,6 +22,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod etcd;
 pub mod forward;
 pub mod input;
 pub(crate) mod json;
@@ -27,6 +30,7 @@ pub mod kv;
 pub mod watch;
 
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -52,6 +56,9 @@ pub struct AppState {
     /// How long an SSE watch may stay silent before it sends a progress
     /// message (`progress_notify`) or a keep-alive comment.
     pub watch_progress_every: Duration,
+    /// The node's data directory, measured for etcd's Maintenance.Status
+    /// (`db_size`); `None` reports 0.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Default of [`AppState::watch_progress_every`] (etcd sends its progress
@@ -71,7 +78,14 @@ impl AppState {
             node,
             client,
             watch_progress_every: WATCH_PROGRESS_EVERY,
+            data_dir: None,
         }
+    }
+
+    /// The same state, reporting the size of `dir` as etcd's `db_size`.
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
     }
 }
 
@@ -84,6 +98,7 @@ pub fn router(state: AppState) -> Router {
 /// peer transport's `/raft/*`), all behind the same JSON fallbacks and
 /// panic guard.
 pub fn router_with(state: AppState, peer_routes: Router) -> Router {
+    let etcd_routes = etcd::routes(&state);
     Router::new()
         .route(
             "/kv",
@@ -99,6 +114,7 @@ pub fn router_with(state: AppState, peer_routes: Router) -> Router {
         .route("/health", get(cluster::health))
         .with_state(state)
         .merge(peer_routes)
+        .merge(etcd_routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(catch_panic))
@@ -126,7 +142,9 @@ async fn method_not_allowed(req: Request) -> Response {
         "/kv" => "GET, DELETE",
         "/txn" | "/compact" => "POST",
         p if p.starts_with("/kv/") => "GET, PUT, DELETE",
-        p if p.starts_with("/raft/") => "POST",
+        p if p.starts_with("/raft/") || p.starts_with("/v3/") || p.starts_with("/internal/") => {
+            "POST"
+        }
         _ => "GET",
     };
     resp.headers_mut()

@@ -29,7 +29,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::kv::KvError;
 use crate::node::watch::{CancelReason, WatchError, WatchItem, WatchRequest, Watcher};
@@ -167,18 +167,39 @@ impl SseFeed {
                 // the stream out.
                 Err(_) => return Some(": keep-alive\n\n".to_string()),
             };
-            return match item? {
-                WatchItem::Events { revision, events } => Some(sse_events(revision, &events)),
-                WatchItem::Progress { revision } => Some(sse_progress(revision)),
-                WatchItem::Canceled(reason) => {
-                    self.done = true;
-                    let (reason, compact_revision) = cancel_reason(&reason);
-                    Some(sse_canceled(&reason, compact_revision))
+            let mut chunk = self.message(item?);
+            // Under load several revisions are usually queued by the time
+            // this task runs: send them as one body chunk (one write, one
+            // wake-up) instead of one each. Only what is ready now is
+            // taken, so a quiet stream still sends each change at once.
+            while !self.done && chunk.len() < COALESCE_BYTES {
+                match self.watcher.next().now_or_never() {
+                    Some(Some(item)) => chunk.push_str(&self.message(item)),
+                    Some(None) => break,
+                    None => break,
                 }
-            };
+            }
+            return Some(chunk);
+        }
+    }
+
+    /// The SSE text of one item (the cancel message ends the stream).
+    fn message(&mut self, item: WatchItem) -> String {
+        match item {
+            WatchItem::Events { revision, events } => sse_events(revision, &events),
+            WatchItem::Progress { revision } => sse_progress(revision),
+            WatchItem::Canceled(reason) => {
+                self.done = true;
+                let (reason, compact_revision) = cancel_reason(&reason);
+                sse_canceled(&reason, compact_revision)
+            }
         }
     }
 }
+
+/// A coalesced SSE chunk stops growing past this many bytes, so a watcher
+/// far behind still sends in pieces a client can parse as they come.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 fn sse(watcher: Watcher, every: Duration, progress: bool) -> Response {
     let feed = SseFeed {

@@ -85,6 +85,11 @@ fn table() -> Vec<(EtcdError, Code, &'static str)> {
             Code::FailedPrecondition,
             "etcdserver: bad leader transferee",
         ),
+        (
+            E::LeaderTransferTimeout,
+            Code::Unavailable,
+            "etcdserver: request timed out, leader transfer took too long",
+        ),
         (E::Corrupt, Code::DataLoss, "etcdserver: corrupt cluster"),
         // RaftKV's own refusals: no etcdserver prefix.
         (
