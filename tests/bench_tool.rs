@@ -1595,3 +1595,88 @@ async fn grpc_nodes_that_are_down_are_counted_as_connect_errors() {
     assert_eq!((r.ops, r.successes), (10, 0), "{r:?}");
     assert_eq!(r.errors_by_kind.get("connect"), Some(&10), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_runs_against_a_real_cluster_land_and_are_watched() {
+    let mut c = Cluster::start(3, &Opts::default());
+    c.wait_for_leader(FORM).await;
+    let nodes = (0..3).map(|i| c.url(i)).collect::<Vec<_>>().join(",");
+    let run = |workload: &'static str, prefix: &'static str, extra: &[&str]| {
+        let mut list = vec![
+            "--nodes",
+            &nodes,
+            "--protocol",
+            "grpc",
+            "--workload",
+            workload,
+            "--key-prefix",
+            prefix,
+            "--ops",
+            "200",
+            "--duration",
+            "120",
+            "--connections",
+            "8",
+            "--grpc-conns",
+            "2",
+            "--json",
+        ];
+        list.extend_from_slice(extra);
+        let a = args(&list);
+        async move { bench::execute(a).await.expect("bench runs") }
+    };
+
+    // Puts through RaftKV's etcd gRPC API land in the store.
+    let r = run("put", "gput/", &["--keys", "50"]).await;
+    check_consistent(&r);
+    assert_eq!((r.target.as_str(), r.protocol.as_str()), ("raftkv", "grpc"));
+    assert_eq!((r.ops, r.successes, r.errors), (200, 200, 0), "{r:?}");
+    let items = list(&c, "gput/").await;
+    assert!(!items.is_empty() && items.len() <= 50, "{}", items.len());
+    let versions: u64 = items.iter().map(|i| i["version"].as_u64().unwrap()).sum();
+    assert_eq!(versions, 200, "every counted put is a version");
+
+    // Linearizable gets of pre-populated keys.
+    let r = run("get", "gget/", &["--keys", "20"]).await;
+    check_consistent(&r);
+    assert_eq!((r.successes, r.errors), (200, 0), "{r:?}");
+    assert_eq!(list(&c, "gget/").await.len(), 20);
+
+    // Transactions: each success wrote both its keys.
+    let r = run("txn", "gtxn/", &["--keys", "6"]).await;
+    check_consistent(&r);
+    assert_eq!((r.ops, r.errors), (200, 0), "{r:?}");
+    let versions: u64 = list(&c, "gtxn/")
+        .await
+        .iter()
+        .map(|i| i["version"].as_u64().unwrap())
+        .sum();
+    assert_eq!(versions, 2 * r.successes, "{r:?}");
+
+    // Watchers over two gRPC Watch streams on a follower get every put once.
+    let r = run(
+        "put",
+        "gwatch/",
+        &[
+            "--keys",
+            "30",
+            "--watchers",
+            "5",
+            "--idle-watchers",
+            "3",
+            "--watch-streams",
+            "2",
+            "--watch-node",
+            "follower",
+        ],
+    )
+    .await;
+    check_consistent(&r);
+    let w = r.watch.as_ref().expect("watch report");
+    assert_eq!((w.active_open, w.idle_open, w.streams), (5, 3, 2), "{w:?}");
+    assert!(w.drained && w.errors.is_empty(), "{w:?}");
+    assert_eq!(w.fanout.acked_puts, r.successes);
+    assert_eq!(w.fanout.mismatches(), 0, "{w:?}");
+    assert_eq!(w.fanout.complete_watchers, 5, "{w:?}");
+    assert_eq!(w.idle_messages, 0);
+}
