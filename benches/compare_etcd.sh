@@ -302,9 +302,16 @@ fi
 perf_table=""
 check_perf() { # NAME ENDPOINTS
     local out verdict tput slowest stddev
-    settle
-    out="$(ETCDCTL_API=3 timeout 150 etcdctl --endpoints "$2" --dial-timeout=2s \
-        check perf --load=s --prefix "/check-perf-$1/" 2>&1)" || true
+    local try
+    for try in 1 2; do
+        settle
+        out="$(ETCDCTL_API=3 timeout 150 etcdctl --endpoints "$2" --dial-timeout=2s \
+            check perf --load=s --prefix "/check-perf-$1/" 2>&1)" || true
+        printf '%s\n' "$out" | tr '\r' '\n' >"$work/check-perf-$1-$try.log"
+        # An error before the load started (no throughput line): once more.
+        grep -q 'Throughput' <<<"$out" && break
+        log "check perf $1 did not start ($(tail -n 1 <<<"$out" | tr -d '\r' | cut -c1-100))$( ((try == 1)) && echo '; once more')"
+    done
     verdict="$(grep -Eo '^(PASS|FAIL)$' <<<"$out" | tail -n 1 || true)"
     tput="$(grep -Eo 'Throughput[^0-9]*[0-9]+ writes/s' <<<"$out" | grep -Eo '[0-9]+' | tail -n 1 || true)"
     slowest="$(grep -Eo 'Slowest request took[^0-9]*[0-9.]+s' <<<"$out" | grep -Eo '[0-9.]+' | tail -n 1 || true)"
