@@ -21,7 +21,7 @@
 # output says so.
 #
 #   benches/compare_etcd.sh             # 10 s per load (about 15 minutes)
-#   QUICK=1 benches/compare_etcd.sh     # 2 s per load, a smoke test (about 6 minutes)
+#   QUICK=1 benches/compare_etcd.sh     # 2 s per load, a smoke test (about 5 minutes)
 #
 # Environment:
 #   DURATION=10          seconds measured per load (QUICK=1: 2)
