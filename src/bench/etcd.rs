@@ -10,6 +10,7 @@
 //! | linearizable read | `POST /v3/kv/range {"key":K}` |
 //! | stale read | `POST /v3/kv/range {"key":K,"serializable":true}` |
 //! | compare-and-swap | `POST /v3/kv/txn` comparing the key's `mod_revision`, putting on success |
+//! | txn (two keys) | `POST /v3/kv/txn` comparing both keys' `mod_revision`, putting both on success, ranging both on failure |
 //! | delete (`--cleanup`) | `POST /v3/kv/deleterange {"key":K}` |
 //! | leader lookup | `POST /v3/maintenance/status {}` on each endpoint |
 
@@ -77,6 +78,101 @@ pub fn cas_txn_body(out: &mut Vec<u8>, key: &[u8], value_b64: &str, mod_revision
     out.extend_from_slice(b"\",\"value\":\"");
     out.extend_from_slice(value_b64.as_bytes());
     out.extend_from_slice(b"\"}}]}");
+}
+
+/// Appends the body of the bench's transfer transaction to `out` (the
+/// shape of RaftKV's `POST /txn` workload): if `a` and `b` still have the
+/// mod revisions `ra` and `rb` (0 = absent), put `value_b64` into both,
+/// otherwise range both.
+pub fn transfer_txn_body(out: &mut Vec<u8>, a: &[u8], ra: i64, b: &[u8], rb: i64, value_b64: &str) {
+    use std::io::Write;
+    out.extend_from_slice(b"{\"compare\":[");
+    for (i, (key, rev)) in [(a, ra), (b, rb)].into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"key\":\"");
+        push_b64(out, key);
+        let _ = write!(
+            out,
+            "\",\"target\":\"MOD\",\"result\":\"EQUAL\",\"mod_revision\":\"{rev}\"}}"
+        );
+    }
+    out.extend_from_slice(b"],\"success\":[");
+    for (i, key) in [a, b].into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"request_put\":{\"key\":\"");
+        push_b64(out, key);
+        out.extend_from_slice(b"\",\"value\":\"");
+        out.extend_from_slice(value_b64.as_bytes());
+        out.extend_from_slice(b"\"}}");
+    }
+    out.extend_from_slice(b"],\"failure\":[");
+    for (i, key) in [a, b].into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"request_range\":{\"key\":\"");
+        push_b64(out, key);
+        out.extend_from_slice(b"\"}}");
+    }
+    out.extend_from_slice(b"]}");
+}
+
+#[derive(Deserialize)]
+struct FullTxnAnswer {
+    #[serde(default)]
+    succeeded: bool,
+    #[serde(default)]
+    header: RevisionHeader,
+    #[serde(default)]
+    responses: Vec<TxnOp>,
+}
+
+#[derive(Default, Deserialize)]
+struct RevisionHeader {
+    #[serde(default)]
+    revision: Int,
+}
+
+#[derive(Deserialize)]
+struct TxnOp {
+    #[serde(default)]
+    response_range: Option<RangeAnswer>,
+}
+
+/// What the transfer transaction's answer says: whether it succeeded, the
+/// header revision, and the mod revision each failure-branch range found
+/// (0 = absent; empty on success).
+#[derive(Debug, PartialEq, Eq)]
+pub struct TransferAnswer {
+    /// The success branch ran.
+    pub succeeded: bool,
+    /// The store revision after it.
+    pub revision: i64,
+    /// Per op of the branch that ran: the range's mod revision (0 when
+    /// absent or not a range).
+    pub mod_revisions: Vec<i64>,
+}
+
+/// Parses the transfer transaction's answer.
+pub fn parse_transfer_txn(body: &[u8]) -> Result<TransferAnswer, String> {
+    let a: FullTxnAnswer = serde_json::from_slice(body).map_err(|e| format!("txn answer: {e}"))?;
+    let mut mod_revisions = Vec::with_capacity(a.responses.len());
+    for op in &a.responses {
+        let rev = match op.response_range.as_ref().and_then(|r| r.kvs.first()) {
+            Some(kv) => kv.mod_revision.value()?,
+            None => 0,
+        };
+        mod_revisions.push(rev);
+    }
+    Ok(TransferAnswer {
+        succeeded: a.succeeded,
+        revision: a.header.revision.value()?,
+        mod_revisions,
+    })
 }
 
 fn push_b64(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -229,6 +325,45 @@ mod tests {
                 "success": [{"request_put": {"key": "YWI=", "value": "dg=="}}]
             })
         );
+    }
+
+    #[test]
+    fn the_transfer_txn_body_and_answers() {
+        let mut out = Vec::new();
+        transfer_txn_body(&mut out, b"a", 7, b"b", 0, "dg==");
+        assert_eq!(
+            as_json(&out),
+            json!({
+                "compare": [
+                    {"key": "YQ==", "target": "MOD", "result": "EQUAL", "mod_revision": "7"},
+                    {"key": "Yg==", "target": "MOD", "result": "EQUAL", "mod_revision": "0"}],
+                "success": [
+                    {"request_put": {"key": "YQ==", "value": "dg=="}},
+                    {"request_put": {"key": "Yg==", "value": "dg=="}}],
+                "failure": [{"request_range": {"key": "YQ=="}}, {"request_range": {"key": "Yg=="}}]
+            })
+        );
+        let ok = br#"{"header":{"revision":"12"},"succeeded":true,"responses":[{"response_put":{"header":{}}},{"response_put":{}}]}"#;
+        assert_eq!(
+            parse_transfer_txn(ok).unwrap(),
+            TransferAnswer {
+                succeeded: true,
+                revision: 12,
+                mod_revisions: vec![0, 0]
+            }
+        );
+        // proto3 JSON omits `succeeded: false` and an empty `kvs`.
+        let failed = br#"{"header":{"revision":"13"},"responses":[{"response_range":{"header":{},"kvs":[{"key":"YQ==","mod_revision":"9"}],"count":"1"}},{"response_range":{"header":{}}}]}"#;
+        assert_eq!(
+            parse_transfer_txn(failed).unwrap(),
+            TransferAnswer {
+                succeeded: false,
+                revision: 13,
+                mod_revisions: vec![9, 0]
+            }
+        );
+        assert!(parse_transfer_txn(b"not json").is_err());
+        assert!(parse_transfer_txn(br#"{"header":{"revision":"x"}}"#).is_err());
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //!    `--cleanup-timeout`). Without it the keys stay, under `--key-prefix`
 //!    (`bench/` by default), and the report says so.
 //!
+//! `--protocol grpc` speaks etcd v3's gRPC API instead, to either system
+//! ([`grpc`]): the like-for-like comparison, one client stack for both.
+//! It is the default with `--target etcd`; RaftKV's default stays JSON.
+//!
 //! The hot loop uses a lean HTTP/1.1 connection per task ([`http`]) instead
 //! of the shared [`crate::client::Client`]: no retries hide failures, and the
 //! load generator takes as little CPU as possible from the nodes it measures.
@@ -25,6 +29,7 @@
 
 pub mod cpu;
 pub mod etcd;
+pub mod grpc;
 pub mod http;
 pub mod machine;
 pub mod report;
@@ -69,6 +74,9 @@ Examples:
   raftkv bench -w put --watchers 100 --idle-watchers 1000 --watch-node leader \
       --rss-pids 1234                            # watch fan-out latency, exactly-once check, RSS
   raftkv bench --target etcd --endpoints http://127.0.0.1:2379,http://127.0.0.1:22379
+  raftkv bench --protocol grpc -w txn -c 64 --grpc-conns 8   # RaftKV through etcd's gRPC API
+  raftkv bench --target etcd --protocol json -w get          # etcd through its JSON gateway
+  raftkv bench --target etcd -w put --watchers 100 --watch-streams 10   # gRPC watch fan-out
 
 Keys: every key is --key-prefix (default \"bench/\") followed by a zero-padded
 number, so a run touches no other key. The keys it wrote stay in the cluster
@@ -88,15 +96,24 @@ invalid_response). With --pids, the CPU time (user + system, from
 /proc/PID/stat) the listed processes used during the measured run is divided
 by the operations counted: CPU-ms per operation summed over those processes.
 
-txn: each operation is one POST /txn on two distinct random keys: if both
+txn: each operation is one transaction (RaftKV POST /txn, etcd's gateway
+POST /v3/kv/txn, gRPC KV.Txn) on two distinct random keys: if both
 still have the mod_revision this bench last saw (0 = absent), put both,
 else read both (the failure branch, counted as a conflict). Its latency is
 that one request.
 
---watchers W (put workload, RaftKV): W SSE watches (GET /watch) of
---key-prefix from the current revision + 1 are opened before the load, and
---idle-watchers M more on single keys under --idle-watch-prefix nobody
-writes. Every put records its revision; every watcher every message. After
+--protocol: json (RaftKV's HTTP API, etcd's JSON gateway; the default for
+--target raftkv) or grpc (etcd v3's gRPC API on either system; the default
+for --target etcd). With grpc, --connections C are C concurrent clients
+sharing --grpc-conns N HTTP/2 connections per node (client i on connection
+i mod N; default min(C, 8)), and pre-population and --cleanup use gRPC too.
+Failures of gRPC calls count as grpc_<status> (grpc_unavailable, ...).
+
+--watchers W (put workload; RaftKV, or either system over gRPC): W watches
+of --key-prefix from the current revision + 1 are opened before the load
+(JSON: one SSE stream GET /watch each; gRPC: spread over --watch-streams
+Watch streams), and --idle-watchers M more on single keys under
+--idle-watch-prefix nobody writes. Every put records its revision; every watcher every message. After
 the load (and up to --watch-drain seconds for the watchers to catch up) each
 watcher's events are matched with the acknowledged puts: latency from the
 put's answer to delivery, and from the put being sent to delivery (p50/p99),
@@ -123,9 +140,29 @@ pub enum Workload {
     /// Read-modify-write: read a key's mod index, then write it
     /// conditionally on it (RaftKV `?cas=`, etcd txn on mod_revision).
     Cas,
-    /// Two-key transactions (RaftKV `POST /txn`): compare both keys'
-    /// mod_revision, put both on success, read both on failure.
+    /// Two-key transactions (RaftKV `POST /txn`, etcd `KV.Txn` or its
+    /// gateway's `/v3/kv/txn`): compare both keys' mod_revision, put both
+    /// on success, read both on failure.
     Txn,
+}
+
+/// The wire protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// RaftKV's HTTP/1.1 JSON API, or etcd's v3 JSON gateway.
+    Json,
+    /// etcd v3's gRPC API (HTTP/2), on either system.
+    Grpc,
+}
+
+impl Protocol {
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Json => "json",
+            Protocol::Grpc => "grpc",
+        }
+    }
 }
 
 /// Where requests go.
@@ -170,6 +207,25 @@ pub struct BenchArgs {
         default_value = "http://127.0.0.1:2379"
     )]
     pub endpoints: String,
+
+    /// Wire protocol: json or grpc (etcd v3's gRPC API, on either
+    /// system). [default: json for raftkv, grpc for etcd]
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
+
+    /// --protocol grpc: HTTP/2 connections per node, shared by the
+    /// --connections clients (client i uses connection i mod N).
+    /// [default: min(connections, 8)]
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub grpc_conns: Option<u32>,
+
+    /// --protocol grpc: Watch streams the --watchers and --idle-watchers
+    /// are spread over (round robin; stream s on connection s of its node).
+    /// [default: min(watchers + idle watchers, 10)]
+    #[arg(long, value_name = "S",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub watch_streams: Option<u32>,
 
     /// Operation mix.
     #[arg(long, short = 'w', value_enum, default_value_t = Workload::Put)]
@@ -360,6 +416,12 @@ pub struct Plan {
     pub record_puts: bool,
     /// Time zero of the recorded put and delivery times.
     pub epoch: Instant,
+    /// Wire protocol.
+    pub protocol: Protocol,
+    /// `--protocol grpc`: HTTP/2 connections per node.
+    pub grpc_conns: u32,
+    /// `--protocol grpc`: Watch streams.
+    pub watch_streams: u32,
 }
 
 /// Runs `raftkv bench`, printing the report (human or JSON) on stdout.
@@ -435,7 +497,7 @@ pub fn summarize_file(path: &std::path::Path) -> anyhow::Result<String> {
     if reports.is_empty() {
         bail!("{}: no reports", path.display());
     }
-    Ok(report::comparison_table(&reports))
+    Ok(report::summary(&reports))
 }
 
 /// Validates the options into a plan.
@@ -471,21 +533,26 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         args.workload,
         Workload::Get | Workload::Mixed | Workload::Cas
     );
-    if args.workload == Workload::Txn {
-        if args.target != TargetKind::Raftkv {
-            return Err(usage("--workload txn is for --target raftkv (POST /txn)"));
-        }
-        if !(2..=MAX_TXN_KEYS).contains(&args.keys) {
-            return Err(usage(format!(
-                "--workload txn needs between 2 and {MAX_TXN_KEYS} --keys"
-            )));
-        }
+    let protocol = args.protocol.unwrap_or(match args.target {
+        TargetKind::Raftkv => Protocol::Json,
+        TargetKind::Etcd => Protocol::Grpc,
+    });
+    let grpc = protocol == Protocol::Grpc;
+    if !grpc && (args.grpc_conns.is_some() || args.watch_streams.is_some()) {
+        return Err(usage(
+            "--grpc-conns and --watch-streams need --protocol grpc",
+        ));
+    }
+    if args.workload == Workload::Txn && !(2..=MAX_TXN_KEYS).contains(&args.keys) {
+        return Err(usage(format!(
+            "--workload txn needs between 2 and {MAX_TXN_KEYS} --keys"
+        )));
     }
     let watching = args.watchers > 0 || args.idle_watchers > 0;
     if watching {
-        if args.target != TargetKind::Raftkv || args.workload != Workload::Put {
+        if (args.target != TargetKind::Raftkv && !grpc) || args.workload != Workload::Put {
             return Err(usage(
-                "--watchers and --idle-watchers need --target raftkv and --workload put",
+                "--watchers and --idle-watchers need --workload put, and --target raftkv or --protocol grpc",
             ));
         }
         if args.idle_watchers > 0
@@ -535,6 +602,13 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         stall_probe: args.stall_probe,
         record_puts: args.watchers > 0,
         epoch: Instant::now(),
+        protocol,
+        grpc_conns: args
+            .grpc_conns
+            .unwrap_or(args.connections.min(grpc::DEFAULT_MAX_GRPC_CONNS)),
+        watch_streams: args.watch_streams.unwrap_or(
+            (args.watchers + args.idle_watchers).clamp(1, grpc::DEFAULT_MAX_WATCH_STREAMS),
+        ),
     })
 }
 
@@ -542,7 +616,14 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
 pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     let plan = plan(&args)?;
     let progress = !args.json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
-    let endpoints = Arc::new(discover(&args).await?);
+    let endpoints = Arc::new(discover(&args, plan.protocol).await?);
+    let connect_timeout = Duration::from_secs(2).min(plan.timeout);
+    let pool = match plan.protocol {
+        Protocol::Grpc => Some(
+            grpc::Pool::new(endpoints.clone(), plan.grpc_conns, connect_timeout).map_err(usage)?,
+        ),
+        Protocol::Json => None,
+    };
 
     let value = random_value(args.value_size, plan.seed);
     let reads = matches!(
@@ -556,6 +637,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         populate(
             &plan,
             &endpoints,
+            pool.as_ref(),
             &value,
             Duration::from_secs_f64(args.populate_timeout),
         )
@@ -569,25 +651,25 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         }
     }
 
-    let connect_timeout = Duration::from_secs(2).min(plan.timeout);
     let mod_cache =
         (plan.workload == Workload::Txn).then(|| Arc::new(target::ModCache::new(plan.keys.count)));
     let mut sessions = Vec::with_capacity(plan.connections as usize);
     for i in 0..plan.connections as usize {
         // Leader routing: every connection starts on the leader (listed
         // first); all: connection i on node i mod n.
-        let first = match args.target_nodes {
-            TargetNodes::Leader => 0,
-            TargetNodes::All => i,
+        // gRPC: client i on connection i mod N of its node (all: the
+        // clients of one node are every n-th).
+        let (first, slot) = match args.target_nodes {
+            TargetNodes::Leader => (0, i),
+            TargetNodes::All => (i, i / endpoints.len()),
         };
-        let session = Session::new(
-            plan.system,
-            endpoints.clone(),
-            first,
-            plan.keys.clone(),
+        let session = new_session(
+            &plan,
+            &endpoints,
+            pool.as_ref(),
+            (first, slot),
             &value,
             plan.stale,
-            plan.timeout,
             connect_timeout,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -616,13 +698,30 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         let spec = watch_spec(&args, &plan, &endpoints).await?;
         if !args.json {
             eprintln!(
-                "opening {} active and {} idle watcher(s) on {}",
+                "opening {} active and {} idle watcher(s) on {}{}",
                 spec.active,
                 spec.idle,
-                spec.endpoints.join(",")
+                spec.endpoints.join(","),
+                match plan.protocol {
+                    Protocol::Grpc => format!(" over {} gRPC Watch stream(s)", plan.watch_streams),
+                    Protocol::Json => String::new(),
+                }
             );
         }
-        let set = watch::WatchSet::open(spec).await;
+        let set = match plan.protocol {
+            Protocol::Json => Watchers::Sse(watch::WatchSet::open(spec).await),
+            Protocol::Grpc => {
+                let watch_pool = grpc::Pool::new(
+                    Arc::new(spec.endpoints.clone()),
+                    plan.grpc_conns,
+                    connect_timeout,
+                )
+                .map_err(usage)?;
+                Watchers::Grpc(
+                    grpc::GrpcWatchSet::open(spec, plan.watch_streams, &watch_pool).await,
+                )
+            }
+        };
         rss.iter_mut()
             .for_each(|r| r.sample(|r| &mut r.watching_kib));
         Some(set)
@@ -681,6 +780,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
             cleanup(
                 &plan,
                 &endpoints,
+                pool.as_ref(),
                 Duration::from_secs_f64(args.cleanup_timeout),
             )
             .await,
@@ -694,6 +794,8 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
             System::Etcd => "etcd",
         }
         .into(),
+        protocol: plan.protocol.name().into(),
+        grpc_conns: pool.as_ref().map(|p| p.per_node() as u32),
         workload: format!("{:?}", plan.workload).to_lowercase(),
         connections: plan.connections,
         target_nodes: format!("{:?}", args.target_nodes).to_lowercase(),
@@ -729,22 +831,82 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     })
 }
 
+/// The watchers of a run: SSE streams (JSON) or gRPC Watch streams.
+enum Watchers {
+    Sse(watch::WatchSet),
+    Grpc(grpc::GrpcWatchSet),
+}
+
+impl Watchers {
+    async fn drain(&self, revision: i64, limit: Duration) -> bool {
+        match self {
+            Watchers::Sse(w) => w.drain(revision, limit).await,
+            Watchers::Grpc(w) => w.drain(revision, limit).await,
+        }
+    }
+
+    async fn finish(
+        self,
+        puts: &[watch::PutRecord],
+        drained: bool,
+        drain_s: f64,
+    ) -> watch::WatchReport {
+        match self {
+            Watchers::Sse(w) => w.finish(puts, drained, drain_s).await,
+            Watchers::Grpc(w) => w.finish(puts, drained, drain_s).await,
+        }
+    }
+}
+
+/// A session starting on node `at.0`: JSON, or with `pool` gRPC on the
+/// pool's connection `at.1` of that node.
+fn new_session(
+    plan: &Plan,
+    endpoints: &Arc<Vec<String>>,
+    pool: Option<&grpc::Pool>,
+    at: (usize, usize),
+    value: &str,
+    stale: bool,
+    connect_timeout: Duration,
+) -> Result<Session, String> {
+    let (first, slot) = at;
+    let session = Session::new(
+        plan.system,
+        endpoints.clone(),
+        first,
+        plan.keys.clone(),
+        value,
+        stale,
+        plan.timeout,
+        connect_timeout,
+    )?;
+    Ok(match pool {
+        Some(p) => session.with_grpc(grpc::GrpcSession::new(
+            p.clone(),
+            first,
+            slot,
+            plan.keys.clone(),
+            value,
+            stale,
+            plan.timeout,
+        )),
+        None => session,
+    })
+}
+
 /// Where the watchers go and from which revision (see [`watch`]).
 async fn watch_spec(
     args: &BenchArgs,
     plan: &Plan,
     endpoints: &[String],
 ) -> anyhow::Result<watch::WatchSpec> {
-    let from_env = std::env::var("RAFTKV_NODES").ok();
-    let spec = args
-        .nodes
-        .as_deref()
-        .or(from_env.as_deref().filter(|s| !s.trim().is_empty()))
-        .unwrap_or(crate::client::DEFAULT_NODES);
-    let nodes = crate::client::parse_nodes(spec).map_err(|e| usage(format!("--nodes: {e}")))?;
+    let nodes = node_list(args)?;
     let leader = || async {
         if args.target_nodes == TargetNodes::Leader {
             return Ok::<_, anyhow::Error>(endpoints[0].clone());
+        }
+        if args.target == TargetKind::Etcd {
+            return find_etcd_leader(&nodes, plan.protocol).await;
         }
         let client = crate::client::Client::new(crate::client::ClientConfig {
             total_timeout: Duration::from_secs(15),
@@ -772,7 +934,13 @@ async fn watch_spec(
         };
     // Watch from the revision after the current one, so a watcher that
     // registers while the first puts land still gets them (from history).
-    let start_revision = match current_revision(&on[0], &args.key_prefix, plan.timeout).await {
+    let revision = match plan.protocol {
+        Protocol::Json => current_revision(&on[0], &args.key_prefix, plan.timeout).await,
+        Protocol::Grpc => grpc::current_revision(&on[0], &args.key_prefix, plan.timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!(e)),
+    };
+    let start_revision = match revision {
         Ok(r) => r + 1,
         Err(e) => {
             if !args.json {
@@ -825,6 +993,7 @@ async fn current_revision(endpoint: &str, prefix: &str, timeout: Duration) -> an
 async fn cleanup(
     plan: &Plan,
     endpoints: &Arc<Vec<String>>,
+    pool: Option<&grpc::Pool>,
     limit: Duration,
 ) -> report::CleanupReport {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -837,14 +1006,13 @@ async fn cleanup(
     let tasks = (plan.connections as u64).clamp(16, 64).min(plan.keys.count);
     let mut handles = Vec::new();
     for t in 0..tasks {
-        let session = Session::new(
-            plan.system,
-            endpoints.clone(),
-            0,
-            plan.keys.clone(),
+        let session = new_session(
+            plan,
+            endpoints,
+            pool,
+            (0, t as usize),
             "",
             false,
-            plan.timeout,
             Duration::from_secs(2),
         );
         let mut session = match session {
@@ -930,17 +1098,10 @@ fn random_value(size: usize, seed: u64) -> String {
 
 /// The nodes to send requests to: with leader routing the leader first,
 /// then the others (used only if the leader cannot be reached).
-async fn discover(args: &BenchArgs) -> anyhow::Result<Vec<String>> {
+async fn discover(args: &BenchArgs, protocol: Protocol) -> anyhow::Result<Vec<String>> {
     match args.target {
         TargetKind::Raftkv => {
-            let from_env = std::env::var("RAFTKV_NODES").ok();
-            let spec = args
-                .nodes
-                .as_deref()
-                .or(from_env.as_deref().filter(|s| !s.trim().is_empty()))
-                .unwrap_or(crate::client::DEFAULT_NODES);
-            let nodes =
-                crate::client::parse_nodes(spec).map_err(|e| usage(format!("--nodes: {e}")))?;
+            let nodes = node_list(args)?;
             if args.target_nodes == TargetNodes::All {
                 return Ok(nodes);
             }
@@ -959,14 +1120,42 @@ async fn discover(args: &BenchArgs) -> anyhow::Result<Vec<String>> {
             Ok(leader_first(nodes, url))
         }
         TargetKind::Etcd => {
-            let endpoints = crate::client::parse_nodes(&args.endpoints)
-                .map_err(|e| usage(format!("--endpoints: {e}")))?;
+            let endpoints = node_list(args)?;
             if args.target_nodes == TargetNodes::All {
                 return Ok(endpoints);
             }
-            let leader = etcd_leader(&endpoints).await?;
+            let leader = find_etcd_leader(&endpoints, protocol).await?;
             Ok(leader_first(endpoints, Some(leader)))
         }
+    }
+}
+
+/// The target's nodes: RaftKV's `--nodes` (or `RAFTKV_NODES`, or the
+/// default), etcd's `--endpoints`.
+fn node_list(args: &BenchArgs) -> anyhow::Result<Vec<String>> {
+    match args.target {
+        TargetKind::Raftkv => {
+            let from_env = std::env::var("RAFTKV_NODES").ok();
+            let spec = args
+                .nodes
+                .as_deref()
+                .or(from_env.as_deref().filter(|s| !s.trim().is_empty()))
+                .unwrap_or(crate::client::DEFAULT_NODES);
+            crate::client::parse_nodes(spec).map_err(|e| usage(format!("--nodes: {e}")))
+        }
+        TargetKind::Etcd => crate::client::parse_nodes(&args.endpoints)
+            .map_err(|e| usage(format!("--endpoints: {e}"))),
+    }
+}
+
+/// etcd's leader, asked in the protocol of the run (a gRPC-only server
+/// has no JSON gateway to ask).
+async fn find_etcd_leader(endpoints: &[String], protocol: Protocol) -> anyhow::Result<String> {
+    match protocol {
+        Protocol::Json => etcd_leader(endpoints).await,
+        Protocol::Grpc => grpc::leader(endpoints, Duration::from_secs(3))
+            .await
+            .map_err(|e| anyhow::anyhow!(e)),
     }
 }
 
@@ -1012,20 +1201,20 @@ async fn etcd_leader(endpoints: &[String]) -> anyhow::Result<String> {
 async fn populate(
     plan: &Plan,
     endpoints: &Arc<Vec<String>>,
+    pool: Option<&grpc::Pool>,
     value: &str,
     limit: Duration,
 ) -> anyhow::Result<()> {
     let tasks = (plan.connections as u64).clamp(16, 64).min(plan.keys.count);
     let mut handles = Vec::new();
     for t in 0..tasks {
-        let mut session = Session::new(
-            plan.system,
-            endpoints.clone(),
-            0,
-            plan.keys.clone(),
+        let mut session = new_session(
+            plan,
+            endpoints,
+            pool,
+            (0, t as usize),
             value,
             false,
-            plan.timeout,
             Duration::from_secs(2),
         )
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Io,
     /// An answer that could not be understood.
     InvalidResponse,
+    /// A gRPC status other than OK (`--protocol grpc`), by code.
+    Grpc(i32),
 }
 
 impl ErrorKind {
@@ -36,6 +38,7 @@ impl ErrorKind {
             ErrorKind::Connect => "connect".into(),
             ErrorKind::Io => "connection_error".into(),
             ErrorKind::InvalidResponse => "invalid_response".into(),
+            ErrorKind::Grpc(code) => format!("grpc_{}", super::grpc::code_name(*code)),
         }
     }
 }
@@ -225,6 +228,14 @@ pub struct CpuReport {
 pub struct Report {
     /// `raftkv` or `etcd`.
     pub target: String,
+    /// `json` (RaftKV's HTTP API or etcd's JSON gateway) or `grpc` (etcd
+    /// v3's gRPC API, on either system). Empty in reports from before
+    /// `--protocol`: those were JSON.
+    #[serde(default)]
+    pub protocol: String,
+    /// `--protocol grpc`: HTTP/2 connections per node the clients shared.
+    #[serde(default)]
+    pub grpc_conns: Option<u32>,
     /// `put`, `get`, `mixed` or `cas`.
     pub workload: String,
     /// Concurrent connections.
@@ -338,9 +349,16 @@ impl Report {
             ),
             _ => format!(", {} reads", self.consistency),
         };
+        let over = match self.grpc_conns {
+            Some(n) if self.protocol == "grpc" => {
+                format!(" over gRPC, sharing {n} HTTP/2 connection(s) per node")
+            }
+            _ if self.protocol == "grpc" => " over gRPC".to_string(),
+            _ => String::new(),
+        };
         let _ = writeln!(
             s,
-            "bench: {} on {} ({}: {}), {} connection(s)",
+            "bench: {} on {} ({}: {}), {} connection(s){over}",
             self.workload,
             self.target,
             self.target_nodes,
@@ -405,12 +423,17 @@ impl Report {
             let f = &w.fanout;
             let _ = writeln!(
                 s,
-                "  watchers     {}/{} active, {}/{} idle open on {} (in {:.1} s), from revision {}",
+                "  watchers     {}/{} active, {}/{} idle open on {}{} (in {:.1} s), from revision {}",
                 w.active_open,
                 w.active,
                 w.idle_open,
                 w.idle,
                 w.endpoints.join(","),
+                if w.streams > 0 {
+                    format!(" over {} gRPC Watch stream(s)", w.streams)
+                } else {
+                    String::new()
+                },
                 w.open_s,
                 w.start_revision
             );
@@ -541,6 +564,149 @@ impl Report {
             (None, false) => "keys         this run wrote nothing".to_string(),
         }
     }
+}
+
+/// The protocol of a report (reports from before `--protocol` were JSON).
+fn protocol_of(r: &Report) -> &str {
+    if r.protocol.is_empty() {
+        "json"
+    } else {
+        &r.protocol
+    }
+}
+
+/// What `--summarize` prints for a file of reports: one comparison table
+/// per protocol (gRPC, then JSON; each pairs etcd and RaftKV runs spoken in
+/// that protocol), then, when there are watch runs, the fan-out table. A
+/// file with one protocol and no watch run gives just its table.
+pub fn summary(reports: &[Report]) -> String {
+    use std::fmt::Write;
+    let loads: Vec<&Report> = reports.iter().filter(|r| r.watch.is_none()).collect();
+    let watches: Vec<&Report> = reports.iter().filter(|r| r.watch.is_some()).collect();
+    let protocols: Vec<&str> = ["grpc", "json"]
+        .into_iter()
+        .filter(|p| loads.iter().any(|r| protocol_of(r) == *p))
+        .collect();
+    if protocols.len() == 1 && watches.is_empty() {
+        return comparison_table(reports);
+    }
+    let mut s = String::new();
+    for p in protocols {
+        let mine: Vec<Report> = loads
+            .iter()
+            .filter(|r| protocol_of(r) == p)
+            .map(|r| (*r).clone())
+            .collect();
+        let title = match p {
+            "grpc" => "gRPC: etcd v3's gRPC API on both (RaftKV's client port vs etcd)",
+            _ => "JSON: RaftKV's HTTP API vs etcd's v3 JSON gateway",
+        };
+        let _ = writeln!(s, "### {title}\n");
+        s.push_str(&comparison_table(&mine));
+        s.push('\n');
+    }
+    if !watches.is_empty() {
+        let _ = writeln!(s, "### Watch fan-out\n");
+        s.push_str(&fanout_table(&watches));
+    }
+    s
+}
+
+/// A side-by-side Markdown table of watch runs (`--watchers`): put
+/// throughput with the watchers open, delivery latency from the put being
+/// sent, and how many watchers got every event exactly once, etcd vs RaftKV
+/// per protocol, connection count and watcher count.
+pub fn fanout_table(reports: &[&Report]) -> String {
+    use std::fmt::Write;
+    // Protocol, connections, active, idle, streams, offered rate.
+    type Group = (String, u32, u32, u32, u32, Option<u64>);
+    let mut order: Vec<Group> = Vec::new();
+    let mut by: BTreeMap<Group, (Option<&Report>, Option<&Report>)> = BTreeMap::new();
+    for r in reports {
+        let Some(w) = &r.watch else { continue };
+        let g = (
+            protocol_of(r).to_string(),
+            r.connections,
+            w.active,
+            w.idle,
+            w.streams,
+            r.offered_rate_ops_s.map(|x| x.round() as u64),
+        );
+        if !order.contains(&g) {
+            order.push(g.clone());
+        }
+        let slot = by.entry(g).or_default();
+        if r.target == "etcd" {
+            slot.0 = Some(r);
+        } else {
+            slot.1 = Some(r);
+        }
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| protocol | conns | watchers | etcd put ops/s | raftkv put ops/s | ratio | etcd delivery p50 ms | raftkv delivery p50 ms | ratio | etcd delivery p99 ms | raftkv delivery p99 ms | ratio | exactly once etcd | exactly once raftkv |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    );
+    for g in &order {
+        let (e, r) = by[g];
+        let cell = |x: Option<f64>, digits: usize| match x {
+            Some(v) => format!("{v:.digits$}"),
+            None => "-".into(),
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(etcd), Some(raft)) if etcd > 0.0 => format!("{:.2}×", raft / etcd),
+            _ => "-".into(),
+        };
+        let ops = |x: Option<&Report>| x.map(|r| r.throughput_ops_s);
+        let lat = |x: Option<&Report>, q: fn(&Latency) -> f64| {
+            x.and_then(|r| r.watch.as_ref())
+                .map(|w| q(&w.fanout.latency_from_send_ms))
+        };
+        let p50 = |x| lat(x, |l| l.p50);
+        let p99 = |x| lat(x, |l| l.p99);
+        let once = |x: Option<&Report>| match x.and_then(|r| r.watch.as_ref()) {
+            Some(w) => format!(
+                "{}/{} ({} missing, {} dup)",
+                w.fanout.complete_watchers,
+                w.fanout.watchers,
+                w.fanout.missing,
+                w.fanout.duplicates
+            ),
+            None => "-".into(),
+        };
+        let mut watchers = format!("{} active", g.2);
+        if g.3 > 0 {
+            let _ = write!(watchers, " + {} idle", g.3);
+        }
+        if g.4 > 0 {
+            let _ = write!(watchers, " on {} stream(s)", g.4);
+        }
+        if let Some(rate) = g.5 {
+            let _ = write!(watchers, ", {rate} puts/s offered");
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {} | {watchers} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            g.0,
+            g.1,
+            cell(ops(e), 0),
+            cell(ops(r), 0),
+            ratio(ops(e), ops(r)),
+            cell(p50(e), 2),
+            cell(p50(r), 2),
+            ratio(p50(e), p50(r)),
+            cell(p99(e), 2),
+            cell(p99(r), 2),
+            ratio(p99(e), p99(r)),
+            once(e),
+            once(r),
+        );
+    }
+    s
 }
 
 /// A side-by-side Markdown table of etcd and RaftKV runs with the same
@@ -701,6 +867,71 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].ends_with("| 0/0 | -/- | -/- |"), "{t}");
+    }
+
+    #[test]
+    fn the_summary_has_a_table_per_protocol_and_a_fanout_table() {
+        let mut grpc_etcd = report("etcd", "put", 16, 1000.0, 0.4);
+        grpc_etcd.protocol = "grpc".into();
+        let mut grpc_raft = report("raftkv", "put", 16, 4000.0, 0.1);
+        grpc_raft.protocol = "grpc".into();
+        // An old report (no protocol field) is JSON.
+        let json_etcd = report("etcd", "put", 16, 800.0, 0.5);
+        let mut json_raft = report("raftkv", "put", 16, 3200.0, 0.1);
+        json_raft.protocol = "json".into();
+        let watched = |target: &str, ops: f64, p50: f64, complete: u64| {
+            let mut r = report(target, "put", 16, ops, 0.1);
+            r.protocol = "grpc".into();
+            r.watch = Some(super::super::watch::WatchReport {
+                active: 10,
+                streams: 2,
+                fanout: super::super::watch::Fanout {
+                    watchers: 10,
+                    complete_watchers: complete,
+                    latency_from_send_ms: Latency {
+                        p50,
+                        p99: p50 * 4.0,
+                        ..Latency::default()
+                    },
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+            r
+        };
+        let all = [
+            grpc_etcd.clone(),
+            json_etcd.clone(),
+            grpc_raft,
+            json_raft,
+            watched("etcd", 500.0, 4.0, 10),
+            watched("raftkv", 1500.0, 1.0, 9),
+        ];
+        let s = summary(&all);
+        let grpc_at = s.find("### gRPC").expect("a gRPC table");
+        let json_at = s.find("### JSON").expect("a JSON table");
+        let fan_at = s.find("### Watch fan-out").expect("a fan-out table");
+        assert!(grpc_at < json_at && json_at < fan_at, "{s}");
+        assert!(
+            s[grpc_at..json_at].contains("| put | 16 | 1000 | 4000 | 4.00× |"),
+            "{s}"
+        );
+        assert!(
+            s[json_at..fan_at].contains("| put | 16 | 800 | 3200 | 4.00× |"),
+            "{s}"
+        );
+        let fan = &s[fan_at..];
+        assert!(
+            fan.contains("| grpc | 16 | 10 active on 2 stream(s) | 500 | 1500 | 3.00× | 4.00 | 1.00 | 0.25× | 16.00 | 4.00 | 0.25× | 10/10 (0 missing, 0 dup) | 9/10 (0 missing, 0 dup) |"),
+            "{s}"
+        );
+        // The watch runs stay out of the load tables.
+        assert_eq!(s.matches("| put | 16 |").count(), 2, "{s}");
+        // One protocol and no watch run: just the table, as before.
+        assert_eq!(
+            summary(&[grpc_etcd.clone()]),
+            comparison_table(&[grpc_etcd])
+        );
     }
 
     #[test]

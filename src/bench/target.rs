@@ -1,6 +1,8 @@
 //! One bench connection and the requests it sends: the same operations
 //! (put, get, compare-and-swap) spoken to RaftKV's API or to etcd's v3 JSON
-//! gateway, and RaftKV's two-key transaction (`POST /txn`).
+//! gateway, and RaftKV's two-key transaction (`POST /txn`). With
+//! `--protocol grpc` a session hands every operation to a
+//! [`super::grpc::GrpcSession`] instead (etcd's gRPC API, either system).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -227,6 +229,9 @@ pub struct Session {
     value: String,
     /// Shared mod revisions of a txn run.
     mod_cache: Option<Arc<ModCache>>,
+    /// `--protocol grpc`: every operation goes to this client instead (the
+    /// HTTP connection above is then never opened).
+    grpc: Option<super::grpc::GrpcSession>,
 }
 
 impl Session {
@@ -265,7 +270,14 @@ impl Session {
             body_buf: Vec::with_capacity(512),
             value: value.to_string(),
             mod_cache: None,
+            grpc: None,
         })
+    }
+
+    /// Makes this session speak gRPC through `client`.
+    pub fn with_grpc(mut self, client: super::grpc::GrpcSession) -> Session {
+        self.grpc = Some(client);
+        self
     }
 
     /// Makes this session's transactions use (and update) `cache`.
@@ -277,6 +289,9 @@ impl Session {
     /// Writes key `i` and returns, on success, the revision it created
     /// (RaftKV's `index`; `None` for etcd or an answer without one).
     pub async fn put_revision(&mut self, i: u64) -> (Outcome, Option<i64>) {
+        if let Some(g) = &mut self.grpc {
+            return g.put(i).await;
+        }
         let outcome = self.put(i).await;
         if outcome != Outcome::Ok || self.system != System::RaftKv {
             return (outcome, None);
@@ -289,17 +304,21 @@ impl Session {
         (outcome, revision)
     }
 
-    /// The transfer transaction on keys `a` and `b` (RaftKV `POST /txn`):
+    /// The transfer transaction on keys `a` and `b` (RaftKV `POST /txn`,
+    /// etcd's gateway `POST /v3/kv/txn`, or gRPC `KV.Txn`):
     /// compare both keys' mod revisions with the shared cache, put both on
     /// success, read both on failure. A failure branch is a
     /// [`Outcome::Conflict`].
     pub async fn txn(&mut self, a: u64, b: u64) -> Outcome {
-        if self.system != System::RaftKv {
-            return Outcome::Error(ErrorKind::InvalidResponse);
-        }
         let Some(cache) = self.mod_cache.clone() else {
             return Outcome::Error(ErrorKind::InvalidResponse);
         };
+        if let Some(g) = &mut self.grpc {
+            return g.txn(a, b, &cache).await;
+        }
+        if self.system == System::Etcd {
+            return self.etcd_txn(a, b, &cache).await;
+        }
         let (ka, kb) = (self.keys.key(a), self.keys.key(b));
         self.body_buf.clear();
         transfer_txn_body(
@@ -333,9 +352,48 @@ impl Session {
         }
     }
 
+    /// The transfer transaction through etcd's JSON gateway
+    /// (`POST /v3/kv/txn`, the same compares and branches).
+    async fn etcd_txn(&mut self, a: u64, b: u64, cache: &ModCache) -> Outcome {
+        let (ka, kb) = (self.keys.key(a), self.keys.key(b));
+        self.body_buf.clear();
+        etcd::transfer_txn_body(
+            &mut self.body_buf,
+            ka.as_bytes(),
+            cache.get(a),
+            kb.as_bytes(),
+            cache.get(b),
+            &self.value_b64,
+        );
+        match self
+            .conn
+            .request("POST", etcd::TXN_PATH, Some(&self.body_buf))
+            .await
+        {
+            Ok(200) => match etcd::parse_transfer_txn(self.conn.body()) {
+                Ok(t) if t.succeeded => {
+                    cache.saw(a, t.revision);
+                    cache.saw(b, t.revision);
+                    Outcome::Ok
+                }
+                Ok(t) => {
+                    cache.set(a, t.mod_revisions.first().copied().unwrap_or(0));
+                    cache.set(b, t.mod_revisions.get(1).copied().unwrap_or(0));
+                    Outcome::Conflict
+                }
+                Err(_) => Outcome::Error(ErrorKind::InvalidResponse),
+            },
+            Ok(code) => Outcome::Error(ErrorKind::Status(code)),
+            Err(e) => Outcome::Error(transport(&e)),
+        }
+    }
+
     /// Opens the connection ahead of the measured run (failures are left
     /// for the first operation to count).
     pub async fn warm_up_connection(&mut self) {
+        if let Some(g) = &mut self.grpc {
+            return g.warm_up_connection().await;
+        }
         if self.conn.connect().await.is_err() {
             self.next_endpoint();
         }
@@ -343,12 +401,18 @@ impl Session {
 
     /// The node this session currently talks to.
     pub fn endpoint(&self) -> &str {
+        if let Some(g) = &self.grpc {
+            return g.endpoint();
+        }
         &self.endpoints[self.current]
     }
 
     /// Moves to the next node after a connection failure (the leader may
     /// have died; a follower forwards).
     pub fn next_endpoint(&mut self) {
+        if let Some(g) = &mut self.grpc {
+            return g.next_endpoint();
+        }
         if self.endpoints.len() > 1 {
             self.current = (self.current + 1) % self.endpoints.len();
             if let Ok(c) = Conn::new(
@@ -363,6 +427,9 @@ impl Session {
 
     /// Writes key `i`.
     pub async fn put(&mut self, i: u64) -> Outcome {
+        if let Some(g) = &mut self.grpc {
+            return g.put(i).await.0;
+        }
         let status = match self.system {
             System::RaftKv => {
                 self.keys.path_into(i, &mut self.path_buf);
@@ -388,6 +455,9 @@ impl Session {
 
     /// Reads key `i` (stale if the session was made so).
     pub async fn get(&mut self, i: u64) -> Outcome {
+        if let Some(g) = &mut self.grpc {
+            return g.get(i).await;
+        }
         match self.read(i, self.stale).await {
             Ok(Some(_)) => Outcome::Ok,
             Ok(None) => Outcome::Error(ErrorKind::NotFound),
@@ -399,6 +469,9 @@ impl Session {
     /// then a write conditional on that index (RaftKV's `?cas=`, etcd's txn
     /// on `mod_revision`).
     pub async fn cas(&mut self, i: u64) -> Outcome {
+        if let Some(g) = &mut self.grpc {
+            return g.cas(i).await;
+        }
         let index = match self.read(i, false).await {
             Ok(found) => found.unwrap_or(0),
             Err(e) => return Outcome::Error(e),
@@ -447,6 +520,9 @@ impl Session {
 
     /// Deletes key `i`: `Ok(true)` if it existed, `Ok(false)` if not.
     pub async fn delete(&mut self, i: u64) -> Result<bool, ErrorKind> {
+        if let Some(g) = &mut self.grpc {
+            return g.delete(i).await;
+        }
         match self.system {
             System::RaftKv => {
                 self.keys.path_into(i, &mut self.path_buf);

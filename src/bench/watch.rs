@@ -218,6 +218,10 @@ pub struct WatchReport {
     pub drain_s: f64,
     /// Delivery latencies and the exactly-once check.
     pub fanout: Fanout,
+    /// gRPC Watch streams the watchers were spread over; 0 = SSE, one
+    /// HTTP connection per watcher.
+    #[serde(default)]
+    pub streams: u32,
 }
 
 /// Where the watches go and what they watch.
