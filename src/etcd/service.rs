@@ -46,6 +46,9 @@ pub struct EtcdConfig {
     /// Responses queued per watch stream before the stream stops pulling
     /// events from its feeds (the feeds then buffer or catch up).
     pub watch_send_buffer: usize,
+    /// A watch created with `fragment` gets event responses larger than
+    /// this split into fragments (etcd: its request size limit, 1.5 MiB).
+    pub watch_fragment_bytes: usize,
 }
 
 impl Default for EtcdConfig {
@@ -53,6 +56,7 @@ impl Default for EtcdConfig {
         EtcdConfig {
             progress_notify_interval: Duration::from_secs(600),
             watch_send_buffer: 128,
+            watch_fragment_bytes: 3 << 19,
         }
     }
 }

@@ -25,7 +25,12 @@
 //!   during the last one asks its feed for progress and gets an empty
 //!   response at that revision.
 //!
-//! Not yet: fragmenting large responses (`fragment`). The client closing its side of the stream does not end
+//! - **fragment** → an event response larger than
+//!   [`EtcdConfig::watch_fragment_bytes`] goes out as several responses
+//!   with whole events, all but the last marked `fragment` (etcd's
+//!   `sendFragments`); without it a response is never split.
+//!
+//! The client closing its side of the stream does not end
 //! the watches (as etcd); the client dropping the stream does.
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +90,8 @@ struct Watcher {
     no_put: bool,
     no_delete: bool,
     progress_notify: bool,
+    /// The client accepts fragmented event responses.
+    fragment: bool,
     /// Events were sent since the last progress tick.
     sent_since_tick: bool,
     /// A periodic progress notification was asked of the feed.
@@ -257,6 +264,7 @@ impl<B: EtcdBackend> WatchSession<B> {
             no_put: spec.no_put,
             no_delete: spec.no_delete,
             progress_notify: c.progress_notify,
+            fragment: c.fragment,
             sent_since_tick: false,
             notify_pending: false,
             live: true,
@@ -387,14 +395,21 @@ impl<B: EtcdBackend> WatchSession<B> {
                     return Ok(());
                 }
                 w.sent_since_tick = true;
+                let fragment = w.fragment;
                 let header = self.header(revision);
-                self.send(rpc::WatchResponse {
+                let whole = rpc::WatchResponse {
                     header,
                     watch_id: id,
                     events,
                     ..Default::default()
-                })
-                .await
+                };
+                if !fragment {
+                    return self.send(whole).await;
+                }
+                for piece in fragments(whole, self.config.watch_fragment_bytes) {
+                    self.send(piece).await?;
+                }
+                Ok(())
             }
             Some(WatchUpdate::Progress { revision }) => {
                 if w.notify_pending {
@@ -435,5 +450,102 @@ impl<B: EtcdBackend> WatchSession<B> {
         }
         self.send(resp).await?;
         self.progress_settled(id, None).await
+    }
+}
+
+/// `resp` split into responses of at most about `limit` encoded bytes,
+/// whole events each (a single larger event goes alone), every one but the
+/// last marked `fragment`; `resp` itself when it fits.
+fn fragments(resp: rpc::WatchResponse, limit: usize) -> Vec<rpc::WatchResponse> {
+    use prost::Message;
+    if resp.encoded_len() <= limit {
+        return vec![resp];
+    }
+    let rpc::WatchResponse {
+        header,
+        watch_id,
+        events,
+        ..
+    } = resp;
+    let mut out: Vec<rpc::WatchResponse> = Vec::new();
+    let mut current: Vec<mvccpb::Event> = Vec::new();
+    let mut size = 0;
+    for e in events {
+        // Field tag, length prefix and the event itself.
+        let len = e.encoded_len() + 8;
+        if !current.is_empty() && size + len > limit {
+            out.push(rpc::WatchResponse {
+                header,
+                watch_id,
+                fragment: true,
+                events: std::mem::take(&mut current),
+                ..Default::default()
+            });
+            size = 0;
+        }
+        size += len;
+        current.push(e);
+    }
+    out.push(rpc::WatchResponse {
+        header,
+        watch_id,
+        events: current,
+        ..Default::default()
+    });
+    out
+}
+
+#[cfg(test)]
+mod fragment_tests {
+    use super::*;
+
+    fn event(i: usize, value_len: usize) -> mvccpb::Event {
+        mvccpb::Event {
+            kv: Some(mvccpb::KeyValue {
+                key: format!("k{i:04}").into_bytes(),
+                value: vec![b'v'; value_len],
+                mod_revision: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn response(n: usize, value_len: usize) -> rpc::WatchResponse {
+        rpc::WatchResponse {
+            watch_id: 3,
+            events: (0..n).map(|i| event(i, value_len)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_small_response_is_not_split() {
+        let r = response(3, 10);
+        assert_eq!(fragments(r.clone(), 1 << 20), vec![r]);
+    }
+
+    #[test]
+    fn a_large_response_splits_into_bounded_fragments_in_order() {
+        use prost::Message;
+        let r = response(100, 1000);
+        let limit = 10_000;
+        let parts = fragments(r.clone(), limit);
+        assert!(parts.len() >= 10, "{} parts", parts.len());
+        let (last, rest) = parts.split_last().unwrap();
+        assert!(rest.iter().all(|p| p.fragment && !p.events.is_empty()));
+        assert!(!last.fragment);
+        assert!(parts.iter().all(|p| p.watch_id == 3));
+        assert!(parts.iter().all(|p| p.encoded_len() <= limit + 64));
+        let joined: Vec<_> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, r.events);
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_goes_alone() {
+        let r = response(3, 5000);
+        let parts = fragments(r.clone(), 1000);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.iter().filter(|p| p.fragment).count(), 2);
     }
 }

@@ -334,3 +334,66 @@ async fn closing_the_request_side_keeps_the_watches() {
     let r = within(rx.message()).await.unwrap().unwrap();
     assert_eq!(r.events[0].kv.as_ref().unwrap().value, b"v");
 }
+
+/// A watch created with `fragment` gets a large revision (a range delete of
+/// many keys) in pieces marked `fragment` but the last; one without it gets
+/// the same revision whole.
+#[tokio::test]
+async fn large_responses_are_fragmented_only_when_asked() {
+    let s = serve(EtcdConfig {
+        watch_fragment_bytes: 2_000,
+        ..EtcdConfig::default()
+    })
+    .await;
+    let mut w = Stream::open(&s).await;
+    for (id, fragment) in [(1, true), (2, false)] {
+        w.create(rpc::WatchCreateRequest {
+            range_end: "c".into(),
+            watch_id: id,
+            fragment,
+            // The deleted values come along: the delete revision is large.
+            prev_kv: true,
+            ..watch_key("b")
+        })
+        .await;
+        assert!(w.next().await.created);
+    }
+    let value = "v".repeat(200);
+    for i in 0..30 {
+        put(&s, &format!("b/{i:02}"), &value);
+    }
+    // Every put is small: whole responses for both watches.
+    let mut seen = 0;
+    while seen < 60 {
+        let r = w.next().await;
+        assert!(!r.fragment);
+        assert_eq!(r.events.len(), 1);
+        seen += 1;
+    }
+    let rev = s
+        .backend
+        .apply(&Command::DeleteRange(DeleteRangeRequest {
+            key: "b".into(),
+            range_end: "c".into(),
+            prev_kv: true,
+        }))
+        .unwrap()
+        .revision;
+    let mut pieces: Vec<rpc::WatchResponse> = Vec::new();
+    let mut whole = None;
+    while whole.is_none() || pieces.last().is_none_or(|p| p.fragment) {
+        let r = w.next().await;
+        assert_eq!(r.header.unwrap().revision, rev);
+        match r.watch_id {
+            1 => pieces.push(r),
+            2 => whole = Some(r),
+            other => panic!("unexpected watch {other}"),
+        }
+    }
+    let whole = whole.unwrap();
+    assert!(!whole.fragment);
+    assert_eq!(whole.events.len(), 30);
+    assert!(pieces.len() > 1, "{} pieces", pieces.len());
+    let joined: Vec<_> = pieces.iter().flat_map(|p| p.events.clone()).collect();
+    assert_eq!(joined, whole.events);
+}
