@@ -16,7 +16,7 @@
 //! sim        deterministic simulation       raft, kv, storage, node
 //! http_client raw HTTP/1.1 client            —
 //! client     HTTP client                    raft, kv, http_client, server (JSON wire types)
-//! bench      load generator                 kv, client
+//! bench      load generator                 kv, client, etcd (its generated gRPC clients)
 //! cli        the command line               everything above but sim
 //! ```
 //!
@@ -45,7 +45,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The client parses answers with the server's JSON wire types
     // (server::json), so both sides read the same shapes.
     ("client", &["raft", "kv", "http_client", "server"]),
-    ("bench", &["kv", "client"]),
+    // The bench speaks etcd's gRPC to both systems through the clients
+    // generated in etcd::pb.
+    ("bench", &["kv", "client", "etcd"]),
     (
         "cli",
         &[
