@@ -33,6 +33,7 @@ where
     F: Fn(&'static str, Vec<String>) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let _serial = etcd::serial();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -127,6 +127,7 @@ fn compat(test: &str, scenario: fn(&Sys, &mut Tx)) {
     if !etcd::tools_or_skip(test) {
         return;
     }
+    let _serial = etcd::serial();
     let etcd_tx = {
         let cluster = EtcdCluster::start(3);
         let ctl = cluster.ctl();

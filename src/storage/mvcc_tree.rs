@@ -126,7 +126,7 @@ pub struct MvccTree {
 /// A read of an [`MvccTree`] at the revision current when it was opened
 /// (see the module doc): what [`kv::execute`] and [`kv::read_range`] run
 /// over.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct MvccTreeView<'a> {
     store: &'a MvccTree,
     revision: i64,

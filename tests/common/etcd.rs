@@ -22,6 +22,15 @@ use crate::common::{free_ports, Cluster, Opts};
 /// (CI sets it, so a broken install step cannot pass silently).
 pub const REQUIRE_ENV: &str = "RAFTKV_REQUIRE_ETCD";
 
+/// Serializes the tests of one binary that start clusters: each picks
+/// free ports by binding and releasing them, and two tests doing that at
+/// once can hand the same port to two clusters (an etcd then fails to bind,
+/// or joins the other test's cluster). Hold the guard for the whole test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// True when `name` is an executable file on `PATH`.
 pub fn on_path(name: &str) -> bool {
     let Some(path) = std::env::var_os("PATH") else {

@@ -313,6 +313,10 @@ impl StateMachine for SledStore {
         let mut compact = mvcc.compact_revision()?;
         let mut buf = Vec::with_capacity(128);
         let mut batch_applied = applied;
+        // The committed tree does not change during the batch except at a
+        // mid-batch commit (below): one view serves every entry, instead of
+        // two meta reads from sled per entry.
+        let mut base = mvcc.view()?;
         let commit = |batch: Batch, upto: SnapshotMeta, buf: &mut Vec<u8>| {
             let mut batch = batch;
             record::encode_into(APPLIED_KEY, &upto, buf).map_err(StorageError::Encode)?;
@@ -349,7 +353,7 @@ impl StateMachine for SledStore {
                 Err(why) => malformed(why),
                 Ok(cmd) => {
                     let view = BatchView {
-                        base: mvcc.view()?,
+                        base,
                         base_revision,
                         revision,
                         compact,
@@ -363,8 +367,9 @@ impl StateMachine for SledStore {
                             commit(std::mem::take(&mut batch), before, &mut buf)?;
                             pending.clear();
                             base_revision = revision;
+                            base = mvcc.view()?;
                             let view = BatchView {
-                                base: mvcc.view()?,
+                                base,
                                 base_revision,
                                 revision,
                                 compact,
